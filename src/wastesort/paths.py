@@ -1,0 +1,15 @@
+"""Well-known locations inside a checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Root of the checkout (the folder holding ``pyproject.toml``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Committed, trained FP32 ONNX models: ``models/<net>.onnx``.
+MODELS_DIR = REPO_ROOT / "models"
+#: Training runs (untracked): ``runs/<name>/``.
+RUNS_DIR = REPO_ROOT / "runs"
+#: The real TrashNet photos, read in place and never copied into the repository.
+DEFAULT_TRASHNET = Path(os.environ.get("TRASHNET_DIR", REPO_ROOT.parent / "shared" / "data" / "trashnet"))

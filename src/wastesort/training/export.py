@@ -1,0 +1,104 @@
+"""Export a trained checkpoint to ONNX and prove the export is faithful.
+
+ONNX contract:
+    input  ``IMAGES``        float32 ``(N, 3, H, W)``, N dynamic (the preprocessing contract)
+    output ``LOGITS``        float32 ``(N, C)``
+    output ``PROBABILITIES`` float32 ``(N, C)``, softmax of LOGITS
+    metadata_props: ``labels`` (JSON list, index order) and ``preprocessing`` (JSON), see
+    :class:`wastesort.PreprocessContract`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from wastesort.contract import PreprocessContract
+from wastesort.training.models import SimpleCNNConfig, build_model
+
+INPUT_NAME = "IMAGES"
+OUTPUT_NAMES = ("LOGITS", "PROBABILITIES")
+OPSET = 17
+#: Largest |logit(ONNX Runtime) - logit(PyTorch)| accepted for an FP32 export.
+LOGIT_ATOL = 1e-3
+
+
+class ExportError(RuntimeError):
+    """The exported model does not reproduce the PyTorch model."""
+
+
+class WithProbabilities(nn.Module):
+    """Wraps a classifier so the graph returns logits and softmax probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, PreprocessContract, dict]:
+    """``best.pt`` from a run -> (model in eval mode, its contract, the raw checkpoint)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    arch = ckpt["arch"]
+    simple = SimpleCNNConfig(**arch["simplecnn"]) if arch.get("simplecnn") else None
+    model = build_model(arch["name"], ckpt["num_classes"], simplecnn=simple)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), PreprocessContract.from_metadata(ckpt["contract"]), ckpt
+
+
+def export_onnx(model: nn.Module, contract: PreprocessContract, out: str | Path, opset: int = OPSET, doc: str = "") -> Path:
+    """Write ``out`` with a dynamic batch axis, the contract in its metadata, checked by
+    ``onnx.checker``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, contract.height, contract.width)
+    torch.onnx.export(
+        WithProbabilities(model.eval()).float(),
+        (example,),
+        str(out),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        opset_version=opset,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+        dynamo=False,
+    )
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key, value in contract.to_metadata().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = doc or "wastesort classifier"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(out))
+    return out
+
+
+def verify_export(onnx_path: str | Path, model: nn.Module, images: np.ndarray, atol: float = LOGIT_ATOL) -> dict:
+    """Run the same preprocessed images through PyTorch and ONNX Runtime.
+
+    Args:
+        images: float32 ``(N, 3, H, W)``, preprocessed per the contract (real photos).
+    Returns:
+        ``{"images": N, "max_abs_logit_diff": float, "top1_agreement": float}``.
+    Raises:
+        ExportError: any top-1 disagreement, or a logit difference above ``atol``.
+    """
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_logits = np.concatenate([session.run(["LOGITS"], {INPUT_NAME: images[i : i + 64]})[0] for i in range(0, len(images), 64)])
+    with torch.inference_mode():
+        ref = np.concatenate([model.eval()(torch.from_numpy(images[i : i + 64])).numpy() for i in range(0, len(images), 64)])
+    diff = float(np.abs(ort_logits - ref).max())
+    agree = ort_logits.argmax(1) == ref.argmax(1)
+    result = {"images": len(images), "max_abs_logit_diff": diff, "top1_agreement": float(agree.mean()), "tolerance": atol}
+    if not agree.all():
+        raise ExportError(f"ONNX Runtime and PyTorch disagree on top-1 for {int((~agree).sum())} of {len(images)} images")
+    if diff > atol:
+        raise ExportError(f"max |logit difference| {diff:.2e} exceeds the tolerance {atol:.0e}")
+    return result

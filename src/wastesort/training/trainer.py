@@ -1,0 +1,323 @@
+"""Train one classifier on an ImageFolder dataset and write a complete run folder.
+
+Run folder (``runs/<name>/``): ``config.json``, ``manifest.csv`` (the split), ``best.pt``,
+``last.pt`` (for ``--resume``), ``curves.csv/png``, ``metrics.json`` (val and test),
+``confusion_{val,test}.csv/png``, ``predictions_{val,test}.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import (
+    read_manifest,
+    report_skipped,
+    scan_image_folder,
+    stratified_split,
+    write_manifest,
+)
+from wastesort.data import class_weights as inverse_frequency
+from wastesort.training import evaluate, pipeline
+from wastesort.training.models import (
+    DEFAULT_INPUT_SIZE,
+    SimpleCNNConfig,
+    build_model,
+    count_parameters,
+    describe,
+    parameter_groups,
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json``."""
+
+    data: str
+    out: str
+    model: str = "simplecnn"
+    simplecnn: SimpleCNNConfig = field(default_factory=SimpleCNNConfig)
+    input_size: int | None = None
+    resize: str = "squash"
+    weights: str | None = None
+    weights_file: str | None = None
+    strategy: str = "finetune_all"  # or freeze_backbone
+    backbone_lr_factor: float = 1.0
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 3
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 0.5
+    min_scale: float = 0.35
+    grad_clip: float = 2.0
+    ema_decay: float = 0.0
+    balance: str = "none"  # none | loss | sampler
+    patience: int = 20
+    seed: int = 0
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    device: str = "auto"
+    amp: bool = True  # fp16 autocast on CUDA; on CPU only when cpu_bf16 is set
+    cpu_bf16: bool = False
+    threads: int = 0
+    time_limit_min: float = 0.0
+
+    def input_side(self) -> int:
+        if self.input_size:
+            return self.input_size
+        return self.simplecnn.input_size if self.model == "simplecnn" else DEFAULT_INPUT_SIZE[self.model]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.01):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+
+
+class Trainer:
+    """Holds the data, model, optimiser and history of one run; :meth:`fit` then :meth:`report`."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        seed_everything(cfg.seed)
+        side = cfg.input_side()
+        if cfg.model == "simplecnn" and side != cfg.simplecnn.input_size:
+            cfg.simplecnn = SimpleCNNConfig(**{**asdict(cfg.simplecnn), "input_size": side})
+
+        root = Path(cfg.data)
+        manifest = self.out / "manifest.csv"
+        if resume and manifest.exists():
+            splits = read_manifest(manifest, root)
+            self.classes = tuple(json.loads((self.out / "config.json").read_text())["classes"])
+        else:
+            scan = scan_image_folder(root)
+            report_skipped(scan.skipped)
+            self.classes = scan.classes
+            splits = stratified_split(scan.samples, cfg.split, cfg.seed)
+            write_manifest(manifest, splits, self.classes, root)
+        self.splits = splits
+        counts = {c: [sum(s.label == i for s in splits[k]) for k in ("train", "val", "test")] for i, c in enumerate(self.classes)}
+        print("class counts (train/val/test): " + ", ".join(f"{c} {a}/{b}/{t}" for c, (a, b, t) in counts.items()))
+        (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(self.classes)}, indent=2))
+
+        self.contract = PreprocessContract(height=side, width=side, resize=cfg.resize, labels=self.classes)
+        self.x_train, self.y_train = pipeline.train_cache(splits["train"], self.contract)
+        self.x_val, self.y_val = pipeline.eval_tensor(splits["val"], self.contract, "val images")
+        self.x_test, self.y_test = pipeline.eval_tensor(splits["test"], self.contract, "test images")
+
+        n_cls = len(self.classes)
+        self.model = build_model(cfg.model, n_cls, cfg.weights, cfg.weights_file, cfg.simplecnn).to(self.device)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        groups = parameter_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor, cfg.strategy == "freeze_backbone")
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.batch_size = min(cfg.batch_size, len(self.y_train))
+        steps_per_epoch = max(1, len(self.y_train) // self.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
+        )
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
+        )
+        weights = torch.from_numpy(inverse_frequency(splits["train"], n_cls))
+        self.loss_weight = weights.to(self.device) if cfg.balance == "loss" else None
+        self.sample_weights = weights[self.y_train] if cfg.balance == "sampler" else None
+        self.transform = pipeline.train_transform(self.contract, cfg.min_scale)
+        self.mixer = pipeline.batch_mixer(n_cls, cfg.mixup_alpha, cfg.cutmix_alpha)
+        self.use_cuda_amp = cfg.amp and self.device == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.epoch, self.best_acc, self.best_epoch, self.history = 0, -1.0, 0, []
+        self.train_seconds = 0.0
+        if resume and (self.out / "last.pt").exists():
+            self._load_last()
+        print(f"model {cfg.model}: {count_parameters(self.model):,} trainable parameters, input {side}x{side}, device {self.device}")
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _save_best(self) -> None:
+        torch.save(
+            {
+                "arch": describe(self.cfg.model, self.cfg.simplecnn if self.cfg.model == "simplecnn" else None),
+                "num_classes": len(self.classes),
+                "state_dict": self.eval_model().state_dict(),
+                "contract": self.contract.to_metadata(),
+                "epoch": self.epoch,
+                "val_acc": self.best_acc,
+            },
+            self.out / "best.pt",
+        )
+
+    def _save_last(self) -> None:
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch,
+                "best_acc": self.best_acc,
+                "best_epoch": self.best_epoch,
+                "history": self.history,
+                "train_seconds": self.train_seconds,
+                "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            },
+            self.out / "last.pt",
+        )
+
+    def _load_last(self) -> None:
+        ckpt = torch.load(self.out / "last.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
+        self.history, self.train_seconds = ckpt["history"], ckpt["train_seconds"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["generator"])
+        print(f"resumed from {self.out / 'last.pt'} after epoch {self.epoch} (best val {self.best_acc:.4f})")
+
+    # ----- training ----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.use_cuda_amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.cpu_bf16 and self.device == "cpu")
+
+    def train_epoch(self) -> tuple[float, float]:
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        n_batches = len(self.y_train) // self.batch_size
+        batches = pipeline.train_batches(self.x_train, self.y_train, self.batch_size, self.transform, self.generator, self.sample_weights)
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False, disable=None)
+        for x, y in bar:
+            target = F.one_hot(y, len(self.classes)).float()
+            if self.mixer is not None and torch.rand(1).item() < self.cfg.mix_prob:
+                x, target = self.mixer(x, y)
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            target = target.to(self.device)
+            with self._autocast():
+                logits = self.model(x)
+            loss = _loss(logits, target, self.loss_weight, self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1).cpu() == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def validate(self) -> tuple[float, float]:
+        logits = torch.from_numpy(evaluate.predict(self.eval_model(), self.x_val, device=self.device))
+        loss = F.cross_entropy(logits, self.y_val).item()
+        return loss, (logits.argmax(1) == self.y_val).float().mean().item()
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        stale = self.epoch - self.best_epoch
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            train_loss, train_acc = self.train_epoch()
+            val_loss, val_acc = self.validate()
+            self.epoch += 1
+            self.train_seconds += time.perf_counter() - start
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history.append(
+                {"epoch": self.epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+                 "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "lr": lr, "seconds": round(self.train_seconds, 1)}
+            )
+            improved = val_acc > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch, stale = val_acc, self.epoch, 0
+                self._save_best()
+            else:
+                stale += 1
+            self._save_last()
+            print(
+                f"epoch {self.epoch:3d}/{cfg.epochs} loss {train_loss:.3f} acc {train_acc:.3f} | val loss {val_loss:.3f} "
+                f"acc {val_acc:.4f}{' *' if improved else ''} | lr {lr:.2e} | {self.train_seconds / 60:.1f} min",
+                flush=True,
+            )
+            if cfg.patience and stale >= cfg.patience:
+                print(f"early stop: val accuracy has not improved for {stale} epochs (best {self.best_acc:.4f} at epoch {self.best_epoch})")
+                break
+            if cfg.time_limit_min and self.train_seconds / 60 >= cfg.time_limit_min:
+                print(f"time limit of {cfg.time_limit_min} min reached")
+                break
+
+    def report(self) -> dict:
+        """Evaluate the best checkpoint on val and test and write every report file."""
+        best = torch.load(self.out / "best.pt", map_location=self.device, weights_only=False)
+        model = self.eval_model()
+        model.load_state_dict(best["state_dict"])
+        metrics: dict = {
+            "model": self.cfg.model,
+            "parameters": count_parameters(model),
+            "best_epoch": best["epoch"],
+            "epochs_run": self.epoch,
+            "train_minutes": round(self.train_seconds / 60, 2),
+            "device": self.device,
+            "torch_threads": torch.get_num_threads(),
+            "classes": list(self.classes),
+            "split_sizes": {k: len(v) for k, v in self.splits.items()},
+        }
+        for split, x, y in (("val", self.x_val, self.y_val), ("test", self.x_test, self.y_test)):
+            logits = evaluate.predict(model, x, device=self.device)
+            m = evaluate.classification_metrics(y.numpy(), logits.argmax(1), self.classes)
+            metrics[split] = m
+            evaluate.write_confusion(m["confusion_matrix"], self.classes, self.out / f"confusion_{split}", f"{self.cfg.model} {split}: top-1 {m['accuracy']:.3f}")
+            evaluate.write_predictions(self.out / f"predictions_{split}.csv", [str(s.path) for s in self.splits[split]], y.numpy(), logits, self.classes)
+        evaluate.write_curves(self.history, self.out / "curves")
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"best epoch {best['epoch']}: val top-1 {metrics['val']['accuracy']:.4f}, test top-1 {metrics['test']['accuracy']:.4f} -> {self.out}")
+        return metrics
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,68 @@
+"""Export a run's best checkpoint to ONNX, then verify it against PyTorch on real images.
+
+The images are the run's held-out (val + test) photos from its manifest, preprocessed by the
+serving preprocessing; ``--images DIR`` uses another folder instead. Exits non-zero if
+ONNX Runtime and PyTorch disagree on the top-1 class of any image, or if the largest logit
+difference exceeds the tolerance.
+
+Example:
+    python train/export.py --run runs/simplecnn --out models/simplecnn.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from wastesort.data import IMAGE_EXTENSIONS, read_manifest
+from wastesort.preprocess import preprocess_file
+from wastesort.training.export import LOGIT_ATOL, OPSET, ExportError, export_onnx, load_checkpoint, verify_export
+
+
+def held_out_images(run: Path, limit: int) -> list[Path]:
+    config = json.loads((run / "config.json").read_text())
+    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
+    return [s.path for s in splits["val"] + splits["test"]][:limit]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run folder holding best.pt, config.json and manifest.csv")
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--images", type=Path, default=None, help="verify on images under this folder instead of the run's held-out split")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many verification images")
+    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--atol", type=float, default=LOGIT_ATOL, help="largest accepted |logit difference|")
+    a = p.parse_args(argv)
+
+    model, contract, ckpt = load_checkpoint(a.run / "best.pt")
+    if a.images:
+        paths = sorted(q for q in a.images.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)[: a.limit]
+    else:
+        paths = held_out_images(a.run, a.limit)
+    if not paths:
+        print("error: no images to verify the export with", file=sys.stderr)
+        return 2
+    images = np.stack([preprocess_file(str(q), contract) for q in paths])
+    export_onnx(model, contract, a.out, a.opset, doc=f"{ckpt['arch']['name']} trained in {a.run}, best epoch {ckpt['epoch']}")
+    try:
+        result = verify_export(a.out, model, images, a.atol)
+    except ExportError as exc:
+        print(f"error: export verification failed: {exc}", file=sys.stderr)
+        a.out.unlink(missing_ok=True)
+        return 1
+    size_mb = a.out.stat().st_size / 1e6
+    print(
+        f"exported {a.out} ({size_mb:.1f} MB, opset {a.opset}); verified on {result['images']} real images: "
+        f"top-1 agreement {result['top1_agreement']:.0%}, max |logit diff| {result['max_abs_logit_diff']:.1e} (tolerance {a.atol:.0e})"
+    )
+    (a.out.with_suffix(".export.json")).write_text(json.dumps({"source_run": str(a.run), **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
