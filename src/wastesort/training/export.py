@@ -23,7 +23,9 @@ from wastesort.training.models import SimpleCNNConfig, build_model
 
 INPUT_NAME = "IMAGES"
 OUTPUT_NAMES = ("LOGITS", "PROBABILITIES")
-OPSET = 17
+OPSET = 18
+#: Upper bound of the dynamic batch axis recorded by torch.export.
+MAX_BATCH = 4096
 #: Largest |logit(ONNX Runtime) - logit(PyTorch)| accepted for an FP32 export.
 LOGIT_ATOL = 1e-3
 
@@ -55,8 +57,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, PreprocessContract, di
 
 
 def export_onnx(model: nn.Module, contract: PreprocessContract, out: str | Path, opset: int = OPSET, doc: str = "") -> Path:
-    """Write ``out`` with a dynamic batch axis, the contract in its metadata, checked by
-    ``onnx.checker``."""
+    """Write ``out`` (torch.export-based exporter) with a dynamic batch axis, the contract in
+    its metadata, checked by ``onnx.checker``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, contract.height, contract.width)
@@ -67,8 +69,9 @@ def export_onnx(model: nn.Module, contract: PreprocessContract, out: str | Path,
         input_names=[INPUT_NAME],
         output_names=list(OUTPUT_NAMES),
         opset_version=opset,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
-        dynamo=False,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
+        dynamo=True,
+        verbose=False,
     )
     proto = onnx.load(str(out))
     del proto.metadata_props[:]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
@@ -100,6 +100,19 @@ def _lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.01):
     return f
 
 
+def ema_avg_fn(decay: float):
+    """Exponential moving average whose decay warms up as ``min(decay, (1 + n) / (10 + n))``
+    after ``n`` updates, so the average tracks the model early on instead of its random
+    initialisation (the schedule timm uses)."""
+
+    def fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return fn
+
+
 def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, smoothing: float) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
 
@@ -151,7 +164,7 @@ class Trainer:
             self.optimizer, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
         )
         self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
+            AveragedModel(self.model, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
         )
         weights = torch.from_numpy(inverse_frequency(splits["train"], n_cls))
         self.loss_weight = weights.to(self.device) if cfg.balance == "loss" else None

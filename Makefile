@@ -1,0 +1,57 @@
+# Single entry point. `make setup` once, then `make demo` / `make test`.
+# Every target that needs Python depends on setup, which is idempotent.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PY      := $(BIN)/python
+STAMP   := $(VENV)/.installed
+
+# train / export knobs (override on the command line: make train DATA=... MODEL=resnet18)
+DATA    ?=
+MODEL   ?= mobilenet_v3_small
+RUN     ?= runs/$(MODEL)
+ONNX    ?= models/$(MODEL).onnx
+TRAIN_ARGS ?=
+
+.PHONY: setup test lint demo train export evaluate clean help
+
+help:
+	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
+	@echo "make test                   ruff + pytest (CPU, no dataset needed)"
+	@echo "make demo [DATA=dir]        whole pipeline so far: data -> train -> export -> verify -> evaluate"
+	@echo "make train DATA=dir [MODEL=...] [TRAIN_ARGS=...]   train into runs/MODEL"
+	@echo "make export [MODEL=...]     export runs/MODEL/best.pt to models/MODEL.onnx and verify it"
+	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[train,dev]"
+	$(PY) -c "import torch, torchvision, onnxruntime, wastesort; print('setup ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check src train tests
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: setup
+	bash scripts/demo.sh "$(DATA)"
+
+train: setup
+	@test -n "$(DATA)" || { echo "usage: make train DATA=path/to/imagefolder [MODEL=$(MODEL)]"; exit 2; }
+	$(PY) train/train.py --data "$(DATA)" --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
+
+export: setup
+	$(PY) train/export.py --run $(RUN) --out $(ONNX)
+
+evaluate: setup
+	@test -n "$(DATA)" || { echo "usage: make evaluate DATA=path/to/imagefolder"; exit 2; }
+	$(PY) train/evaluate.py --model $(ONNX) --data "$(DATA)"
+
+clean:
+	rm -rf runs demo_out .pytest_cache .ruff_cache

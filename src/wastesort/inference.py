@@ -1,0 +1,60 @@
+"""Run an exported ONNX classifier with ONNX Runtime, using only its own metadata.
+
+No torch and no project-specific knowledge of the model: input size, resize policy,
+normalisation and labels all come from the ONNX ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from wastesort.contract import PreprocessContract
+from wastesort.preprocess import preprocess_bytes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-1 ``label`` with its softmax ``score``, and every class probability."""
+
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+
+class OnnxClassifier:
+    """ONNX Runtime session plus the model's preprocessing contract.
+
+    Args:
+        path: ONNX file exported by ``train/export.py``.
+        threads: intra-op threads (0: ONNX Runtime's default, one per core).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.contract = PreprocessContract.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.contract.labels
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """float32 ``(N, 3, H, W)`` preprocessed images -> float32 ``(N, C)`` probabilities."""
+        outs = [self.session.run(["PROBABILITIES"], {self.input_name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+
+    def classify_bytes(self, encoded: list[bytes]) -> list[Prediction]:
+        """Encoded images -> one :class:`Prediction` each (raises ``ImageDecodeError``)."""
+        probs = self.probabilities(np.stack([preprocess_bytes(b, self.contract) for b in encoded]))
+        return [self._prediction(row) for row in probs]
+
+    def _prediction(self, row: np.ndarray) -> Prediction:
+        k = int(row.argmax())
+        return Prediction(self.labels[k], float(row[k]), {c: float(p) for c, p in zip(self.labels, row, strict=True)})

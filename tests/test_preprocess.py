@@ -1,0 +1,118 @@
+"""The preprocessing contract and the PIL/NumPy preprocessing every role shares."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wastesort.contract import PreprocessContract
+from wastesort.preprocess import ImageDecodeError, decode, load_rgb, normalize, preprocess_bytes
+
+
+def _encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _half_and_half(size=(400, 300)) -> Image.Image:
+    """Left half red, right half blue."""
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[:, : size[0] // 2] = (255, 0, 0)
+    arr[:, size[0] // 2 :] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+def test_metadata_round_trip() -> None:
+    c = PreprocessContract(height=160, width=128, resize="center_crop", crop_fraction=0.9)
+    meta = c.to_metadata()
+    assert set(meta) == {"labels", "preprocessing"} and all(isinstance(v, str) for v in meta.values())
+    assert PreprocessContract.from_metadata(meta) == c
+    with pytest.raises(KeyError, match="labels"):
+        PreprocessContract.from_metadata({"preprocessing": meta["preprocessing"]})
+
+
+def test_contract_rejects_bad_values() -> None:
+    with pytest.raises(ValueError):
+        PreprocessContract(resize="stretch")
+    with pytest.raises(ValueError):
+        PreprocessContract(crop_fraction=0)
+
+
+@pytest.mark.parametrize("policy", ["squash", "center_crop"])
+def test_output_shape_dtype_and_normalisation(policy: str) -> None:
+    c = PreprocessContract(height=96, width=128, resize=policy)
+    x = preprocess_bytes(_encode(_half_and_half()), c)
+    assert x.shape == (3, 96, 128) and x.dtype == np.float32
+    red = (np.array([1.0, 0.0, 0.0]) - np.array(c.mean)) / np.array(c.std)
+    assert np.allclose(x[:, 48, 5], red, atol=0.1)  # left edge stays red
+
+
+def test_normalize_matches_formula() -> None:
+    c = PreprocessContract()
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    expected = ((rgb / 255.0 - np.array(c.mean)) / np.array(c.std)).transpose(2, 0, 1)
+    assert np.allclose(normalize(rgb, c), expected, atol=1e-5)
+
+
+def test_exif_rotation_is_applied() -> None:
+    img = _half_and_half()  # landscape; red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewer must rotate 90 degrees clockwise
+    img = decode(_encode(img, exif=exif.tobytes()), draft_size=(100, 100))
+    assert img.width < img.height  # upright is portrait
+    top, bottom = np.asarray(img)[5, img.width // 2], np.asarray(img)[-5, img.width // 2]
+    assert top[0] > 200 and bottom[2] > 200  # red ends on top after a clockwise turn
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (64, 48), 128),
+        lambda: Image.new("RGB", (64, 48), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE),
+        lambda: Image.new("RGBA", (64, 48), (255, 0, 0, 0)),
+        lambda: Image.new("CMYK", (64, 48), (0, 255, 255, 0)),
+        lambda: Image.fromarray(np.full((48, 64), 65535 // 2, np.uint16)),
+    ],
+    ids=["L", "P", "RGBA", "CMYK", "I16"],
+)
+def test_any_mode_becomes_rgb(make) -> None:
+    img = make()
+    fmt = "JPEG" if img.mode in ("L", "CMYK") else "PNG"
+    out = decode(_encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (64, 48)
+    px = np.asarray(out)[10, 10].astype(int)
+    if img.mode == "RGBA":
+        assert (px == 255).all()  # fully transparent composited on white
+    if img.mode == "I;16":
+        assert 120 <= px[0] <= 135  # rescaled from 16 bits, not clipped to white
+
+
+def test_draft_decode_is_close_to_full_decode() -> None:
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((1024, 768), Image.Resampling.BICUBIC)
+    data = _encode(base, quality=95)
+    c = PreprocessContract(height=128, width=128)
+    fast = load_rgb(data, c).astype(float)
+    full = np.asarray(decode(data).resize((128, 128), Image.Resampling.BILINEAR), dtype=float)
+    assert np.abs(fast - full).mean() < 6.0
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [(b"", "zero bytes"), (b"not an image at all", "not a decodable image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "not a decodable|corrupt")],
+)
+def test_bad_bytes_raise_clear_errors(data: bytes, match: str) -> None:
+    with pytest.raises(ImageDecodeError, match=match):
+        preprocess_bytes(data, PreprocessContract())
+
+
+def test_truncated_jpeg_and_pixel_limit() -> None:
+    data = _encode(_half_and_half((800, 600)))
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        decode(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="above the limit"):
+        decode(data, max_pixels=1000)

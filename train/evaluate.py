@@ -1,0 +1,65 @@
+"""Evaluate an exported ONNX model on labelled images, with ONNX Runtime only.
+
+Images come from an ImageFolder dataset (``--data``; every image, or one split of a run's
+manifest with ``--run``/``--split``). Preprocessing and labels are read from the model's
+own metadata, exactly as a deployment would. Prints top-1 and a per-class table (scikit-learn)
+and optionally writes them as JSON.
+
+Example:
+    python train/evaluate.py --model models/mobilenet_v3_small.onnx --data ../shared/data/trashnet \
+        --run runs/mobilenet_v3_small --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import classification_report
+from tqdm import tqdm
+
+from wastesort.data import DatasetError, read_manifest, report_skipped, scan_image_folder
+from wastesort.inference import OnnxClassifier
+from wastesort.preprocess import preprocess_file
+from wastesort.training.evaluate import classification_metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="ONNX file")
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder dataset root")
+    p.add_argument("--run", type=Path, default=None, help="run folder whose manifest.csv selects the images")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--json", type=Path, default=None, help="write the metrics here")
+    a = p.parse_args(argv)
+
+    clf = OnnxClassifier(a.model)
+    if a.run:
+        samples = read_manifest(a.run / "manifest.csv", a.data)[a.split]
+        source = f"{a.split} split of {a.run}"
+    else:
+        try:
+            scan = scan_image_folder(a.data, clf.labels)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report_skipped(scan.skipped)
+        samples, source = scan.samples, f"every image under {a.data}"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        images = list(tqdm(pool.map(lambda s: preprocess_file(str(s.path), clf.contract), samples), total=len(samples), desc="preprocess", disable=None))
+    y_true = np.array([s.label for s in samples])
+    y_pred = clf.probabilities(np.stack(images)).argmax(1)
+    metrics = classification_metrics(y_true, y_pred, clf.labels)
+    print(f"{a.model} on {len(samples)} images ({source}): top-1 {metrics['accuracy']:.4f}")
+    print(classification_report(y_true, y_pred, labels=list(range(len(clf.labels))), target_names=list(clf.labels), digits=3, zero_division=0))
+    if a.json:
+        a.json.write_text(json.dumps({"model": str(a.model), "images": len(samples), "source": source, **metrics}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
