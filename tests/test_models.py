@@ -31,8 +31,19 @@ def test_simplecnn_preset_matches_the_seed_parameter_count() -> None:
 @pytest.mark.parametrize(
     ("cfg", "params"),
     [
-        (SimpleCNNConfig(conv_layers=3, base_features=8, strategy="doubling", kernel_size=3, input_size=64,
-                         conv_activation="gelu", dense_activation="silu", dense_units=32), None),
+        (
+            SimpleCNNConfig(
+                conv_layers=3,
+                base_features=8,
+                strategy="doubling",
+                kernel_size=3,
+                input_size=64,
+                conv_activation="gelu",
+                dense_activation="silu",
+                dense_units=32,
+            ),
+            None,
+        ),
         (SimpleCNNConfig(conv_layers=4, base_features=32, strategy="halving", batch_norm=False, input_size=64), None),
     ],
 )

@@ -14,16 +14,38 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
 import export as export_cli  # noqa: E402
-import train as train_cli  # noqa: E402
 
+import train as train_cli  # noqa: E402
 from wastesort.contract import PreprocessContract  # noqa: E402
 from wastesort.inference import OnnxClassifier  # noqa: E402
 from wastesort.labels import LABELS  # noqa: E402
 from wastesort.preprocess import preprocess_file  # noqa: E402
 from wastesort.training.export import ExportError, load_checkpoint, verify_export  # noqa: E402
 
-SMALL = ["--model", "simplecnn", "--input-size", "64", "--conv-layers", "4", "--base-features", "24", "--kernel-size", "3",
-         "--dense-units", "64", "--batch-size", "16", "--lr", "3e-3", "--mix-prob", "0", "--warmup-epochs", "1", "--seed", "0"]
+SMALL = [
+    "--model",
+    "simplecnn",
+    "--input-size",
+    "64",
+    "--conv-layers",
+    "4",
+    "--base-features",
+    "24",
+    "--kernel-size",
+    "3",
+    "--dense-units",
+    "64",
+    "--batch-size",
+    "16",
+    "--lr",
+    "3e-3",
+    "--mix-prob",
+    "0",
+    "--warmup-epochs",
+    "1",
+    "--seed",
+    "0",
+]
 
 
 def _data_root(run: Path) -> Path:
@@ -41,8 +63,18 @@ def test_training_beats_chance_and_writes_every_output(trained_run: Path) -> Non
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.6  # chance is 1/6
     assert set(metrics["test"]["per_class"]) == set(LABELS)
-    for name in ("config.json", "manifest.csv", "best.pt", "last.pt", "curves.csv", "curves.png", "confusion_val.csv",
-                 "confusion_test.png", "predictions_test.csv", "predictions_val.csv"):
+    for name in (
+        "config.json",
+        "manifest.csv",
+        "best.pt",
+        "last.pt",
+        "curves.csv",
+        "curves.png",
+        "confusion_val.csv",
+        "confusion_test.png",
+        "predictions_test.csv",
+        "predictions_val.csv",
+    ):
         assert (trained_run / name).is_file(), name
     rows = (trained_run / "predictions_test.csv").read_text().splitlines()
     assert len(rows) == 1 + metrics["split_sizes"]["test"]

@@ -50,12 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         report_skipped(scan.skipped)
         samples, source = scan.samples, f"every image under {a.data}"
     with ThreadPoolExecutor(max_workers=2) as pool:
-        images = list(tqdm(pool.map(lambda s: preprocess_file(str(s.path), clf.contract), samples), total=len(samples), desc="preprocess", disable=None))
+        images = list(
+            tqdm(
+                pool.map(lambda s: preprocess_file(str(s.path), clf.contract), samples), total=len(samples), desc="preprocess", disable=None
+            )
+        )
     y_true = np.array([s.label for s in samples])
     y_pred = clf.probabilities(np.stack(images)).argmax(1)
     metrics = classification_metrics(y_true, y_pred, clf.labels)
     print(f"{a.model} on {len(samples)} images ({source}): top-1 {metrics['accuracy']:.4f}")
-    print(classification_report(y_true, y_pred, labels=list(range(len(clf.labels))), target_names=list(clf.labels), digits=3, zero_division=0))
+    print(
+        classification_report(y_true, y_pred, labels=list(range(len(clf.labels))), target_names=list(clf.labels), digits=3, zero_division=0)
+    )
     if a.json:
         a.json.write_text(json.dumps({"model": str(a.model), "images": len(samples), "source": source, **metrics}, indent=2))
     return 0

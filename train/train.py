@@ -7,6 +7,7 @@ Example (the committed model; see MODEL_CARD.md for the exact command):
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import fields
 
@@ -41,8 +42,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     s.add_argument("--dropout", type=float, default=sd.dropout)
     s.add_argument("--dense-units", type=int, default=sd.dense_units)
     t = p.add_argument_group("training")
-    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup_alpha", "cutmix_alpha",
-                 "mix_prob", "min_scale", "grad_clip", "ema_decay", "patience", "seed", "threads", "time_limit_min"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "label_smoothing",
+        "mixup_alpha",
+        "cutmix_alpha",
+        "mix_prob",
+        "min_scale",
+        "grad_clip",
+        "ema_decay",
+        "patience",
+        "seed",
+        "threads",
+        "time_limit_min",
+    ):
         default = getattr(d, name)
         t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     t.add_argument("--balance", choices=("none", "loss", "sampler"), default=d.balance, help="class-weighted loss or sampler")
@@ -52,9 +69,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     t.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU (AVX-512 BF16 / AMX CPUs)")
     a = p.parse_args(argv)
     simple = SimpleCNNConfig(
-        conv_layers=a.conv_layers, base_features=a.base_features, strategy=a.feature_strategy, kernel_size=a.kernel_size,
-        conv_activation=a.conv_activation, dense_activation=a.dense_activation, batch_norm=not a.no_batch_norm,
-        dropout=a.dropout, dense_units=a.dense_units, input_size=a.input_size or sd.input_size,
+        conv_layers=a.conv_layers,
+        base_features=a.base_features,
+        strategy=a.feature_strategy,
+        kernel_size=a.kernel_size,
+        conv_activation=a.conv_activation,
+        dense_activation=a.dense_activation,
+        batch_norm=not a.no_batch_norm,
+        dropout=a.dropout,
+        dense_units=a.dense_units,
+        input_size=a.input_size or sd.input_size,
     )
     names = {f.name for f in fields(TrainConfig)} - {"simplecnn", "amp", "split"}
     cfg = TrainConfig(**{k: getattr(a, k) for k in names}, simplecnn=simple, amp=not a.no_amp, split=tuple(a.split))
@@ -62,12 +86,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     cfg, resume = parse_args(argv)
     try:
         trainer = Trainer(cfg, resume=resume)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not resume:
+        (trainer.out / "command.txt").write_text(shlex.join(["python", "train/train.py", *argv]) + "\n")
     trainer.fit()
     trainer.report()
     return 0

@@ -47,7 +47,9 @@ class OnnxClassifier:
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """float32 ``(N, 3, H, W)`` preprocessed images -> float32 ``(N, C)`` probabilities."""
-        outs = [self.session.run(["PROBABILITIES"], {self.input_name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+        outs = [
+            self.session.run(["PROBABILITIES"], {self.input_name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
 
     def classify_bytes(self, encoded: list[bytes]) -> list[Prediction]:

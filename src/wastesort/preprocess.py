@@ -47,9 +47,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(
-    data: bytes, draft_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def decode(data: bytes, draft_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode encoded bytes to an upright RGB PIL image.
 
     Args:
@@ -69,9 +67,7 @@ def decode(
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes): {exc}") from exc
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
-        )
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
     try:
         if draft_size is not None and img.format == "JPEG":
             target = draft_size

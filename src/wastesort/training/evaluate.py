@@ -30,7 +30,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(np.mean(f)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(classes)
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 

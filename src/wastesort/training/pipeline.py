@@ -48,7 +48,9 @@ def train_cache(samples: list[Sample], contract: PreprocessContract) -> tuple[to
     """uint8 ``(N, 3, h, w)`` with ``h, w = CACHE_SCALE * input`` (whole image, squashed), labels."""
     size = (round(contract.width * CACHE_SCALE), round(contract.height * CACHE_SCALE))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        arrays = list(tqdm(pool.map(lambda s: _load_cache(s, size), samples), total=len(samples), desc="train images", leave=False, disable=None))
+        arrays = list(
+            tqdm(pool.map(lambda s: _load_cache(s, size), samples), total=len(samples), desc="train images", leave=False, disable=None)
+        )
     return torch.from_numpy(np.stack(arrays)), torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
@@ -57,7 +59,9 @@ def train_transform(contract: PreprocessContract, min_scale: float = 0.35, rotat
     aspect = contract.width / contract.height
     return v2.Compose(
         [
-            v2.RandomResizedCrop((contract.height, contract.width), scale=(min_scale, 1.0), ratio=(0.75 * aspect, 1.333 * aspect), antialias=True),
+            v2.RandomResizedCrop(
+                (contract.height, contract.width), scale=(min_scale, 1.0), ratio=(0.75 * aspect, 1.333 * aspect), antialias=True
+            ),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.RandomApply([v2.RandomRotation(rotation, fill=255)], p=0.5),

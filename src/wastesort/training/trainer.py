@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
+from wastesort.data import class_weights as inverse_frequency
 from wastesort.data import (
     read_manifest,
     report_skipped,
@@ -30,7 +31,6 @@ from wastesort.data import (
     stratified_split,
     write_manifest,
 )
-from wastesort.data import class_weights as inverse_frequency
 from wastesort.training import evaluate, pipeline
 from wastesort.training.models import (
     DEFAULT_INPUT_SIZE,
@@ -163,9 +163,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
         )
-        self.ema = (
-            AveragedModel(self.model, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
-        )
+        self.ema = AveragedModel(self.model, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
         weights = torch.from_numpy(inverse_frequency(splits["train"], n_cls))
         self.loss_weight = weights.to(self.device) if cfg.balance == "loss" else None
         self.sample_weights = weights[self.y_train] if cfg.balance == "sampler" else None
@@ -282,8 +280,15 @@ class Trainer:
             self.train_seconds += time.perf_counter() - start
             lr = self.optimizer.param_groups[0]["lr"]
             self.history.append(
-                {"epoch": self.epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-                 "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "lr": lr, "seconds": round(self.train_seconds, 1)}
+                {
+                    "epoch": self.epoch,
+                    "train_loss": round(train_loss, 5),
+                    "train_acc": round(train_acc, 5),
+                    "val_loss": round(val_loss, 5),
+                    "val_acc": round(val_acc, 5),
+                    "lr": lr,
+                    "seconds": round(self.train_seconds, 1),
+                }
             )
             improved = val_acc > self.best_acc
             if improved:
@@ -324,11 +329,16 @@ class Trainer:
             logits = evaluate.predict(model, x, device=self.device)
             m = evaluate.classification_metrics(y.numpy(), logits.argmax(1), self.classes)
             metrics[split] = m
-            evaluate.write_confusion(m["confusion_matrix"], self.classes, self.out / f"confusion_{split}", f"{self.cfg.model} {split}: top-1 {m['accuracy']:.3f}")
-            evaluate.write_predictions(self.out / f"predictions_{split}.csv", [str(s.path) for s in self.splits[split]], y.numpy(), logits, self.classes)
+            evaluate.write_confusion(
+                m["confusion_matrix"], self.classes, self.out / f"confusion_{split}", f"{self.cfg.model} {split}: top-1 {m['accuracy']:.3f}"
+            )
+            evaluate.write_predictions(
+                self.out / f"predictions_{split}.csv", [str(s.path) for s in self.splits[split]], y.numpy(), logits, self.classes
+            )
         evaluate.write_curves(self.history, self.out / "curves")
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(f"best epoch {best['epoch']}: val top-1 {metrics['val']['accuracy']:.4f}, test top-1 {metrics['test']['accuracy']:.4f} -> {self.out}")
+        val, test = metrics["val"]["accuracy"], metrics["test"]["accuracy"]
+        print(f"best epoch {best['epoch']}: val top-1 {val:.4f}, test top-1 {test:.4f} -> {self.out}")
         return metrics
 
 
