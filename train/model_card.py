@@ -52,12 +52,20 @@ def build_card(run: Path, onnx_path: Path, notes: str) -> str:
         counts[cls][("train", "val", "test").index(split)] += 1
 
     per_class = [
-        [c, f"{test['per_class'][c]['precision']:.3f}", f"{test['per_class'][c]['recall']:.3f}", f"{test['per_class'][c]['f1']:.3f}",
-         str(test["per_class"][c]["support"]), f"{val['per_class'][c]['f1']:.3f}"]
+        [
+            c,
+            f"{test['per_class'][c]['precision']:.3f}",
+            f"{test['per_class'][c]['recall']:.3f}",
+            f"{test['per_class'][c]['f1']:.3f}",
+            str(test["per_class"][c]["support"]),
+            f"{val['per_class'][c]['f1']:.3f}",
+        ]
         for c in classes
     ]
     cm_rows = [[classes[i], *[str(v) for v in row]] for i, row in enumerate(test["confusion_matrix"])]
     worst = min(classes, key=lambda c: test["per_class"][c]["f1"])
+    cm_table = _table(["true \\ pred", *classes], cm_rows)
+    count_table = _table(["class", "train", "val", "test"], [[c, *map(str, counts[c])] for c in classes])
     return f"""# Model card: `{onnx_path.name}`
 
 Waste-sorting image classifier: one photo of one item in, one of {len(classes)} classes out
@@ -86,7 +94,7 @@ after content-hash deduplication; photos of single items on a white/grey backgro
 Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["split"][2]:.0%}, seed {config["seed"]}, by content hash
 (file names and order do not matter). The split is committed as `{manifest}` (relative paths and sha256, no images).
 
-{_table(["class", "train", "val", "test"], [[c, *map(str, counts[c])] for c in classes])}
+{count_table}
 
 ## Reproduce
 ```
@@ -105,7 +113,7 @@ Evaluation images go through exactly the serving preprocessing (`wastesort.prepr
 
 Confusion matrix on the test split (rows: true class, columns: predicted):
 
-{_table(["true \\\\ pred", *classes], cm_rows)}
+{cm_table}
 
 ![confusion matrix]({onnx_path.with_suffix(".confusion_test.png").name})
 

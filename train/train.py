@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     m.add_argument("--resize", choices=("squash", "center_crop"), default=d.resize, help="resize policy of the preprocessing contract")
     m.add_argument("--weights", choices=("imagenet",), default=None, help="torchvision ImageNet weights (downloads; needs internet)")
     m.add_argument("--weights-file", default=None, help="local ImageNet state_dict (.pth) for offline fine-tuning")
+    m.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum override (0.1 suits short from-scratch runs)")
+    m.add_argument("--init-from", default=None, help="start from the weights of an earlier run's best.pt (same split: same data and seed)")
     m.add_argument("--strategy", choices=("finetune_all", "freeze_backbone"), default=d.strategy)
     m.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor, help="backbone lr = lr * factor")
     s = p.add_argument_group("SimpleCNN (defaults: the seed's best preset)")
@@ -62,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     ):
         default = getattr(d, name)
         t.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    t.add_argument("--rotation", type=float, default=d.rotation, help="max rotation in degrees (applied to half the images)")
     t.add_argument("--balance", choices=("none", "loss", "sampler"), default=d.balance, help="class-weighted loss or sampler")
     t.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"))
     t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")

@@ -73,7 +73,9 @@ def export_onnx(model: nn.Module, contract: PreprocessContract, out: str | Path,
         dynamo=True,
         verbose=False,
     )
-    proto = onnx.load(str(out))
+    proto = onnx.load(str(out))  # also reads any external-data sidecar the exporter wrote
+    sidecar = out.with_name(out.name + ".data")
+    sidecar.unlink(missing_ok=True)  # the model is saved self-contained below
     del proto.metadata_props[:]
     for key, value in contract.to_metadata().items():
         proto.metadata_props.add(key=key, value=value)

@@ -54,6 +54,8 @@ class TrainConfig:
     resize: str = "squash"
     weights: str | None = None
     weights_file: str | None = None
+    bn_momentum: float | None = None  # override BatchNorm momentum (torchvision's MobileNet/EfficientNet use 0.01)
+    init_from: str | None = None  # best.pt of an earlier run (same classes): continue from its weights
     strategy: str = "finetune_all"  # or freeze_backbone
     backbone_lr_factor: float = 1.0
     epochs: int = 60
@@ -66,6 +68,7 @@ class TrainConfig:
     cutmix_alpha: float = 1.0
     mix_prob: float = 0.5
     min_scale: float = 0.35
+    rotation: float = 20.0
     grad_clip: float = 2.0
     ema_decay: float = 0.0
     balance: str = "none"  # none | loss | sampler
@@ -155,6 +158,16 @@ class Trainer:
 
         n_cls = len(self.classes)
         self.model = build_model(cfg.model, n_cls, cfg.weights, cfg.weights_file, cfg.simplecnn).to(self.device)
+        if cfg.bn_momentum is not None:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = cfg.bn_momentum
+        if cfg.init_from:
+            ckpt = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
+            if ckpt["arch"]["name"] != cfg.model or ckpt["num_classes"] != n_cls:
+                raise ValueError(f"--init-from {cfg.init_from} is a {ckpt['arch']['name']} with {ckpt['num_classes']} classes")
+            self.model.load_state_dict(ckpt["state_dict"])
+            print(f"initialised from {cfg.init_from} (epoch {ckpt['epoch']}, val {ckpt['val_acc']:.4f})")
         self.model = self.model.to(memory_format=torch.channels_last)
         groups = parameter_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor, cfg.strategy == "freeze_backbone")
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -167,7 +180,7 @@ class Trainer:
         weights = torch.from_numpy(inverse_frequency(splits["train"], n_cls))
         self.loss_weight = weights.to(self.device) if cfg.balance == "loss" else None
         self.sample_weights = weights[self.y_train] if cfg.balance == "sampler" else None
-        self.transform = pipeline.train_transform(self.contract, cfg.min_scale)
+        self.transform = pipeline.train_transform(self.contract, cfg.min_scale, cfg.rotation)
         self.mixer = pipeline.batch_mixer(n_cls, cfg.mixup_alpha, cfg.cutmix_alpha)
         self.use_cuda_amp = cfg.amp and self.device == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
@@ -234,6 +247,7 @@ class Trainer:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.cpu_bf16 and self.device == "cpu")
 
     def train_epoch(self) -> tuple[float, float]:
+        """One pass over the training cache; returns (mean loss, top-1 on the augmented batches)."""
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
         n_batches = len(self.y_train) // self.batch_size
