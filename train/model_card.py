@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) ->
     return [f"{t} -> {p} ({n})" for n, t, p in sorted(cells, reverse=True)[:top] if n > 0]
 
 
-def build_card(run: Path, onnx_path: Path, notes: str) -> str:
+def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path(".")) -> str:
     metrics = json.loads((run / "metrics.json").read_text())
     config = json.loads((run / "config.json").read_text())
     export = json.loads(onnx_path.with_suffix(".export.json").read_text())
@@ -115,7 +116,7 @@ Confusion matrix on the test split (rows: true class, columns: predicted):
 
 {cm_table}
 
-![confusion matrix]({onnx_path.with_suffix(".confusion_test.png").name})
+![confusion matrix]({os.path.relpath(onnx_path.with_suffix(".confusion_test.png"), card_dir)})
 
 ## Known weaknesses
 - Weakest class on the test split: **{worst}** (F1 {test["per_class"][worst]["f1"]:.3f}). Most frequent confusions:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(a.run / "confusion_test.png", a.onnx.with_suffix(".confusion_test.png"))
     shutil.copy(a.run / "metrics.json", a.onnx.with_suffix(".metrics.json"))
     notes = a.notes.read_text().rstrip() if a.notes else ""
-    a.out.write_text(build_card(a.run, a.onnx, notes))
+    a.out.write_text(build_card(a.run, a.onnx, notes, a.out.parent))
     print(f"wrote {a.out}")
     return 0
 
