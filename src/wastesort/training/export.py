@@ -63,7 +63,7 @@ def export_onnx(model: nn.Module, contract: PreprocessContract, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, contract.height, contract.width)
     torch.onnx.export(
-        WithProbabilities(model.eval()).float(),
+        WithProbabilities(model.eval()).eval().float(),
         (example,),
         str(out),
         input_names=[INPUT_NAME],
