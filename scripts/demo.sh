@@ -31,6 +31,7 @@ banner "2/3 export to ONNX and verify against PyTorch"
 $PY train/export.py --run "$OUT/run" --out "$OUT/demo_model.onnx"
 
 banner "3/3 the committed trained model(s) on this data"
+[ "$DATA" = "$OUT/synthetic" ] && echo "(synthetic shapes are not TrashNet photos: expect a low score here; DATA=... for a real check)"
 shopt -s nullglob
 for model in models/*.onnx; do
   $PY train/evaluate.py --model "$model" --data "$DATA" --json "$OUT/$(basename "$model" .onnx).eval.json"

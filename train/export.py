@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     size_mb = a.out.stat().st_size / 1e6
     print(
-        f"exported {a.out} ({size_mb:.1f} MB, opset {a.opset}); verified on {result['images']} real images: "
+        f"exported {a.out} ({size_mb:.1f} MB, opset {a.opset}); verified on {result['images']} held-out images: "
         f"top-1 agreement {result['top1_agreement']:.0%}, max |logit diff| {result['max_abs_logit_diff']:.1e} (tolerance {a.atol:.0e})"
     )
     (a.out.with_suffix(".export.json")).write_text(json.dumps({"source_run": str(a.run), **result}, indent=2))
