@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import classification_report
-from tqdm import tqdm
 
 from wastesort.data import DatasetError, read_manifest, report_skipped, scan_image_folder
 from wastesort.inference import OnnxClassifier
-from wastesort.preprocess import preprocess_file
+from wastesort.preprocess import preprocess_files
 from wastesort.training.evaluate import classification_metrics
 
 
@@ -49,14 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report_skipped(scan.skipped)
         samples, source = scan.samples, f"every image under {a.data}"
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        images = list(
-            tqdm(
-                pool.map(lambda s: preprocess_file(str(s.path), clf.contract), samples), total=len(samples), desc="preprocess", disable=None
-            )
-        )
+    images = preprocess_files([s.path for s in samples], clf.contract)
     y_true = np.array([s.label for s in samples])
-    y_pred = clf.probabilities(np.stack(images)).argmax(1)
+    y_pred = clf.probabilities(images).argmax(1)
     metrics = classification_metrics(y_true, y_pred, clf.labels)
     print(f"{a.model} on {len(samples)} images ({source}): top-1 {metrics['accuracy']:.4f}")
     print(

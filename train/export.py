@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from wastesort.data import IMAGE_EXTENSIONS, read_manifest
-from wastesort.preprocess import preprocess_file
+from wastesort.preprocess import preprocess_files
 from wastesort.training.export import LOGIT_ATOL, OPSET, ExportError, export_onnx, load_checkpoint, verify_export
 
 
@@ -47,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("error: no images to verify the export with", file=sys.stderr)
         return 2
-    images = np.stack([preprocess_file(str(q), contract) for q in paths])
+    images = preprocess_files(paths, contract, "verification images")
     export_onnx(model, contract, a.out, a.opset, doc=f"{ckpt['arch']['name']} trained in {a.run}, best epoch {ckpt['epoch']}")
     try:
         result = verify_export(a.out, model, images, a.atol)

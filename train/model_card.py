@@ -1,12 +1,12 @@
 """Write MODEL_CARD.md for a shipped model from its run folder: every number in the card is
-read from the run's files (metrics.json, config.json, command.txt, curves.csv) and from the
+read from the run's files (metrics.json, config.json, command.txt, manifest.csv) and from the
 ONNX file and its ``.export.json`` verification record; nothing is typed in.
 
 Also copies the split manifest and the test confusion matrix next to the model, so a reader
 can reproduce the split and see the matrix without the run folder.
 
 Example:
-    python train/model_card.py --run runs/resnet18 --onnx models/resnet18.onnx --out MODEL_CARD.md
+    python train/model_card.py --run runs/mobilenet_v3_small --onnx models/mobilenet_v3_small.onnx --notes models/notes.md
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import onnx
 
 from wastesort.contract import PreprocessContract
+from wastesort.data import SPLITS, read_manifest
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -47,10 +48,8 @@ def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path("."
     classes = metrics["classes"]
     test, val = metrics["test"], metrics["val"]
     manifest = onnx_path.with_suffix(".manifest.csv")
-    counts = {c: [0, 0, 0] for c in classes}
-    for line in manifest.read_text().splitlines()[1:]:
-        _, _, cls, split, _ = line.split(",")
-        counts[cls][("train", "val", "test").index(split)] += 1
+    splits = read_manifest(manifest, Path(config["data"]))
+    counts = {c: [sum(s.label == i for s in splits[k]) for k in SPLITS] for i, c in enumerate(classes)}
 
     per_class = [
         [

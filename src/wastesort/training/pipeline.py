@@ -20,21 +20,15 @@ from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample
-from wastesort.preprocess import decode, preprocess_file
+from wastesort.preprocess import decode, preprocess_files
 
 #: Training cache side relative to the model input (room for zoom-in crops).
 CACHE_SCALE = 1.25
 
 
-def _load_eval(sample: Sample, contract: PreprocessContract) -> np.ndarray:
-    return preprocess_file(str(sample.path), contract)
-
-
 def eval_tensor(samples: list[Sample], contract: PreprocessContract, desc: str = "eval images") -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``(N, 3, H, W)`` exactly as served, and int64 labels ``(N,)``."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        arrays = list(tqdm(pool.map(lambda s: _load_eval(s, contract), samples), total=len(samples), desc=desc, leave=False, disable=None))
-    x = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, 3, contract.height, contract.width)
+    x = torch.from_numpy(preprocess_files([s.path for s in samples], contract, desc))
     return x, torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -354,7 +353,3 @@ class Trainer:
         val, test = metrics["val"]["accuracy"], metrics["test"]["accuracy"]
         print(f"best epoch {best['epoch']}: val top-1 {val:.4f}, test top-1 {test:.4f} -> {self.out}")
         return metrics
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0))
