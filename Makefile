@@ -14,7 +14,13 @@ RUN     ?= runs/$(MODEL)
 ONNX    ?= models/$(MODEL).onnx
 TRAIN_ARGS ?=
 
-.PHONY: setup test lint demo train export evaluate clean help
+# serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
+# TRITON_ADDRESS says otherwise
+export TRITON_HTTP_PORT    ?= 8000
+export TRITON_GRPC_PORT    ?= 8001
+export TRITON_METRICS_PORT ?= 8002
+
+.PHONY: setup test lint demo train export evaluate repository serve clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -23,18 +29,21 @@ help:
 	@echo "make train DATA=dir [MODEL=...] [TRAIN_ARGS=...]   train into runs/MODEL"
 	@echo "make export [MODEL=...]     export runs/MODEL/best.pt to models/MODEL.onnx and verify it"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
+	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
+	@echo "make serve                  tritonserver on model_repository/, foreground, 127.0.0.1:8000 (http) 8001 (grpc) 8002 (metrics)"
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,dev]"
-	$(PY) -c "import torch, torchvision, onnxruntime, wastesort; print('setup ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
+	$(PY) -m pip install --quiet -e ".[train,serve,dev]"
+	$(PY) -c "import torch, torchvision, onnxruntime, tritonclient.grpc, wastesort; print('setup ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
+	$(PY) -m wastesort.triton.server --print-command
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check src train tests
+	$(BIN)/ruff check src train build client tests
 
 test: lint
 	$(BIN)/pytest -q
@@ -52,6 +61,12 @@ export: setup
 evaluate: setup
 	@test -n "$(DATA)" || { echo "usage: make evaluate DATA=path/to/imagefolder"; exit 2; }
 	$(PY) train/evaluate.py --model $(ONNX) --data "$(DATA)"
+
+repository: setup
+	$(PY) build/repository.py --onnx $(ONNX)
+
+serve: setup
+	$(PY) -m wastesort.triton.server
 
 clean:
 	rm -rf runs demo_out .pytest_cache .ruff_cache

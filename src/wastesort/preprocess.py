@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
@@ -67,7 +67,9 @@ def decode(data: bytes, draft_size: tuple[int, int] | None = None, max_pixels: i
         raise ImageDecodeError("empty input: zero bytes")
     try:
         img = Image.open(io.BytesIO(data))
-    except Exception as exc:  # PIL raises several types for garbage
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"not an image in any format PIL reads ({len(data)} bytes starting {data[:8]!r})") from exc
+    except Exception as exc:  # PIL raises several types for damaged headers
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes): {exc}") from exc
     width, height = img.size
     if width * height > max_pixels:
@@ -106,11 +108,12 @@ def draft_size(contract: PreprocessContract) -> tuple[int, int]:
 
 
 def normalize(rgb: np.ndarray, contract: PreprocessContract) -> np.ndarray:
-    """uint8 HWC RGB -> float32 CHW, ``(x / 255 - mean) / std``."""
+    """uint8 RGB ``(H, W, 3)`` or a batch ``(N, H, W, 3)`` -> float32 ``(3, H, W)`` or
+    ``(N, 3, H, W)``, ``(x / 255 - mean) / std``."""
     scale = np.asarray(contract.std, dtype=np.float32) * 255.0
     shift = np.asarray(contract.mean, dtype=np.float32) * 255.0
     out = (rgb.astype(np.float32) - shift) / scale
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(out, -1, -3))
 
 
 def load_rgb(data: bytes, contract: PreprocessContract, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

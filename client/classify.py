@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""Classify photos with the Triton ensemble (encoded bytes in, labels out).
+
+    python client/classify.py photo.jpg
+    python client/classify.py photos/ more.png --protocol grpc --top-k 3 --json
+    python client/classify.py big_folder/ --batch-size 16 --concurrency 8
+
+Sends each file's bytes as they are (JPEG, PNG, ...; the server decodes), several images per
+request (``--batch-size``) and several requests in flight (``--concurrency``, asyncio), and
+reads the answer through Triton's classification extension (``"score:index:label"``).
+
+Output: one line per image, ``path: label score``, or with ``--json`` one object per line
+``{"path", "label", "score", "top_k": [[label, score], ...]}`` (``"error"`` instead for an
+image that failed). A summary goes to stderr. Exit status: 0 every image classified, 1 some
+failed, 2 bad usage or no images, 3 server unreachable or model not ready.
+
+Standalone: needs only ``tritonclient[all]``, numpy and tqdm, so it can be copied to any host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpc_aio
+import tritonclient.http.aio as http_aio
+from tqdm import tqdm
+from tritonclient.utils import InferenceServerException
+
+DEFAULT_MODEL = "ensemble_mobilenet_v3_small"
+#: Files picked up when walking a directory (files named explicitly are always sent).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What differs between tritonclient's HTTP and gRPC asyncio clients; everything else in
+    this file is one code path for both."""
+
+    name: str
+    module: ModuleType
+    port_env: str
+    default_port: int
+
+    def client(self, url: str, timeout_s: float) -> Any:
+        if self is HTTP:
+            return self.module.InferenceServerClient(url, conn_timeout=timeout_s)
+        return self.module.InferenceServerClient(url)
+
+    def json_kw(self) -> dict[str, Any]:
+        """gRPC returns protobuf messages unless asked for JSON; HTTP always returns JSON."""
+        return {"as_json": True} if self is GRPC else {}
+
+    def infer_kw(self, timeout_s: float) -> dict[str, Any]:
+        return {"client_timeout": timeout_s} if self is GRPC else {}
+
+    def default_url(self) -> str:
+        return f"127.0.0.1:{os.environ.get(self.port_env, self.default_port)}"
+
+
+HTTP = Protocol("http", http_aio, "TRITON_HTTP_PORT", 8000)
+GRPC = Protocol("grpc", grpc_aio, "TRITON_GRPC_PORT", 8001)
+PROTOCOLS = {p.name: p for p in (HTTP, GRPC)}
+
+
+class ClientError(RuntimeError):
+    """Server unreachable, model missing or unusable; the message says what to do."""
+
+
+@dataclass
+class Result:
+    """One input file: ``label``/``score``/``top_k`` when classified, ``error`` when not."""
+
+    path: str
+    label: str | None = None
+    score: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> str:
+        if self.error is not None:
+            return json.dumps({"path": self.path, "label": None, "score": None, "top_k": [], "error": self.error})
+        return json.dumps({"path": self.path, "label": self.label, "score": self.score, "top_k": [[k, s] for k, s in self.top_k]})
+
+    def to_text(self) -> str:
+        if self.error is not None:
+            return f"{self.path}: ERROR {self.error}"
+        rest = ", ".join(f"{k} {s:.3f}" for k, s in self.top_k[1:])
+        return f"{self.path}: {self.label} {self.score:.3f}" + (f" ({rest})" if rest else "")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the client needs from the model's metadata and config."""
+
+    name: str
+    input_name: str
+    output_name: str
+    max_batch_size: int
+
+
+def find_images(inputs: list[str]) -> tuple[list[Path], list[Result]]:
+    """Files as given, plus image files found recursively under directories (sorted).
+    Paths that do not exist come back as failed results."""
+    found: list[Path] = []
+    missing: list[Result] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            missing.append(Result(str(path), error="no such file or directory"))
+    return found, missing
+
+
+def parse_classes(row: np.ndarray) -> list[tuple[str, float]]:
+    """Triton classification strings ``b"score:index:label"`` -> ``[(label, score), ...]``
+    (the index stands in for the label when the model has no labels file)."""
+    out = []
+    for item in row:
+        parts = (item.decode() if isinstance(item, bytes) else str(item)).split(":", 2)
+        out.append((parts[2] if len(parts) > 2 else parts[1], float(parts[0])))
+    return out
+
+
+def chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Classifier:
+    """An open connection to one model on one server."""
+
+    def __init__(self, proto: Protocol, url: str, model: str, top_k: int, timeout_s: float) -> None:
+        self.proto, self.url, self.model, self.top_k, self.timeout_s = proto, url, model, top_k, timeout_s
+        self.client = proto.client(url, timeout_s)
+        self.info: ModelInfo | None = None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def connect(self) -> ModelInfo:
+        """Check that the server and the model are ready and read the model's metadata."""
+        where = f"Triton at {self.url} ({self.proto.name})"
+        try:
+            ready = await self.client.is_server_ready()
+        except Exception as exc:
+            raise ClientError(f"cannot reach {where}: {exc}. Is the server running (make serve)? Is the port right (--url)?") from exc
+        if not ready:
+            raise ClientError(f"{where} is up but not ready (models still loading, or one failed to load: see the server log)")
+        if not await self.client.is_model_ready(self.model):
+            index = await self.client.get_model_repository_index(**self.proto.json_kw())
+            models = index.get("models", []) if isinstance(index, dict) else index
+            ready_models = sorted(m["name"] for m in models if m.get("state") == "READY")
+            raise ClientError(f"model {self.model!r} is not ready on {where}; ready models: {', '.join(ready_models) or 'none'}")
+        meta = await self.client.get_model_metadata(self.model, **self.proto.json_kw())
+        config = await self.client.get_model_config(self.model, **self.proto.json_kw())
+        config = config.get("config", config)
+        inputs, outputs = meta["inputs"], meta["outputs"]
+        if len(inputs) != 1 or inputs[0]["datatype"] != "BYTES":
+            raise ClientError(
+                f"model {self.model!r} does not take one BYTES input of encoded images ({inputs}); use an ensemble_<net> model"
+            )
+        names = [o["name"] for o in outputs]
+        output = "PROBABILITIES" if "PROBABILITIES" in names else names[0]
+        self.info = ModelInfo(self.model, inputs[0]["name"], output, int(config.get("max_batch_size", 0)))
+        return self.info
+
+    async def infer(self, payloads: list[bytes]) -> list[list[tuple[str, float]]]:
+        """Encoded images -> top-k ``(label, score)`` per image, in one request."""
+        assert self.info is not None, "connect() first"
+        batched = self.info.max_batch_size > 0
+        array = np.empty((len(payloads), 1) if batched else (1,), dtype=np.object_)
+        array[...] = np.array(payloads, dtype=np.object_).reshape(array.shape)
+        tensor = self.proto.module.InferInput(self.info.input_name, list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array)
+        output = self.proto.module.InferRequestedOutput(self.info.output_name, class_count=self.top_k)
+        result = await self.client.infer(self.model, [tensor], outputs=[output], **self.proto.infer_kw(self.timeout_s))
+        classes = result.as_numpy(self.info.output_name).reshape(len(payloads), -1)
+        return [parse_classes(row) for row in classes]
+
+    async def classify(self, paths: list[Path]) -> list[Result]:
+        """One request for ``paths``; if it fails and holds several images, each image is
+        retried alone so that one bad file only fails itself."""
+        results: list[Result] = []
+        payloads, sendable = [], []
+        for path in paths:
+            try:
+                payloads.append(path.read_bytes())
+                sendable.append(path)
+            except OSError as exc:
+                results.append(Result(str(path), error=f"cannot read file: {exc.strerror or exc}"))
+        if not sendable:
+            return results
+        try:
+            for path, top in zip(sendable, await self.infer(payloads), strict=True):
+                results.append(Result(str(path), top[0][0], top[0][1], top))
+        except (InferenceServerException, OSError, asyncio.TimeoutError) as exc:
+            if len(sendable) == 1:
+                results.append(Result(str(sendable[0]), error=_message(exc)))
+            else:
+                for path in sendable:
+                    results.extend(await self.classify([path]))
+        return results
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, InferenceServerException):
+        return exc.message() or str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> list[Result]:
+    """Classify every path; ``emit(result)`` is called as each one completes."""
+    proto = PROTOCOLS[args.protocol]
+    classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout)
+    try:
+        info = await classifier.connect()
+        batch_size = args.batch_size
+        if info.max_batch_size == 0:
+            batch_size = 1
+        elif batch_size > info.max_batch_size:
+            print(
+                f"note: {info.name} takes at most {info.max_batch_size} images per request; using --batch-size {info.max_batch_size}",
+                file=sys.stderr,
+            )
+            batch_size = info.max_batch_size
+        gate = asyncio.Semaphore(args.concurrency)
+
+        async def one_batch(batch: list[Path]) -> list[Result]:
+            async with gate:
+                return await classifier.classify(batch)
+
+        results: list[Result] = []
+        with tqdm(total=len(paths), unit="img", desc="classify", disable=args.quiet or None, file=sys.stderr, leave=False) as bar:
+            for task in asyncio.as_completed([one_batch(b) for b in chunks(paths, batch_size)]):
+                done = await task
+                for result in done:
+                    emit(result)
+                results.extend(done)
+                bar.update(len(done))
+        return results
+    finally:
+        await classifier.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Classify photos with the waste-sorting model on a Triton server.",
+        epilog="Exit status: 0 all classified, 1 some failed, 2 usage/no images, 3 server or model unavailable.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="host:port (default 127.0.0.1:$TRITON_HTTP_PORT or :8000 for http, :$TRITON_GRPC_PORT or :8001 for grpc)",
+    )
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="http")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model taking encoded image bytes (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per request (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    args = parser.parse_args(argv)
+    for name in ("top_k", "batch_size", "concurrency"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.url:
+        args.url = args.url.split("://", 1)[-1].rstrip("/")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    paths, failed = find_images(args.inputs)
+
+    def emit(result: Result) -> None:
+        print(result.to_json() if args.json else result.to_text(), flush=True)
+
+    for result in failed:
+        emit(result)
+    if not paths:
+        print("error: no image files found in " + " ".join(args.inputs), file=sys.stderr)
+        return EXIT_USAGE
+    start = time.perf_counter()
+    try:
+        results = asyncio.run(run(args, paths, emit))
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    results += failed
+    bad = [r for r in results if r.error is not None]
+    if not args.quiet:
+        seconds = time.perf_counter() - start
+        print(
+            f"classified {len(results) - len(bad)} of {len(results)} images in {seconds:.2f} s with {args.model} over {args.protocol}"
+            + (f"; {len(bad)} failed" if bad else ""),
+            file=sys.stderr,
+        )
+    return EXIT_SOME_FAILED if bad else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Triton model configurations, built as tritonclient's ``ModelConfig`` protobuf messages.
+
+Every ``config.pbtxt`` under ``model_repository/`` is written by :func:`write_repository`
+(``build/repository.py``) from the exported ONNX model's own metadata (input size, labels,
+preprocessing contract), and every one parses back into ``ModelConfig`` in the tests.
+
+Tensor contract of the served models (N = batch, at most ``max_batch_size``):
+
+* ``preprocess``: ``IMAGE_BYTES`` BYTES ``[N, 1]`` (encoded JPEG/PNG/...) ->
+  ``IMAGES`` FP32 ``[N, 3, H, W]`` (RGB, ``(x/255 - mean)/std``).
+* ``<net>_onnx``: ``IMAGES`` FP32 ``[N, 3, H, W]`` -> ``LOGITS``, ``PROBABILITIES`` FP32 ``[N, C]``.
+* ``ensemble_<net>``: ``IMAGE_BYTES`` BYTES ``[N, 1]`` -> ``PROBABILITIES`` FP32 ``[N, C]``
+  with ``labels.txt``, so ``class_count=k`` returns ``"score:index:label"`` strings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
+from wastesort.preprocess import DEFAULT_MAX_PIXELS
+
+INPUT_BYTES = "IMAGE_BYTES"
+IMAGES = "IMAGES"
+LOGITS = "LOGITS"
+PROBABILITIES = "PROBABILITIES"
+PREPROCESS = "preprocess"
+LABELS_FILE = "labels.txt"
+#: Custom config name (``tritonserver --model-config-name=gpu``) of the classifier's
+#: ``onnxruntime_onnx`` configuration for NVIDIA's GPU containers.
+GPU_CONFIG_NAME = "gpu"
+#: Python-backend implementations the thin ``model.py`` files import.
+PREPROCESS_IMPL = "wastesort.triton.preprocess_model"
+ONNX_IMPL = "wastesort.triton.onnx_model"
+WARMUP_FILE = "jpeg_512x384"
+
+
+def classifier_name(net: str) -> str:
+    return f"{net}_onnx"
+
+
+def ensemble_name(net: str) -> str:
+    return f"ensemble_{net}"
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Knobs shared by the generated configs.
+
+    ``max_batch_size``: largest batch any model accepts (images per execution).
+    ``queue_delay_us``: how long the dynamic batcher may hold a request to grow a batch.
+    ``decode_threads`` / ``ort_threads``: 0 means one per core the server may use.
+    """
+
+    max_batch_size: int = 64
+    queue_delay_us: int = 1000
+    preprocess_instances: int = 1
+    classifier_instances: int = 1
+    decode_threads: int = 0
+    ort_threads: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def _tensor(cls: type, name: str, dtype: int, dims: list[int], **kw: object) -> object:
+    return cls(name=name, data_type=dtype, dims=dims, **kw)
+
+
+def _latest_only(cfg: mc.ModelConfig) -> None:
+    cfg.version_policy.latest.num_versions = 1
+
+
+def _batching(cfg: mc.ModelConfig, opts: ServingOptions) -> None:
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
+
+
+def _params(cfg: mc.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        cfg.parameters[key].string_value = value
+
+
+def image_dims(contract: PreprocessContract) -> list[int]:
+    return [3, contract.height, contract.width]
+
+
+def preprocess_config(contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
+    """Python-backend decoder: bytes -> the classifier's input. Carries the contract (the ONNX
+    metadata entries, verbatim) in its parameters; warms up on a real JPEG."""
+    cfg = mc.ModelConfig(name=PREPROCESS, backend="python", max_batch_size=opts.max_batch_size)
+    _latest_only(cfg)
+    cfg.input.append(_tensor(mc.ModelInput, INPUT_BYTES, mc.TYPE_STRING, [1]))
+    cfg.output.append(_tensor(mc.ModelOutput, IMAGES, mc.TYPE_FP32, image_dims(contract)))
+    _batching(cfg, opts)
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.preprocess_instances))
+    meta = contract.to_metadata()
+    _params(
+        cfg,
+        {
+            META_LABELS: meta[META_LABELS],
+            META_PREPROCESSING: meta[META_PREPROCESSING],
+            "max_pixels": str(opts.max_pixels),
+            "decode_threads": str(opts.decode_threads),
+        },
+    )
+    warm = cfg.model_warmup.add(name="one_jpeg", batch_size=1)
+    warm.inputs[INPUT_BYTES].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE))
+    return cfg
+
+
+def _classifier_io(cfg: mc.ModelConfig, contract: PreprocessContract, opts: ServingOptions) -> None:
+    _latest_only(cfg)
+    cfg.input.append(_tensor(mc.ModelInput, IMAGES, mc.TYPE_FP32, image_dims(contract)))
+    classes = len(contract.labels)
+    cfg.output.append(_tensor(mc.ModelOutput, LOGITS, mc.TYPE_FP32, [classes]))
+    cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [classes], label_filename=LABELS_FILE))
+    _batching(cfg, opts)
+    for batch in sorted({1, opts.max_batch_size}):
+        warm = cfg.model_warmup.add(name=f"zeros_batch_{batch}", batch_size=batch)
+        warm.inputs[IMAGES].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=image_dims(contract), zero_data=True))
+
+
+def classifier_python_config(net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
+    """The classifier on CPU: ONNX Runtime inside a Python-backend model (``1/model.onnx``)."""
+    cfg = mc.ModelConfig(name=classifier_name(net), backend="python", max_batch_size=opts.max_batch_size)
+    _classifier_io(cfg, contract, opts)
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.classifier_instances))
+    _params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(opts.ort_threads)})
+    return cfg
+
+
+def classifier_onnxruntime_config(net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
+    """The same ``1/model.onnx`` on Triton's ``onnxruntime`` backend, on GPU (NVIDIA's containers)."""
+    cfg = mc.ModelConfig(
+        name=classifier_name(net), platform="onnxruntime_onnx", max_batch_size=opts.max_batch_size, default_model_filename="model.onnx"
+    )
+    _classifier_io(cfg, contract, opts)
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    return cfg
+
+
+def ensemble_config(net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
+    """Bytes in, probabilities (with labels) out: ``preprocess`` then ``<net>_onnx``."""
+    cfg = mc.ModelConfig(name=ensemble_name(net), platform="ensemble", max_batch_size=opts.max_batch_size)
+    _latest_only(cfg)
+    cfg.input.append(_tensor(mc.ModelInput, INPUT_BYTES, mc.TYPE_STRING, [1]))
+    cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [len(contract.labels)], label_filename=LABELS_FILE))
+    pre = cfg.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
+    pre.input_map[INPUT_BYTES] = INPUT_BYTES
+    pre.output_map[IMAGES] = "preprocessed_images"
+    clf = cfg.ensemble_scheduling.step.add(model_name=classifier_name(net), model_version=-1)
+    clf.input_map[IMAGES] = "preprocessed_images"
+    clf.output_map[PROBABILITIES] = PROBABILITIES
+    return cfg
+
+
+HEADER = "# Generated by build/repository.py from {source}; do not edit by hand (edit ServingOptions or the generator).\n"
+
+
+def to_text(cfg: mc.ModelConfig, source: str) -> str:
+    """``config.pbtxt`` text for a message, with a provenance header."""
+    return HEADER.format(source=source) + text_format.MessageToString(cfg)
+
+
+def parse_config(path: str | Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` into ``ModelConfig``; raises ``text_format.ParseError`` if invalid."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def serialize_bytes_tensor(items: list[bytes]) -> bytes:
+    """Triton's raw BYTES layout (per element: uint32 little-endian length, then the bytes),
+    the format of a warm-up ``input_data_file`` for TYPE_STRING."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def warmup_jpeg() -> bytes:
+    """A deterministic 512x384 JPEG (TrashNet's size) for the preprocess warm-up."""
+    import io
+
+    import numpy as np
+
+    from wastesort.synthetic import make_image
+
+    buf = io.BytesIO()
+    make_image("glass", np.random.default_rng(0), (512, 384)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+THIN_MODEL_PY = '''"""Triton Python-backend entry point of `{model}`; the implementation (and its contract) is
+{impl} in the wastesort package, shared by every model that needs it."""
+
+from {impl} import TritonPythonModel  # noqa: F401
+'''
+
+
+def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> dict[str, bytes]:
+    """Every generated file of the repository (relative path -> content), ONNX model excluded."""
+    contract = PreprocessContract.from_onnx(str(onnx_path))
+    source = f"models/{onnx_path.name}" if onnx_path.parent.name == "models" else onnx_path.name
+    clf, ens = classifier_name(net), ensemble_name(net)
+    labels = ("\n".join(contract.labels) + "\n").encode()
+    text = {
+        f"{PREPROCESS}/config.pbtxt": to_text(preprocess_config(contract, opts), source),
+        f"{PREPROCESS}/1/model.py": THIN_MODEL_PY.format(model=PREPROCESS, impl=PREPROCESS_IMPL),
+        f"{clf}/config.pbtxt": to_text(classifier_python_config(net, contract, opts), source),
+        f"{clf}/configs/{GPU_CONFIG_NAME}.pbtxt": to_text(classifier_onnxruntime_config(net, contract, opts), source),
+        f"{clf}/1/model.py": THIN_MODEL_PY.format(model=clf, impl=ONNX_IMPL),
+        f"{ens}/config.pbtxt": to_text(ensemble_config(net, contract, opts), source),
+        f"{ens}/1/.gitkeep": "",
+    }
+    files = {path: body.encode() for path, body in text.items()}
+    files[f"{PREPROCESS}/warmup/{WARMUP_FILE}"] = serialize_bytes_tensor([warmup_jpeg()])
+    files[f"{clf}/{LABELS_FILE}"] = labels
+    files[f"{ens}/{LABELS_FILE}"] = labels
+    return files
+
+
+def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[Path]:
+    """Write the configs, thin ``model.py`` files, labels and warm-up data, and copy the ONNX
+    model to ``<net>_onnx/1/model.onnx``. Returns the paths written."""
+    written = []
+    for rel, body in repository_files(onnx_path, net, opts).items():
+        path = repository / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        written.append(path)
+    model = repository / classifier_name(net) / "1" / "model.onnx"
+    if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
+        shutil.copyfile(onnx_path, model)
+    written.append(model)
+    return written
+
+
+def check_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[str]:
+    """Differences between the repository on disk and what the generator would write (empty: in sync)."""
+    problems = []
+    for rel, body in repository_files(onnx_path, net, opts).items():
+        path = repository / rel
+        if not path.exists():
+            problems.append(f"missing {rel}")
+        elif path.read_bytes() != body:
+            problems.append(f"differs from the generator: {rel}")
+    model = repository / classifier_name(net) / "1" / "model.onnx"
+    if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
+        problems.append(f"{model.relative_to(repository)} is not a copy of {onnx_path}")
+    return problems
+
+
+def contract_from_config(cfg: mc.ModelConfig) -> PreprocessContract:
+    """The preprocessing contract a ``preprocess`` config carries in its parameters."""
+    return PreprocessContract.from_metadata({k: v.string_value for k, v in cfg.parameters.items()})

@@ -1,0 +1,59 @@
+"""Triton Python-backend classifier: ONNX Runtime on CPU, for servers without the onnxruntime
+backend (the tritonserver in nvidia-pytriton). NVIDIA's containers serve the same
+``1/model.onnx`` with the ``onnxruntime_onnx`` config in ``configs/gpu.pbtxt`` instead.
+
+Contract: input ``IMAGES`` FP32 ``[N, 3, H, W]`` -> outputs named in the config (``LOGITS``,
+``PROBABILITIES``: FP32 ``[N, C]``). Parameters: ``onnx_file`` (in the version folder, default
+``model.onnx``), ``intra_op_threads`` (0: one per core this process may use).
+
+The session is built once per instance. One ``execute`` call concatenates every request the
+dynamic batcher gathered, runs the session once, and splits the outputs back per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from wastesort.inference import OnnxClassifier
+
+
+class TritonPythonModel:
+    """One ONNX Runtime session per model instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
+        threads = int(params.get("intra_op_threads", "0")) or len(os.sched_getaffinity(0))
+        self.classifier = OnnxClassifier(path, threads=threads)
+        self.input_name = config["input"][0]["name"]
+        if self.input_name != self.classifier.input_name:
+            raise pb_utils.TritonModelException(f"config input {self.input_name!r} is not the ONNX input {self.classifier.input_name!r}")
+        dims = [int(d) for d in config["input"][0]["dims"]]
+        expected = [3, self.classifier.contract.height, self.classifier.contract.width]
+        if dims != expected:
+            raise pb_utils.TritonModelException(f"input dims {dims} do not match the model's contract {expected}")
+        self.output_names = [output["name"] for output in config["output"]]
+
+    def execute(self, requests: list) -> list:
+        arrays = [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
+        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        try:
+            outputs = self.classifier.run(self.output_names, batch)
+        except Exception as exc:  # an ORT failure fails this batch's requests, not the model
+            error = pb_utils.TritonError(f"ONNX Runtime failed on a batch of {len(batch)}: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses, start = [], 0
+        for array in arrays:
+            stop = start + len(array)
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop])) for name, out in zip(self.output_names, outputs, strict=True)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start = stop
+        return responses

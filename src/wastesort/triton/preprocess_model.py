@@ -1,0 +1,79 @@
+"""Triton Python-backend model ``preprocess``: encoded image bytes -> the classifier's input.
+
+Contract (see ``wastesort.triton.config``):
+
+* input ``IMAGE_BYTES``: BYTES ``[N, 1]``, one encoded image (JPEG, PNG, anything PIL reads)
+  per row; images in one request may have different sizes.
+* output ``IMAGES``: FP32 ``[N, 3, H, W]``, RGB, ``(x/255 - mean)/std``, per the preprocessing
+  contract the config carries in its parameters (copied from the ONNX model's metadata).
+
+One ``execute`` call takes every request the dynamic batcher gathered and decodes all their
+images on one thread pool (PIL releases the GIL; JPEGs are DCT-downscaled with ``Image.draft``).
+A request with an image that cannot be decoded, or that breaks the pixel limit, gets its own
+``INVALID_ARG`` error naming the image; the other requests of the batch are answered normally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from wastesort.contract import PreprocessContract
+from wastesort.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb, normalize
+
+
+def _invalid(message: str) -> pb_utils.InferenceResponse:
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class TritonPythonModel:
+    """Decoder with a thread pool built once per model instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.contract = PreprocessContract.from_metadata(params)
+        self.max_pixels = int(params.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        dims = [int(d) for d in config["output"][0]["dims"]]
+        expected = [3, self.contract.height, self.contract.width]
+        if dims != expected:
+            raise pb_utils.TritonModelException(f"output {self.output_name} dims {dims} do not match the preprocessing contract {expected}")
+        threads = int(params.get("decode_threads", "0")) or len(os.sched_getaffinity(0))
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.empty = np.zeros((0, *expected), np.float32)
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        return load_rgb(data, self.contract, self.max_pixels)
+
+    def execute(self, requests: list) -> list:
+        jobs: list[list[Future]] = []
+        for request in requests:
+            items = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
+            jobs.append([self.pool.submit(self._decode, bytes(item)) for item in items])
+        return [self._respond(futures) for futures in jobs]
+
+    def _respond(self, futures: list[Future]) -> pb_utils.InferenceResponse:
+        images, errors = [], []
+        for i, future in enumerate(futures):
+            where = f"image at index {i} of {len(futures)} in this request"
+            try:
+                images.append(future.result())
+            except ImageDecodeError as exc:
+                errors.append(f"{where}: {exc}")
+            except Exception as exc:  # anything else PIL may raise must not take the model down
+                errors.append(f"{where}: unexpected {type(exc).__name__}: {exc}")
+        if errors:
+            return _invalid("; ".join(errors))
+        batch = normalize(np.stack(images), self.contract) if images else self.empty
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
+
+    def finalize(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

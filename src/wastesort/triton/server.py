@@ -1,0 +1,264 @@
+"""Start the real ``tritonserver`` that ships in the ``nvidia-pytriton`` wheel, on this CPU box.
+
+The wheel bundles Triton 2.51 (the server of NVIDIA's 24.10 containers), its libraries and the
+Python backend, but no onnxruntime/tensorrt backend. Three things make it run from a venv:
+
+* the backend stub for this Python (``python_backend_stubs/3.X/triton_python_backend_stub``) is
+  copied into the wheel's ``backends/python`` folder (its RPATH then finds the bundled libs);
+* ``LD_LIBRARY_PATH`` gets ``nvidia_pytriton.libs`` (belt and braces for the backend);
+* the venv's ``bin/`` goes first on ``PATH``: the stub runs the first ``python3`` it finds,
+  so ``model.py`` sees this environment's numpy, PIL, onnxruntime and ``wastesort``.
+
+``python -m wastesort.triton.server`` (``make serve``) replaces itself with tritonserver in the
+foreground, bound to 127.0.0.1 by default; Ctrl-C / SIGTERM shut it down gracefully.
+:class:`TritonServer` starts one in the background on free ports for tests and benchmarks and
+stops it by its own PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wastesort.paths import REPO_ROOT
+
+#: The model repository ``make serve`` serves.
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
+
+
+class ServerError(RuntimeError):
+    """tritonserver is missing, failed to start, or did not become ready. The message says why."""
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServerError("nvidia-pytriton is not installed: run `make setup` (pip install -e '.[serve]')") from exc
+    return Path(pytriton.__file__).resolve().parent
+
+
+def _libs_dir() -> Path:
+    return _pytriton_root().parent / "nvidia_pytriton.libs"
+
+
+def tritonserver_binary() -> Path:
+    """The tritonserver executable: ``$TRITONSERVER`` if set, else the one in nvidia-pytriton."""
+    if os.environ.get("TRITONSERVER"):
+        return Path(os.environ["TRITONSERVER"])
+    binary = _pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise ServerError(f"no tritonserver binary at {binary}")
+    return binary
+
+
+def backend_directory() -> Path:
+    """``--backend-directory`` holding a Python backend with this interpreter's stub in place.
+
+    Idempotent: copies ``triton_python_backend_stub`` for ``sys.version_info`` next to
+    ``libtriton_python.so`` when it is missing or differs.
+    """
+    if os.environ.get("TRITON_BACKEND_DIR"):
+        return Path(os.environ["TRITON_BACKEND_DIR"])
+    root = _pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
+    target = root / "backends" / "python" / stub.name
+    if not target.is_file() or target.stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target)
+    return root / "backends"
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver: this venv's ``bin/`` first on PATH, bundled libs on LD_LIBRARY_PATH."""
+    env = dict(os.environ if base is None else base)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    libs = [str(_libs_dir())] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else [])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def server_command(
+    repository: Path = MODEL_REPOSITORY,
+    ports: dict[str, int] | None = None,
+    address: str = DEFAULT_ADDRESS,
+    model_config_name: str | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """The full tritonserver command line (model control ``none``: no load/unload over the API)."""
+    ports = {**DEFAULT_PORTS, **(ports or {})}
+    cmd = [
+        str(tritonserver_binary()),
+        f"--model-repository={Path(repository).resolve()}",
+        f"--backend-directory={backend_directory()}",
+        "--model-control-mode=none",
+        f"--http-address={address}",
+        f"--http-port={ports['http']}",
+        f"--grpc-address={address}",
+        f"--grpc-port={ports['grpc']}",
+        f"--metrics-address={address}",
+        f"--metrics-port={ports['metrics']}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--strict-readiness=true",
+        "--exit-timeout-secs=10",
+        "--disable-auto-complete-config",  # configs are served exactly as written
+        "--pinned-memory-pool-byte-size=0",  # CPU build: no CUDA pinned memory
+        "--cuda-memory-pool-byte-size=0:0",
+    ]
+    if model_config_name:
+        cmd.append(f"--model-config-name={model_config_name}")
+    return cmd + list(extra or [])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((DEFAULT_ADDRESS, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class TritonServer:
+    """A tritonserver child process on free ports, for tests and benchmarks.
+
+    Usage::
+
+        with TritonServer(repository) as server:
+            server.http_url   # "127.0.0.1:PORT", for tritonclient.http
+    """
+
+    repository: Path = MODEL_REPOSITORY
+    log_path: Path | None = None
+    extra: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{DEFAULT_ADDRESS}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{DEFAULT_ADDRESS}:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{DEFAULT_ADDRESS}:{self.ports['metrics']}/metrics"
+
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
+        """Start on free ports and wait until ``/v2/health/ready``; raises :class:`ServerError`
+        with the end of the server log if it exits or does not get ready in time."""
+        self.ports = {name: free_port() for name in DEFAULT_PORTS} if not self.ports else self.ports
+        if self.log_path is None:
+            self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonserver-{os.getpid()}-{self.ports['http']}.log"
+        cmd = server_command(self.repository, self.ports, extra=self.extra)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with status {self.process.returncode}:\n{self.log_tail()}")
+            if self.is_ready():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def is_ready(self) -> bool:
+        """True when the HTTP endpoint answers ``/v2/health/ready`` with 200."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM to our own child (then SIGKILL after ``timeout_s``); returns its exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_from_env(name: str) -> int:
+    raw = os.environ.get(PORT_ENV[name], str(DEFAULT_PORTS[name]))
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{PORT_ENV[name]}={raw!r} is not a port number") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run tritonserver (from nvidia-pytriton) on the model repository, in the foreground.")
+    parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="model repository (default: %(default)s)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("TRITON_ADDRESS", DEFAULT_ADDRESS),
+        help="address to bind HTTP, gRPC and metrics to (default 127.0.0.1; 0.0.0.0 exposes the server)",
+    )
+    for name in DEFAULT_PORTS:
+        parser.add_argument(
+            f"--{name}-port", type=int, default=_port_from_env(name), help=f"default ${PORT_ENV[name]} or {DEFAULT_PORTS[name]}"
+        )
+    parser.add_argument("--model-config-name", default=None, help="use <model>/configs/<name>.pbtxt where present (Triton's custom config)")
+    parser.add_argument("--print-command", action="store_true", help="print the command line and environment, do not start")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        cmd = server_command(
+            args.repository,
+            {"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port},
+            args.address,
+            args.model_config_name,
+            extra,
+        )
+    except ServerError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    env = server_env()
+    if args.print_command:
+        print(f"PATH={env['PATH'].split(os.pathsep)[0]}:... LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']}")
+        print(" ".join(cmd))
+        return
+    print(
+        f"tritonserver on {args.address}: http {args.http_port}, grpc {args.grpc_port}, metrics {args.metrics_port}; "
+        f"repository {args.repository}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.execve(cmd[0], cmd, env)  # tritonserver itself handles SIGINT/SIGTERM with a graceful shutdown
+
+
+if __name__ == "__main__":
+    main()
