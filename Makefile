@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check src train build client tests
+	$(BIN)/ruff check src train build client perf tests
 
 test: lint
 	$(BIN)/pytest -q

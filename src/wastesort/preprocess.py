@@ -10,6 +10,7 @@ this runs at several hundred TrashNet photos per second per core.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,10 +111,22 @@ def draft_size(contract: PreprocessContract) -> tuple[int, int]:
 def normalize(rgb: np.ndarray, contract: PreprocessContract) -> np.ndarray:
     """uint8 RGB ``(H, W, 3)`` or a batch ``(N, H, W, 3)`` -> float32 ``(3, H, W)`` or
     ``(N, 3, H, W)``, ``(x / 255 - mean) / std``."""
-    scale = np.asarray(contract.std, dtype=np.float32) * 255.0
-    shift = np.asarray(contract.mean, dtype=np.float32) * 255.0
-    out = (rgb.astype(np.float32) - shift) / scale
-    return np.ascontiguousarray(np.moveaxis(out, -1, -3))
+    scale, shift = _affine(contract)
+    # transpose the uint8 pixels (a quarter of the bytes), then one float pass in place:
+    # about 3x faster than normalising HWC floats and transposing those
+    out = np.ascontiguousarray(np.moveaxis(rgb, -1, -3)).astype(np.float32)
+    out *= scale
+    out += shift
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(contract: PreprocessContract) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(scale, shift)`` with ``x * scale + shift == (x / 255 - mean) / std``, shaped (3, 1, 1)."""
+    std = np.asarray(contract.std, dtype=np.float64)
+    scale = 1.0 / (255.0 * std)
+    shift = -np.asarray(contract.mean, dtype=np.float64) / std
+    return scale.astype(np.float32).reshape(3, 1, 1), shift.astype(np.float32).reshape(3, 1, 1)
 
 
 def load_rgb(data: bytes, contract: PreprocessContract, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from wastesort.contract import PreprocessContract
-from wastesort.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb, normalize
+from wastesort.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess_bytes
 
 
 def _invalid(message: str) -> pb_utils.InferenceResponse:
@@ -51,7 +51,8 @@ class TritonPythonModel:
         self.empty = np.zeros((0, *expected), np.float32)
 
     def _decode(self, data: bytes) -> np.ndarray:
-        return load_rgb(data, self.contract, self.max_pixels)
+        """Decode, resize and normalise one image, on a pool thread (cache-friendly, parallel)."""
+        return preprocess_bytes(data, self.contract, self.max_pixels)
 
     def execute(self, requests: list) -> list:
         jobs: list[list[Future]] = []
@@ -72,7 +73,7 @@ class TritonPythonModel:
                 errors.append(f"{where}: unexpected {type(exc).__name__}: {exc}")
         if errors:
             return _invalid("; ".join(errors))
-        batch = normalize(np.stack(images), self.contract) if images else self.empty
+        batch = np.stack(images) if images else self.empty
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
 
     def finalize(self) -> None:
