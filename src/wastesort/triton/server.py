@@ -213,6 +213,23 @@ class TritonServer:
         self.stop()
 
 
+def wait_ready(http_port: int, timeout_s: float = 120.0, pid: int | None = None) -> None:
+    """Block until the server on ``127.0.0.1:http_port`` is ready; exit non-zero if ``pid``
+    dies or ``timeout_s`` passes first (for scripts that start the server in the background)."""
+    probe = TritonServer(ports={"http": http_port})
+    deadline = time.monotonic() + timeout_s
+    while not probe.is_ready():
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                raise SystemExit(f"tritonserver (pid {pid}) exited before it was ready") from None
+        if time.monotonic() > deadline:
+            raise SystemExit(f"tritonserver on port {http_port} not ready after {timeout_s:.0f} s")
+        time.sleep(0.25)
+    print(f"tritonserver ready on {DEFAULT_ADDRESS}:{http_port}")
+
+
 def _port_from_env(name: str) -> int:
     raw = os.environ.get(PORT_ENV[name], str(DEFAULT_PORTS[name]))
     try:
@@ -235,7 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     parser.add_argument("--model-config-name", default=None, help="use <model>/configs/<name>.pbtxt where present (Triton's custom config)")
     parser.add_argument("--print-command", action="store_true", help="print the command line and environment, do not start")
+    parser.add_argument("--wait-ready", action="store_true", help="do not start: wait until a server on --http-port is ready")
+    parser.add_argument("--pid", type=int, default=None, help="with --wait-ready: fail at once if this process exits")
+    parser.add_argument("--timeout", type=float, default=120.0, help="with --wait-ready: seconds (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)
+    if args.wait_ready:
+        wait_ready(args.http_port, args.timeout, args.pid)
+        return
     try:
         cmd = server_command(
             args.repository,
