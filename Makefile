@@ -13,6 +13,7 @@ MODEL   ?= mobilenet_v3_small
 RUN     ?= runs/$(MODEL)
 ONNX    ?= models/$(MODEL).onnx
 TRAIN_ARGS ?=
+BUILD_ARGS ?=
 
 # serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
 # TRITON_ADDRESS says otherwise
@@ -20,7 +21,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train export evaluate repository serve clean help
+.PHONY: setup test lint demo train export evaluate repository build serve clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -30,6 +31,7 @@ help:
 	@echo "make export [MODEL=...]     export runs/MODEL/best.pt to models/MODEL.onnx and verify it"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
+	@echo "make build [DATA=dir]       precision variants of models/MODEL.onnx, accuracy gate, report, install the passing ones"
 	@echo "make serve                  tritonserver on model_repository/, foreground, 127.0.0.1:8000 (http) 8001 (grpc) 8002 (metrics)"
 
 setup: $(STAMP)
@@ -37,7 +39,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,serve,dev]"
+	$(PY) -m pip install --quiet -e ".[train,serve,variants,dev]"
 	$(PY) -c "import torch, torchvision, onnxruntime, tritonclient.grpc, wastesort; print('setup ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
 	$(PY) -m wastesort.triton.server --print-command
 	touch $@
@@ -64,6 +66,9 @@ evaluate: setup
 
 repository: setup
 	$(PY) build/repository.py --onnx $(ONNX)
+
+build: setup
+	$(PY) build/build.py --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(BUILD_ARGS)
 
 serve: setup
 	$(PY) -m wastesort.triton.server

@@ -317,3 +317,20 @@ def test_make_serve_entry_point_stops_cleanly_on_signals(tmp_path: Path) -> None
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+def test_a_built_variant_is_served_through_its_own_ensemble(tmp_path: Path, reference: OnnxClassifier) -> None:
+    """What `make build` installs: a variant model plus `ensemble_<variant>`, next to the base ones."""
+    from wastesort.triton.config import write_repository, write_variant
+    from wastesort.variants.ort import optimize_fp32
+
+    repo = tmp_path / "repo"
+    write_repository(repo, MODELS_DIR / f"{NET}.onnx", NET)
+    variant = f"{NET}_onnx_fp32"
+    write_variant(repo, NET, variant, optimize_fp32(MODELS_DIR / f"{NET}.onnx", tmp_path / "fp32.onnx"), reference.contract, "onnxruntime")
+    images = encoded_images(4, seed=31)
+    with TritonServer(repo, log_path=tmp_path / "server.log") as srv:
+        client = httpclient.InferenceServerClient(srv.http_url)
+        assert client.is_model_ready(variant) and client.is_model_ready(f"ensemble_{variant}") and client.is_model_ready(ENSEMBLE)
+        served = client.infer(f"ensemble_{variant}", [_bytes_input(httpclient, images)]).as_numpy("PROBABILITIES")
+    np.testing.assert_allclose(served, _expected(reference, images), atol=ATOL, rtol=0)

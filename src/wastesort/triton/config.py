@@ -124,35 +124,68 @@ def _classifier_io(cfg: mc.ModelConfig, contract: PreprocessContract, opts: Serv
         warm.inputs[IMAGES].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=image_dims(contract), zero_data=True))
 
 
-def classifier_python_config(net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
+def classifier_python_config(
+    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), name: str | None = None
+) -> mc.ModelConfig:
     """The classifier on CPU: ONNX Runtime inside a Python-backend model (``1/model.onnx``)."""
-    cfg = mc.ModelConfig(name=classifier_name(net), backend="python", max_batch_size=opts.max_batch_size)
+    cfg = mc.ModelConfig(name=name or classifier_name(net), backend="python", max_batch_size=opts.max_batch_size)
     _classifier_io(cfg, contract, opts)
     cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.classifier_instances))
     _params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(opts.ort_threads)})
     return cfg
 
 
-def classifier_onnxruntime_config(net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
-    """The same ``1/model.onnx`` on Triton's ``onnxruntime`` backend, on GPU (NVIDIA's containers)."""
+def classifier_onnxruntime_config(
+    net: str,
+    contract: PreprocessContract,
+    opts: ServingOptions = ServingOptions(),
+    name: str | None = None,
+    tensorrt_precision: str | None = None,
+) -> mc.ModelConfig:
+    """The same ``1/model.onnx`` on Triton's ``onnxruntime`` backend, on GPU (NVIDIA's containers).
+
+    ``tensorrt_precision`` ("FP32"/"FP16"): let ONNX Runtime hand the graph to its TensorRT
+    execution provider at that precision (engines are built on the first request and cached).
+    """
     cfg = mc.ModelConfig(
-        name=classifier_name(net), platform="onnxruntime_onnx", max_batch_size=opts.max_batch_size, default_model_filename="model.onnx"
+        name=name or classifier_name(net),
+        platform="onnxruntime_onnx",
+        max_batch_size=opts.max_batch_size,
+        default_model_filename="model.onnx",
     )
+    _classifier_io(cfg, contract, opts)
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
+    if tensorrt_precision:
+        accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accel.parameters["precision_mode"] = tensorrt_precision
+        accel.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        accel.parameters["trt_engine_cache_enable"] = "1"
+        accel.parameters["trt_engine_cache_path"] = "/tmp/trt_engine_cache"
+    return cfg
+
+
+def tensorrt_plan_config(name: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
+    """A TensorRT plan (``1/model.plan``) built with an optimisation profile over 1..max_batch_size."""
+    cfg = mc.ModelConfig(name=name, platform="tensorrt_plan", max_batch_size=opts.max_batch_size, default_model_filename="model.plan")
     _classifier_io(cfg, contract, opts)
     cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=1))
     return cfg
 
 
-def ensemble_config(net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions()) -> mc.ModelConfig:
-    """Bytes in, probabilities (with labels) out: ``preprocess`` then ``<net>_onnx``."""
-    cfg = mc.ModelConfig(name=ensemble_name(net), platform="ensemble", max_batch_size=opts.max_batch_size)
+def ensemble_config(
+    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), classifier: str | None = None
+) -> mc.ModelConfig:
+    """Bytes in, probabilities (with labels) out: ``preprocess`` then ``classifier``
+    (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``)."""
+    name = ensemble_name(net) if classifier is None else f"ensemble_{classifier}"
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
     cfg.input.append(_tensor(mc.ModelInput, INPUT_BYTES, mc.TYPE_STRING, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [len(contract.labels)], label_filename=LABELS_FILE))
     pre = cfg.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
     pre.input_map[INPUT_BYTES] = INPUT_BYTES
     pre.output_map[IMAGES] = "preprocessed_images"
-    clf = cfg.ensemble_scheduling.step.add(model_name=classifier_name(net), model_version=-1)
+    clf = cfg.ensemble_scheduling.step.add(model_name=classifier or classifier_name(net), model_version=-1)
     clf.input_map[IMAGES] = "preprocessed_images"
     clf.output_map[PROBABILITIES] = PROBABILITIES
     return cfg
@@ -233,6 +266,55 @@ def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingO
         shutil.copyfile(onnx_path, model)
     written.append(model)
     return written
+
+
+def write_variant(
+    repository: Path,
+    net: str,
+    variant: str,
+    model_path: Path,
+    contract: PreprocessContract,
+    backend: str,
+    opts: ServingOptions = ServingOptions(),
+    tensorrt_precision: str | None = None,
+) -> list[Path]:
+    """Install one precision variant as ``<variant>/`` plus ``ensemble_<variant>/``.
+
+    ``backend`` "onnxruntime": ``config.pbtxt`` runs it on CPU in the Python backend and
+    ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``.
+    """
+    source = model_path.name
+    labels = ("\n".join(contract.labels) + "\n").encode()
+    files = {f"{variant}/{LABELS_FILE}": labels, f"ensemble_{variant}/{LABELS_FILE}": labels, f"ensemble_{variant}/1/.gitkeep": b""}
+    if backend == "onnxruntime":
+        files[f"{variant}/config.pbtxt"] = to_text(classifier_python_config(net, contract, opts, name=variant), source).encode()
+        gpu = classifier_onnxruntime_config(net, contract, opts, name=variant, tensorrt_precision=tensorrt_precision)
+        files[f"{variant}/configs/{GPU_CONFIG_NAME}.pbtxt"] = to_text(gpu, source).encode()
+        files[f"{variant}/1/model.py"] = THIN_MODEL_PY.format(model=variant, impl=ONNX_IMPL).encode()
+        target = f"{variant}/1/model.onnx"
+    elif backend == "tensorrt":
+        files[f"{variant}/config.pbtxt"] = to_text(tensorrt_plan_config(variant, contract, opts), source).encode()
+        target = f"{variant}/1/model.plan"
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    files[f"ensemble_{variant}/config.pbtxt"] = to_text(ensemble_config(net, contract, opts, classifier=variant), source).encode()
+    remove_variant(repository, variant)
+    written = []
+    for rel, body in files.items():
+        path = repository / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        written.append(path)
+    (repository / target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, repository / target)
+    return [*written, repository / target]
+
+
+def remove_variant(repository: Path, variant: str) -> None:
+    """Take a variant (and its ensemble) out of the repository, if present."""
+    for name in (variant, f"ensemble_{variant}"):
+        if (repository / name).is_dir():
+            shutil.rmtree(repository / name)
 
 
 def check_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[str]:

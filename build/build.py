@@ -1,0 +1,194 @@
+"""Build, gate and install the precision variants of the committed model (``make build``).
+
+    python build/build.py                         # ONNX Runtime FP32/INT8/FP16; TensorRT where a GPU is
+    python build/build.py --variants onnx_int8 --threshold 0.5
+    python build/build.py --force                 # install even what the accuracy gate refuses
+
+For each variant: build it from ``models/<net>.onnx``, evaluate it on the test split of the
+model's committed manifest (top-1, per-class F1, agreement with FP32), time it side by side
+with FP32 (ONNX Runtime on this CPU, same batch, interleaved), and install it into the model
+repository as ``<net>_<variant>`` with its ensemble ``ensemble_<net>_<variant>`` if its top-1
+is within ``--threshold`` points of FP32. Writes ``build/report.md`` and ``build/report.json``
+and exits 1 if the gate refused a variant (unless ``--force``). TensorRT variants are skipped
+with one line saying why when there is no GPU/TensorRT; their ``trtexec`` equivalents are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import read_manifest
+from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
+from wastesort.preprocess import preprocess_files
+from wastesort.triton.config import ServingOptions, remove_variant, write_variant
+from wastesort.variants import gate as g
+from wastesort.variants import tensorrt as trt
+from wastesort.variants.calibration import calibration_tensor, select_calibration
+from wastesort.variants.ort import Int8Settings, convert_fp16, optimize_fp32, quantize_int8
+from wastesort.variants.report import VariantRow, write_report
+
+VARIANTS = ("onnx_fp32", "onnx_int8", "onnx_fp16", "trt_fp32", "trt_fp16", "trt_int8")
+BUILD_DIR = REPO_ROOT / "build"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default="mobilenet_v3_small")
+    parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifest's paths are relative to")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--calibration-images", type=int, default=300, help="training images for INT8 calibration (default: %(default)s)")
+    parser.add_argument(
+        "--threshold", type=float, default=g.DEFAULT_MAX_DROP_POINTS, help="max top-1 points lost vs FP32 (default: %(default)s)"
+    )
+    parser.add_argument("--force", action="store_true", help="install variants the gate refuses, and exit 0")
+    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
+    parser.add_argument("--out", type=Path, default=BUILD_DIR / "out", help="built models, caches (default: %(default)s)")
+    parser.add_argument("--report", type=Path, default=BUILD_DIR / "report.json")
+    parser.add_argument("--bench-batch", type=int, default=64)
+    parser.add_argument("--bench-iters", type=int, default=20)
+    args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
+    return args
+
+
+def _size_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    onnx = MODELS_DIR / f"{args.net}.onnx"
+    manifest = MODELS_DIR / f"{args.net}.manifest.csv"
+    if not args.data.is_dir():
+        print(f"error: no dataset at {args.data}: calibration and the accuracy gate need the real photos (--data)", file=sys.stderr)
+        return 2
+    contract = PreprocessContract.from_onnx(str(onnx))
+    splits = read_manifest(manifest, args.data)
+    missing = [s.path for s in splits["test"] + splits["train"] if not s.path.is_file()]
+    if missing:
+        print(f"error: {len(missing)} manifest images missing under {args.data}, e.g. {missing[0]}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"test split: {len(splits['test'])} images; calibration: {args.calibration_images} training images; "
+        f"threshold {args.threshold} points"
+    )
+    test_x = preprocess_files([s.path for s in splits["test"]], contract, desc="test images")
+    test_y = np.array([s.label for s in splits["test"]])
+    reference = g.evaluate(onnx, test_x, test_y, contract.labels)
+    rows = [
+        VariantRow(
+            f"{args.net}_onnx",
+            "onnxruntime",
+            "fp32",
+            "committed export (served by ensemble_" + args.net + ")",
+            str(onnx),
+            round(_size_mb(onnx), 2),
+            reference.top1,
+            reference.macro_f1,
+            reference.per_class_f1,
+            1.0,
+            installed=True,
+            reason="reference",
+        )
+    ]
+    calibration = None
+    if any(v.endswith("int8") for v in args.variants):
+        calibration = calibration_tensor(select_calibration(splits["train"], args.calibration_images), contract)
+
+    built: list[tuple[VariantRow, Path]] = []
+    refused = []
+    trt_reason = trt.unavailable_reason()
+    for variant in args.variants:
+        name = f"{args.net}_{variant}"
+        backend, precision = ("onnxruntime", variant.split("_")[1]) if variant.startswith("onnx") else ("tensorrt", variant.split("_")[1])
+        row = VariantRow(name, backend, precision)
+        if backend == "tensorrt":
+            settings = trt.PlanSettings(precision, contract.height, contract.width, max_batch=ServingOptions.max_batch_size)
+            plan = args.out / f"{name}.plan"
+            row.settings = " ".join(
+                settings.trtexec_command(onnx, plan, args.out / "trt" / "int8_calibration.cache", args.out / "trt" / "timing.cache")
+            )
+            if trt_reason:
+                row.reason = f"skipped: {trt_reason}"
+                print(f"{name}: {row.reason}\n  equivalent: {row.settings}")
+                rows.append(row)
+                continue
+            start = time.perf_counter()
+            record = trt.build_plan(onnx, plan, settings, calibration, args.out / "trt")
+            row.build_s, row.path, row.size_mb = time.perf_counter() - start, str(plan), round(_size_mb(plan), 2)
+            row.reason = (
+                f"built for {record['gpu']} (sm {record['compute_capability']}), TensorRT {record['tensorrt']}; evaluate with perf/"
+            )
+            rows.append(row)
+            continue
+        path = args.out / f"{name}.onnx"
+        start = time.perf_counter()
+        if precision == "fp32":
+            optimize_fp32(onnx, path)
+            row.settings = "ONNX Runtime ORT_ENABLE_EXTENDED graph optimisations, saved"
+        elif precision == "int8":
+            settings = Int8Settings()
+            quantize_int8(onnx, path, calibration, settings)
+            row.settings = settings.describe() + f", {args.calibration_images} calibration images"
+        else:
+            convert_fp16(onnx, path)
+            row.settings = "float16 weights/activations, FP32 I/O kept; GPU config adds the TensorRT EP at FP16"
+        row.build_s = time.perf_counter() - start
+        row.path, row.size_mb = str(path), round(_size_mb(path), 2)
+        evaluation = g.evaluate(path, test_x, test_y, contract.labels)
+        row.top1, row.macro_f1, row.per_class_f1 = evaluation.top1, evaluation.macro_f1, evaluation.per_class_f1
+        row.agreement_with_fp32 = evaluation.agreement(reference.predictions)
+        passed, row.reason = g.gate(evaluation, reference, args.threshold)
+        if not passed:
+            refused.append(name)
+        install = passed or args.force
+        if install:
+            write_variant(
+                args.repository, args.net, name, path, contract, "onnxruntime", tensorrt_precision="FP16" if precision == "fp16" else None
+            )
+            row.installed = True
+            row.reason += "" if passed else "; installed anyway (--force)"
+        else:
+            remove_variant(args.repository, name)
+            row.reason = "REFUSED: " + row.reason
+        print(
+            f"{name}: top-1 {row.top1:.4f}, agreement {row.agreement_with_fp32:.4f}, "
+            f"{'installed' if row.installed else 'not installed'}: {row.reason}"
+        )
+        rows.append(row)
+        built.append((row, path))
+
+    timed = [(rows[0], onnx)] + [(r, p) for r, p in built if r.precision != "fp16"]  # FP16 is a GPU variant: CPU timing would mislead
+    timings = g.time_batches([p for _, p in timed], test_x, args.bench_batch, args.bench_iters)
+    for (row, _), timing in zip(timed, timings, strict=True):
+        row.batch, row.latency_ms, row.img_s = timing.batch, round(timing.median_ms, 2), round(timing.img_s, 1)
+        row.speedup_vs_fp32 = round(timing.img_s / timings[0].img_s, 3)
+    notes = [
+        f"Measured by `python build/build.py` on {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}): "
+        f"accuracy on the {len(test_y)} test images of `models/{args.net}.manifest.csv`; throughput with ONNX Runtime on this CPU at "
+        f"batch {args.bench_batch}, median of {args.bench_iters} runs, all variants interleaved in one run. FP16 is not timed on CPU "
+        "(ONNX Runtime runs FP16 on the CPU through slow fallbacks; it is a GPU variant).",
+        f"Gate: a variant is installed when its top-1 is at most {args.threshold} points below FP32.",
+    ]
+    write_report(rows, args.report, args.report.with_suffix(".md"), f"Precision variants of {args.net}", notes)
+    print(f"report: {args.report.with_suffix('.md')} and {args.report}")
+    if refused and not args.force:
+        print(f"error: the accuracy gate refused {', '.join(refused)} (use --force to install anyway)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

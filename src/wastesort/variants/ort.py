@@ -1,0 +1,120 @@
+"""ONNX Runtime variants of an exported FP32 model. Every variant keeps the model's interface
+(``IMAGES`` FP32 in, ``LOGITS``/``PROBABILITIES`` FP32 out) and its metadata (labels and
+preprocessing contract), so the same ``preprocess`` model and ensemble serve all of them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+from wastesort.variants.calibration import ArrayCalibrationReader
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _restore_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Tools that rewrite a model may drop ``metadata_props``; put the source's back."""
+    model = onnx.load(str(path))
+    present = {p.key: p.value for p in model.metadata_props}
+    if present != {**present, **metadata}:
+        onnx.helper.set_model_props(model, {**present, **metadata})
+        onnx.save(model, str(path))
+
+
+def optimize_fp32(src: Path, dst: Path) -> Path:
+    """Apply ONNX Runtime's graph optimisations offline and save the result.
+
+    ``ORT_ENABLE_EXTENDED`` (constant folding, Conv+BN/activation fusions) is what may be saved
+    portably; ``ORT_ENABLE_ALL`` adds layout transforms (NCHWc) tied to the CPU that ran them,
+    which ONNX Runtime applies again at load time anyway.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    _restore_metadata(dst, _metadata(src))
+    onnx.checker.check_model(str(dst))
+    return dst
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """Static INT8 quantisation settings (``onnxruntime.quantization.quantize_static``).
+
+    Defaults come from ``build/int8_sweep.py`` on this project's model and CPU (AVX-512 VNNI;
+    figures in the README): QDQ, per-channel weights, unsigned 8-bit activations with signed
+    8-bit weights (U8S8, VNNI's native pair), percentile calibration, and the h-swish
+    (``HardSigmoid`` and ``Mul``) left in float: quantising it cost more accuracy than the
+    1-point gate allows. On this model ONNX Runtime's INT8 is *slower* than FP32 on this CPU
+    whatever the settings (Q/DQ around every h-swish and squeeze-excite costs more than the
+    INT8 convolutions save); the sweep shows it.
+    """
+
+    per_channel: bool = True
+    activation: str = "QUInt8"
+    weight: str = "QInt8"
+    method: str = "Percentile"
+    percentile: float = 99.999
+    calibration_batch: int = 20
+    exclude_ops: tuple[str, ...] = ("HardSigmoid", "Mul")
+    only_ops: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = f", {self.percentile} pct" if self.method == "Percentile" else ""
+        skip = f", float {'/'.join(self.exclude_ops)}" if self.exclude_ops else ""
+        return (
+            f"QDQ {'per-channel' if self.per_channel else 'per-tensor'} {self.activation[1:]}/{self.weight[1:]} {self.method}{where}{skip}"
+        )
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8Settings = Int8Settings()) -> Path:
+    """Static INT8 QDQ model calibrated on ``calibration`` (float32 ``(N, 3, H, W)``, produced by
+    the serving preprocessing). Runs ONNX Runtime's recommended pre-processing first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        model = onnx.load(str(prepared))
+        input_name = model.graph.input[0].name
+        excluded = [n.name for n in model.graph.node if n.op_type in settings.exclude_ops]
+        extra: dict[str, object] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+        if settings.method == "Percentile":
+            extra["CalibPercentile"] = settings.percentile
+        quantize_static(
+            str(prepared),
+            str(dst),
+            ArrayCalibrationReader(input_name, calibration, settings.calibration_batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=settings.per_channel,
+            activation_type=getattr(QuantType, settings.activation),
+            weight_type=getattr(QuantType, settings.weight),
+            calibrate_method=getattr(CalibrationMethod, settings.method),
+            nodes_to_exclude=excluded,
+            op_types_to_quantize=list(settings.only_ops) or None,
+            extra_options=extra,
+        )
+    _restore_metadata(dst, _metadata(src))
+    onnx.checker.check_model(str(dst))
+    return dst
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """FP16 weights and activations for GPU execution, FP32 inputs and outputs kept
+    (``keep_io_types``) so the FP32 ``preprocess`` output still feeds it."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
+    model.topological_sort()  # the converter appends its input casts at the end of the node list
+    onnx.save(model.model, str(dst))
+    _restore_metadata(dst, _metadata(src))
+    onnx.checker.check_model(str(dst))
+    return dst

@@ -1,0 +1,65 @@
+"""The build report: one row per variant, as ``build/report.json`` (for tools) and
+``build/report.md`` (for people). Both are untracked outputs of ``make build``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class VariantRow:
+    """One precision variant and what the build did with it.
+
+    ``top1``/``agreement_with_fp32``/``img_s`` are ``None`` when the variant could not run
+    here (for example a TensorRT plan without a GPU); ``installed`` says whether it is in the
+    model repository, ``reason`` why it is or is not.
+    """
+
+    name: str
+    backend: str
+    precision: str
+    settings: str = ""
+    path: str | None = None
+    size_mb: float | None = None
+    top1: float | None = None
+    macro_f1: float | None = None
+    per_class_f1: dict[str, float] = field(default_factory=dict)
+    agreement_with_fp32: float | None = None
+    build_s: float | None = None
+    batch: int | None = None
+    latency_ms: float | None = None
+    img_s: float | None = None
+    speedup_vs_fp32: float | None = None
+    installed: bool = False
+    reason: str = ""
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def to_markdown(rows: list[VariantRow], title: str, notes: list[str]) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        "| variant | backend | precision | size MB | top-1 | macro F1 | agreement with FP32 | "
+        "ms / batch | img/s | vs FP32 | build s | installed | reason |",
+        "|" + "---|" * 13,
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r.name}` | {r.backend} | {r.precision} | {_fmt(r.size_mb, '.1f')} | {_fmt(r.top1, '.4f')} | {_fmt(r.macro_f1, '.4f')} | "
+            f"{_fmt(r.agreement_with_fp32, '.4f')} | {_fmt(r.latency_ms, '.1f')} | {_fmt(r.img_s, '.0f')} | "
+            f"{_fmt(r.speedup_vs_fp32, '.2f')}{'x' if r.speedup_vs_fp32 is not None else ''} | {_fmt(r.build_s, '.1f')} | "
+            f"{'yes' if r.installed else 'no'} | {r.reason} |"
+        )
+    settings = [f"- `{r.name}`: {r.settings}" for r in rows if r.settings]
+    return "\n".join([*lines, "", *notes, "", "Settings:", "", *settings, ""])
+
+
+def write_report(rows: list[VariantRow], json_path: Path, md_path: Path, title: str, notes: list[str]) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    md_path.write_text(to_markdown(rows, title, notes))
