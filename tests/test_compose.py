@@ -1,0 +1,61 @@
+"""docker-compose.yml and its Dockerfiles: they parse, and services, profiles, GPU
+reservations, ports, health check, mounts and the pinned release are as the README documents."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from wastesort.paths import REPO_ROOT
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+RELEASE = "24.10"
+
+
+def _has_gpu(service: dict) -> bool:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+def test_services_and_profiles() -> None:
+    assert set(SERVICES) == {"tritonserver", "tritonserver-cpu", "build", "perf"}
+    assert "profiles" not in SERVICES["tritonserver"]  # `docker compose up` serves on the GPU
+    assert SERVICES["tritonserver-cpu"]["profiles"] == ["cpu"]
+    assert SERVICES["build"]["profiles"] == ["build"] and SERVICES["perf"]["profiles"] == ["perf"]
+
+
+def test_one_release_everywhere() -> None:
+    """Plans only load in the TensorRT that built them: server, build and SDK images share a release."""
+    tags = [SERVICES[s]["image"] for s in SERVICES]
+    assert all(tag.endswith(f":{RELEASE}") or tag.endswith(f":{RELEASE}-py3-sdk") for tag in tags), tags
+    for name in ("tritonserver", "tritonserver-cpu", "build"):
+        assert SERVICES[name]["build"]["args"]["RELEASE"] == RELEASE
+    for dockerfile in ("tritonserver.Dockerfile", "build.Dockerfile"):
+        text = (REPO_ROOT / "docker" / dockerfile).read_text()
+        assert f"ARG RELEASE={RELEASE}" in text and re.search(r"^FROM nvcr\.io/nvidia/\w+:\$\{RELEASE\}-py3$", text, re.M)
+    assert SERVICES["perf"]["image"] == f"nvcr.io/nvidia/tritonserver:{RELEASE}-py3-sdk"
+
+
+def test_gpu_server() -> None:
+    server = SERVICES["tritonserver"]
+    assert _has_gpu(server) and server["shm_size"]
+    assert server["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
+    assert "./model_repository:/models:ro" in server["volumes"]
+    assert "/v2/health/ready" in " ".join(server["healthcheck"]["test"])
+    assert "--model-config-name=gpu" in server["command"] and "--model-control-mode=none" in server["command"]
+
+
+def test_cpu_profile_serves_without_a_gpu() -> None:
+    cpu = SERVICES["tritonserver-cpu"]
+    assert not _has_gpu(cpu)
+    assert not any(arg.startswith("--model-config-name") for arg in cpu["command"])  # default configs: ORT in the Python backend
+    assert "./model_repository:/models:ro" in cpu["volumes"]
+
+
+def test_build_and_perf_services() -> None:
+    build = SERVICES["build"]
+    assert _has_gpu(build) and build["command"][:2] == ["python", "build/build.py"]
+    assert SERVICES["perf"]["depends_on"]["tritonserver"]["condition"] == "service_healthy"
+    assert SERVICES["perf"]["command"][0] == "perf_analyzer"
