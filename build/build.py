@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         row = VariantRow(name, backend, precision)
         if backend == "tensorrt":
             settings = trt.PlanSettings(precision, contract.height, contract.width, max_batch=ServingOptions.max_batch_size)
-            plan = args.out / f"{name}.plan"
+            path = args.out / f"{name}.plan"
             row.settings = " ".join(
-                settings.trtexec_command(onnx, plan, args.out / "trt" / "int8_calibration.cache", args.out / "trt" / "timing.cache")
+                settings.trtexec_command(onnx, path, args.out / "trt" / "int8_calibration.cache", args.out / "trt" / "timing.cache")
             )
             if trt_reason:
                 row.reason = f"skipped: {trt_reason}"
@@ -126,37 +126,34 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 continue
             start = time.perf_counter()
-            record = trt.build_plan(onnx, plan, settings, calibration, args.out / "trt")
-            row.build_s, row.path, row.size_mb = time.perf_counter() - start, str(plan), round(_size_mb(plan), 2)
-            row.reason = (
-                f"built for {record['gpu']} (sm {record['compute_capability']}), TensorRT {record['tensorrt']}; evaluate with perf/"
-            )
-            rows.append(row)
-            continue
-        path = args.out / f"{name}.onnx"
-        start = time.perf_counter()
-        if precision == "fp32":
-            optimize_fp32(onnx, path)
-            row.settings = "ONNX Runtime ORT_ENABLE_EXTENDED graph optimisations, saved"
-        elif precision == "int8":
-            settings = Int8Settings()
-            quantize_int8(onnx, path, calibration, settings)
-            row.settings = settings.describe() + f", {args.calibration_images} calibration images"
+            record = trt.build_plan(onnx, path, settings, calibration, args.out / "trt")
+            row.build_s = time.perf_counter() - start
+            row.settings = f"{record['gpu']} (sm {record['compute_capability']}), TensorRT {record['tensorrt']}: {row.settings}"
+            evaluation = g.score(trt.probabilities(path, test_x).argmax(1), test_y, contract.labels)
         else:
-            convert_fp16(onnx, path)
-            row.settings = "float16 weights/activations, FP32 I/O kept; GPU config adds the TensorRT EP at FP16"
-        row.build_s = time.perf_counter() - start
+            path = args.out / f"{name}.onnx"
+            start = time.perf_counter()
+            if precision == "fp32":
+                optimize_fp32(onnx, path)
+                row.settings = "ONNX Runtime ORT_ENABLE_EXTENDED graph optimisations, saved"
+            elif precision == "int8":
+                int8 = Int8Settings()
+                quantize_int8(onnx, path, calibration, int8)
+                row.settings = int8.describe() + f", {args.calibration_images} calibration images"
+            else:
+                convert_fp16(onnx, path)
+                row.settings = "float16 weights/activations, FP32 I/O kept; GPU config adds the TensorRT EP at FP16"
+            row.build_s = time.perf_counter() - start
+            evaluation = g.evaluate(path, test_x, test_y, contract.labels)
         row.path, row.size_mb = str(path), round(_size_mb(path), 2)
-        evaluation = g.evaluate(path, test_x, test_y, contract.labels)
         row.top1, row.macro_f1, row.per_class_f1 = evaluation.top1, evaluation.macro_f1, evaluation.per_class_f1
         row.agreement_with_fp32 = evaluation.agreement(reference.predictions)
         passed, row.reason = g.gate(evaluation, reference, args.threshold)
         if not passed:
             refused.append(name)
-        install = passed or args.force
-        if install:
+        if passed or args.force:
             write_variant(
-                args.repository, args.net, name, path, contract, "onnxruntime", tensorrt_precision="FP16" if precision == "fp16" else None
+                args.repository, args.net, name, path, contract, backend, tensorrt_precision="FP16" if variant == "onnx_fp16" else None
             )
             row.installed = True
             row.reason += "" if passed else "; installed anyway (--force)"
@@ -170,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         built.append((row, path))
 
-    timed = [(rows[0], onnx)] + [(r, p) for r, p in built if r.precision != "fp16"]  # FP16 is a GPU variant: CPU timing would mislead
+    # CPU timing of the ONNX Runtime variants; FP16 is a GPU variant (CPU timing would mislead),
+    # plans are timed by perf/ on the GPU
+    timed = [(rows[0], onnx)] + [(r, p) for r, p in built if r.backend == "onnxruntime" and r.precision != "fp16"]
     timings = g.time_batches([p for _, p in timed], test_x, args.bench_batch, args.bench_iters)
     for (row, _), timing in zip(timed, timings, strict=True):
         row.batch, row.latency_ms, row.img_s = timing.batch, round(timing.median_ms, 2), round(timing.img_s, 1)

@@ -47,8 +47,13 @@ def probabilities(sess: ort.InferenceSession, images: np.ndarray, batch_size: in
 
 
 def evaluate(path: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:
-    """Run ``path`` on preprocessed test ``images`` (float32 ``(N, 3, H, W)``) with true ``labels``."""
-    pred = probabilities(session(path), images).argmax(1)
+    """Run ``path`` (ONNX, on ONNX Runtime CPU) on preprocessed test ``images`` (float32
+    ``(N, 3, H, W)``) with true ``labels``."""
+    return score(probabilities(session(path), images).argmax(1), labels, class_names)
+
+
+def score(pred: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:
+    """Accuracy figures of top-1 predictions ``pred`` against ``labels`` (any backend)."""
     per_class = f1_score(labels, pred, labels=list(range(len(class_names))), average=None, zero_division=0)
     return Evaluation(
         top1=float(accuracy_score(labels, pred)),

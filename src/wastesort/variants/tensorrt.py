@@ -159,3 +159,15 @@ def build_plan(onnx: Path, plan: Path, settings: PlanSettings, calibration: np.n
     }
     Path(f"{plan}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def probabilities(plan: Path, images: np.ndarray, input_name: str = "IMAGES", batch_size: int = 64) -> np.ndarray:
+    """Run a plan on the GPU through Polygraphy's ``TrtRunner``: float32 ``(N, C)`` probabilities."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    outs = []
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(plan)))) as runner:
+        for i in range(0, len(images), batch_size):
+            outs.append(np.asarray(runner.infer({input_name: np.ascontiguousarray(images[i : i + batch_size])})["PROBABILITIES"]))
+    return np.concatenate(outs)
