@@ -177,7 +177,7 @@ def ensemble_config(
 ) -> mc.ModelConfig:
     """Bytes in, probabilities (with labels) out: ``preprocess`` then ``classifier``
     (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``)."""
-    name = ensemble_name(net) if classifier is None else f"ensemble_{classifier}"
+    name = ensemble_name(net) if classifier in (None, classifier_name(net)) else f"ensemble_{classifier}"
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
     cfg.input.append(_tensor(mc.ModelInput, INPUT_BYTES, mc.TYPE_STRING, [1]))
@@ -230,42 +230,75 @@ from {impl} import TritonPythonModel  # noqa: F401
 '''
 
 
+def _classifier_files(
+    net: str,
+    classifier: str,
+    contract: PreprocessContract,
+    opts: ServingOptions,
+    source: str,
+    backend: str,
+    tensorrt_precision: str | None = None,
+) -> tuple[dict[str, bytes], str]:
+    """Files of one classifier model and the ensemble that feeds it bytes (model file excluded),
+    and the relative path the model file goes to.
+
+    ``backend`` "onnxruntime": ``config.pbtxt`` runs it on CPU in the Python backend and
+    ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``.
+    """
+    ensemble = ensemble_config(net, contract, opts, classifier=classifier)
+    labels = ("\n".join(contract.labels) + "\n").encode()
+    if backend == "onnxruntime":
+        gpu = classifier_onnxruntime_config(net, contract, opts, name=classifier, tensorrt_precision=tensorrt_precision)
+        text = {
+            f"{classifier}/config.pbtxt": to_text(classifier_python_config(net, contract, opts, name=classifier), source),
+            f"{classifier}/configs/{GPU_CONFIG_NAME}.pbtxt": to_text(gpu, source),
+            f"{classifier}/1/model.py": THIN_MODEL_PY.format(model=classifier, impl=ONNX_IMPL),
+        }
+        target = f"{classifier}/1/model.onnx"
+    elif backend == "tensorrt":
+        text = {f"{classifier}/config.pbtxt": to_text(tensorrt_plan_config(classifier, contract, opts), source)}
+        target = f"{classifier}/1/model.plan"
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    text[f"{ensemble.name}/config.pbtxt"] = to_text(ensemble, source)
+    text[f"{ensemble.name}/1/.gitkeep"] = ""
+    files = {path: body.encode() for path, body in text.items()}
+    files[f"{classifier}/{LABELS_FILE}"] = labels
+    files[f"{ensemble.name}/{LABELS_FILE}"] = labels
+    return files, target
+
+
+def _write_files(repository: Path, files: dict[str, bytes]) -> list[Path]:
+    written = []
+    for rel, body in files.items():
+        path = repository / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        written.append(path)
+    return written
+
+
 def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> dict[str, bytes]:
     """Every generated file of the repository (relative path -> content), ONNX model excluded."""
     contract = PreprocessContract.from_onnx(str(onnx_path))
     source = f"models/{onnx_path.name}" if onnx_path.parent.name == "models" else onnx_path.name
-    clf, ens = classifier_name(net), ensemble_name(net)
-    labels = ("\n".join(contract.labels) + "\n").encode()
-    text = {
-        f"{PREPROCESS}/config.pbtxt": to_text(preprocess_config(contract, opts), source),
-        f"{PREPROCESS}/1/model.py": THIN_MODEL_PY.format(model=PREPROCESS, impl=PREPROCESS_IMPL),
-        f"{clf}/config.pbtxt": to_text(classifier_python_config(net, contract, opts), source),
-        f"{clf}/configs/{GPU_CONFIG_NAME}.pbtxt": to_text(classifier_onnxruntime_config(net, contract, opts), source),
-        f"{clf}/1/model.py": THIN_MODEL_PY.format(model=clf, impl=ONNX_IMPL),
-        f"{ens}/config.pbtxt": to_text(ensemble_config(net, contract, opts), source),
-        f"{ens}/1/.gitkeep": "",
+    files = {
+        f"{PREPROCESS}/config.pbtxt": to_text(preprocess_config(contract, opts), source).encode(),
+        f"{PREPROCESS}/1/model.py": THIN_MODEL_PY.format(model=PREPROCESS, impl=PREPROCESS_IMPL).encode(),
+        f"{PREPROCESS}/warmup/{WARMUP_FILE}": serialize_bytes_tensor([warmup_jpeg()]),
     }
-    files = {path: body.encode() for path, body in text.items()}
-    files[f"{PREPROCESS}/warmup/{WARMUP_FILE}"] = serialize_bytes_tensor([warmup_jpeg()])
-    files[f"{clf}/{LABELS_FILE}"] = labels
-    files[f"{ens}/{LABELS_FILE}"] = labels
-    return files
+    classifier, _ = _classifier_files(net, classifier_name(net), contract, opts, source, "onnxruntime")
+    return {**files, **classifier}
 
 
 def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[Path]:
     """Write the configs, thin ``model.py`` files, labels and warm-up data, and copy the ONNX
     model to ``<net>_onnx/1/model.onnx``. Returns the paths written."""
-    written = []
-    for rel, body in repository_files(onnx_path, net, opts).items():
-        path = repository / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
-        written.append(path)
+    written = _write_files(repository, repository_files(onnx_path, net, opts))
     model = repository / classifier_name(net) / "1" / "model.onnx"
     if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
         shutil.copyfile(onnx_path, model)
-    written.append(model)
-    return written
+    return [*written, model]
 
 
 def write_variant(
@@ -278,34 +311,12 @@ def write_variant(
     opts: ServingOptions = ServingOptions(),
     tensorrt_precision: str | None = None,
 ) -> list[Path]:
-    """Install one precision variant as ``<variant>/`` plus ``ensemble_<variant>/``.
-
-    ``backend`` "onnxruntime": ``config.pbtxt`` runs it on CPU in the Python backend and
-    ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``.
-    """
-    source = model_path.name
-    labels = ("\n".join(contract.labels) + "\n").encode()
-    files = {f"{variant}/{LABELS_FILE}": labels, f"ensemble_{variant}/{LABELS_FILE}": labels, f"ensemble_{variant}/1/.gitkeep": b""}
-    if backend == "onnxruntime":
-        files[f"{variant}/config.pbtxt"] = to_text(classifier_python_config(net, contract, opts, name=variant), source).encode()
-        gpu = classifier_onnxruntime_config(net, contract, opts, name=variant, tensorrt_precision=tensorrt_precision)
-        files[f"{variant}/configs/{GPU_CONFIG_NAME}.pbtxt"] = to_text(gpu, source).encode()
-        files[f"{variant}/1/model.py"] = THIN_MODEL_PY.format(model=variant, impl=ONNX_IMPL).encode()
-        target = f"{variant}/1/model.onnx"
-    elif backend == "tensorrt":
-        files[f"{variant}/config.pbtxt"] = to_text(tensorrt_plan_config(variant, contract, opts), source).encode()
-        target = f"{variant}/1/model.plan"
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    files[f"ensemble_{variant}/config.pbtxt"] = to_text(ensemble_config(net, contract, opts, classifier=variant), source).encode()
+    """Install one precision variant as ``<variant>/`` plus ``ensemble_<variant>/`` (``backend``
+    "onnxruntime" or "tensorrt", as in the base classifier's files)."""
+    files, target = _classifier_files(net, variant, contract, opts, model_path.name, backend, tensorrt_precision)
     remove_variant(repository, variant)
-    written = []
-    for rel, body in files.items():
-        path = repository / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
-        written.append(path)
-    (repository / target).parent.mkdir(parents=True, exist_ok=True)
+    written = _write_files(repository, files)
+    (repository / target).parent.mkdir(parents=True, exist_ok=True)  # a plan's version folder holds nothing else
     shutil.copyfile(model_path, repository / target)
     return [*written, repository / target]
 
