@@ -22,12 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from wastesort.contract import PreprocessContract
 from wastesort.data import read_manifest
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
-from wastesort.preprocess import preprocess_files
 from wastesort.triton.config import ServingOptions, remove_variant, write_variant
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
@@ -84,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         f"test split: {len(splits['test'])} images; calibration: {args.calibration_images} training images; "
         f"threshold {args.threshold} points"
     )
-    test_x = preprocess_files([s.path for s in splits["test"]], contract, desc="test images")
-    test_y = np.array([s.label for s in splits["test"]])
+    test_x, test_y = g.test_tensors(splits["test"], contract)
     reference = g.evaluate(onnx, test_x, test_y, contract.labels)
     rows = [
         VariantRow(

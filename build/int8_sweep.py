@@ -10,12 +10,9 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
-
 from wastesort.contract import PreprocessContract
 from wastesort.data import read_manifest
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
-from wastesort.preprocess import preprocess_files
 from wastesort.variants import gate as g
 from wastesort.variants.calibration import calibration_tensor, select_calibration
 from wastesort.variants.ort import Int8Settings, quantize_int8
@@ -40,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     onnx = MODELS_DIR / f"{args.net}.onnx"
     contract = PreprocessContract.from_onnx(str(onnx))
     splits = read_manifest(MODELS_DIR / f"{args.net}.manifest.csv", args.data)
-    test_x = preprocess_files([s.path for s in splits["test"]], contract, desc="test images")
-    test_y = np.array([s.label for s in splits["test"]])
+    test_x, test_y = g.test_tensors(splits["test"], contract)
     calibration = calibration_tensor(select_calibration(splits["train"], args.calibration_images), contract)
     reference = g.evaluate(onnx, test_x, test_y, contract.labels)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ stratified so that every class is represented in proportion.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -36,23 +35,21 @@ def calibration_tensor(samples: list[Sample], contract: PreprocessContract) -> n
     return preprocess_files([s.path for s in samples], contract, desc="calibration")
 
 
-def batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    for i in range(0, len(images), batch_size):
-        yield images[i : i + batch_size]
+def whole_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """``images`` in batches of exactly ``batch_size`` (calibrators stack batches, so they must
+    share one shape); the ``len(images) % batch_size`` left over are not used."""
+    usable = len(images) - len(images) % batch_size
+    if usable == 0:
+        raise ValueError(f"{len(images)} calibration images make no whole batch of {batch_size}")
+    for i in range(0, usable, batch_size):
+        yield np.ascontiguousarray(images[i : i + batch_size])
 
 
 class ArrayCalibrationReader(CalibrationDataReader):
-    """ONNX Runtime calibration reader over preprocessed images, ``batch_size`` at a time.
-
-    Only whole batches are fed (ONNX Runtime's histogram calibrators stack the batches, so they
-    must have one shape); the ``len(images) % batch_size`` images left over are not used.
-    """
+    """ONNX Runtime calibration reader over preprocessed images, in :func:`whole_batches`."""
 
     def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 20) -> None:
-        usable = len(images) - len(images) % batch_size
-        if usable == 0:
-            raise ValueError(f"{len(images)} calibration images make no whole batch of {batch_size}")
-        self.input_name, self.images, self.batch_size = input_name, images[:usable], batch_size
+        self.input_name, self.images, self.batch_size = input_name, images, batch_size
         self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -60,14 +57,10 @@ class ArrayCalibrationReader(CalibrationDataReader):
         return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
-        self._iter = batches(self.images, self.batch_size)
+        self._iter = whole_batches(self.images, self.batch_size)
 
 
 def polygraphy_feed(input_name: str, images: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """The same images as feed dicts, the data loader Polygraphy's ``Calibrator`` takes."""
-    for batch in batches(images, batch_size):
-        yield {input_name: np.ascontiguousarray(batch)}
-
-
-def image_paths(samples: list[Sample]) -> list[Path]:
-    return [s.path for s in samples]
+    """The same whole batches as feed dicts, the data loader Polygraphy's ``Calibrator`` takes."""
+    for batch in whole_batches(images, batch_size):
+        yield {input_name: batch}

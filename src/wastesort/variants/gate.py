@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from sklearn.metrics import accuracy_score, f1_score
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import Sample
+from wastesort.inference import OnnxClassifier
+from wastesort.preprocess import preprocess_files
 
 #: A variant may lose at most this many points of top-1 against FP32 (default of ``--threshold``).
 DEFAULT_MAX_DROP_POINTS = 1.0
@@ -34,22 +38,16 @@ class Evaluation:
         return float((self.predictions == reference).mean())
 
 
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def probabilities(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(["PROBABILITIES"], {name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)])
+def test_tensors(test: list[Sample], contract: PreprocessContract) -> tuple[np.ndarray, np.ndarray]:
+    """The test split as the server would see it: float32 ``(N, 3, H, W)`` inputs (serving
+    preprocessing) and the true class indices."""
+    return preprocess_files([s.path for s in test], contract, desc="test images"), np.array([s.label for s in test])
 
 
 def evaluate(path: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:
     """Run ``path`` (ONNX, on ONNX Runtime CPU) on preprocessed test ``images`` (float32
     ``(N, 3, H, W)``) with true ``labels``."""
-    return score(probabilities(session(path), images).argmax(1), labels, class_names)
+    return score(OnnxClassifier(path).probabilities(images).argmax(1), labels, class_names)
 
 
 def score(pred: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:
@@ -84,7 +82,7 @@ def time_batches(
     x = np.ascontiguousarray(images[:batch])
     if len(x) < batch:
         x = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
-    sessions = [session(p, threads) for p in paths]
+    sessions = [OnnxClassifier(p, threads).session for p in paths]
     name = sessions[0].get_inputs()[0].name
     for sess in sessions:
         for _ in range(warmup):

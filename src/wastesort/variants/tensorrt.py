@@ -93,8 +93,7 @@ class PlanSettings:
 
     def calibration_feed(self, calibration: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Feed dicts for Polygraphy's calibrator: whole batches of the serving-preprocessed images."""
-        usable = len(calibration) - len(calibration) % self.calibration_batch
-        return list(polygraphy_feed(self.input_name, calibration[:usable], self.calibration_batch))
+        return list(polygraphy_feed(self.input_name, calibration, self.calibration_batch))
 
     def calibrator(self, calibration: np.ndarray, cache: Path):
         """Polygraphy ``Calibrator`` (TensorRT's entropy calibrator) writing ``cache``; needs TensorRT."""
