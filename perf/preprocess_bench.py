@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from wastesort.contract import PreprocessContract
+from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR
 from wastesort.preprocess import decode, draft_size, load_rgb, normalize, preprocess_bytes
 
@@ -47,7 +48,7 @@ def load_photos(data_dir: Path | None, n: int) -> tuple[list[bytes], str]:
     out = []
     for i in range(n):
         buf = io.BytesIO()
-        make_image(("cardboard", "glass", "metal", "paper", "plastic", "trash")[i % 6], rng, (512, 384)).save(buf, "JPEG", quality=90)
+        make_image(LABELS[i % len(LABELS)], rng, (512, 384)).save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
     return out, f"{n} SYNTHETIC 512x384 JPEGs (no --data folder found)"
 

@@ -30,6 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 from wastesort.data import read_manifest
 from wastesort.inference import OnnxClassifier
+from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
 from wastesort.preprocess import preprocess_bytes
 from wastesort.synthetic import make_image
@@ -66,11 +67,10 @@ def _client(server: TritonServer, protocol: str):
 def encoded_images(n: int, seed: int = 0) -> list[bytes]:
     """Synthetic photos of different sizes, formats and modes (JPEG RGB, PNG RGBA, JPEG L, PNG P)."""
     rng = np.random.default_rng(seed)
-    labels = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
     out = []
     for i in range(n):
         size = (int(rng.integers(120, 700)), int(rng.integers(120, 700)))
-        img = make_image(labels[i % 6], rng, size)
+        img = make_image(LABELS[i % len(LABELS)], rng, size)
         buf = io.BytesIO()
         kind = i % 4
         if kind == 0:

@@ -64,13 +64,12 @@ class TritonPythonModel:
     def _respond(self, futures: list[Future]) -> pb_utils.InferenceResponse:
         images, errors = [], []
         for i, future in enumerate(futures):
-            where = f"image at index {i} of {len(futures)} in this request"
             try:
                 images.append(future.result())
             except ImageDecodeError as exc:
-                errors.append(f"{where}: {exc}")
+                errors.append(f"image at index {i} of {len(futures)} in this request: {exc}")
             except Exception as exc:  # anything else PIL may raise must not take the model down
-                errors.append(f"{where}: unexpected {type(exc).__name__}: {exc}")
+                errors.append(f"image at index {i} of {len(futures)} in this request: unexpected {type(exc).__name__}: {exc}")
         if errors:
             return _invalid("; ".join(errors))
         batch = np.stack(images) if images else self.empty

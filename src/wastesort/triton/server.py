@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,15 +173,24 @@ class TritonServer:
         cmd = server_command(self.repository, self.ports, extra=self.extra)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+        process = self.process
+        failure = self.poll_ready(timeout_s, lambda: None if process.poll() is None else f"exited with status {process.returncode}")
+        if failure is not None:
+            self.stop()
+            raise ServerError(f"tritonserver {failure}:\n{self.log_tail()}")
+        return self
+
+    def poll_ready(self, timeout_s: float, died: Callable[[], str | None]) -> str | None:
+        """Poll ``/v2/health/ready`` until it answers (returns None), ``died()`` reports why the
+        server is gone, or ``timeout_s`` passes (returns the reason)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with status {self.process.returncode}:\n{self.log_tail()}")
-            if self.is_ready():
-                return self
+        while not self.is_ready():
+            if (reason := died()) is not None:
+                return reason
+            if time.monotonic() > deadline:
+                return f"not ready after {timeout_s:.0f} s"
             time.sleep(0.25)
-        self.stop()
-        raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        return None
 
     def is_ready(self) -> bool:
         """True when the HTTP endpoint answers ``/v2/health/ready`` with 200."""
@@ -216,17 +226,19 @@ class TritonServer:
 def wait_ready(http_port: int, timeout_s: float = 120.0, pid: int | None = None) -> None:
     """Block until the server on ``127.0.0.1:http_port`` is ready; exit non-zero if ``pid``
     dies or ``timeout_s`` passes first (for scripts that start the server in the background)."""
-    probe = TritonServer(ports={"http": http_port})
-    deadline = time.monotonic() + timeout_s
-    while not probe.is_ready():
-        if pid is not None:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                raise SystemExit(f"tritonserver (pid {pid}) exited before it was ready") from None
-        if time.monotonic() > deadline:
-            raise SystemExit(f"tritonserver on port {http_port} not ready after {timeout_s:.0f} s")
-        time.sleep(0.25)
+
+    def died() -> str | None:
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"(pid {pid}) exited before it was ready"
+        return None
+
+    failure = TritonServer(ports={"http": http_port}).poll_ready(timeout_s, died)
+    if failure is not None:
+        raise SystemExit(f"tritonserver on port {http_port} {failure}")
     print(f"tritonserver ready on {DEFAULT_ADDRESS}:{http_port}")
 
 
