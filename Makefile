@@ -14,6 +14,7 @@ RUN     ?= runs/$(MODEL)
 ONNX    ?= models/$(MODEL).onnx
 TRAIN_ARGS ?=
 BUILD_ARGS ?=
+PERF_ARGS  ?=
 
 # serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
 # TRITON_ADDRESS says otherwise
@@ -21,7 +22,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train export evaluate repository build serve clean help
+.PHONY: setup test lint demo train export evaluate repository build serve perf perf-quick clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -33,10 +34,13 @@ help:
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
 	@echo "make build [DATA=dir]       precision variants of models/MODEL.onnx, accuracy gate, report, install the passing ones"
 	@echo "make serve                  tritonserver on model_repository/, foreground, 127.0.0.1:8000 (http) 8001 (grpc) 8002 (metrics)"
+	@echo "make perf [DATA=dir]        throughput table: in-process rows + perf_analyzer sweep, into perf/results/<host>/"
+	@echo "make perf-quick [DATA=dir]  the same, short (under 3 minutes on 2 cores)"
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/system_deps.sh
+	bash scripts/system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[train,serve,variants,dev]"
@@ -72,6 +76,12 @@ build: setup
 
 serve: setup
 	$(PY) -m wastesort.triton.server
+
+perf: setup
+	$(PY) perf/run.py --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
+
+perf-quick: setup
+	$(PY) perf/run.py --quick --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
 
 clean:
 	rm -rf runs demo_out .pytest_cache .ruff_cache

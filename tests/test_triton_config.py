@@ -48,7 +48,7 @@ def test_every_config_parses_and_is_complete(path: Path) -> None:
     if cfg.platform == "ensemble":
         assert len(cfg.ensemble_scheduling.step) == 2
         return
-    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == tc.ServingOptions().queue_delay_us
     assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count >= 1
     assert len(cfg.model_warmup) >= 1
 

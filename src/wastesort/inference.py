@@ -31,14 +31,18 @@ class OnnxClassifier:
     Args:
         path: ONNX file exported by ``train/export.py``.
         threads: intra-op threads (0: ONNX Runtime's default, one per core).
+        spinning: idle intra-op workers spin-wait for the next run (ONNX Runtime's default);
+            turn it off when other work shares the cores between runs.
     """
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, spinning: bool = True) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # a chain of convolutions: no parallel branches worth a second pool
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.contract = PreprocessContract.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = self.session.get_inputs()[0].name

@@ -4,7 +4,8 @@ backend (the tritonserver in nvidia-pytriton). NVIDIA's containers serve the sam
 
 Contract: input ``IMAGES`` FP32 ``[N, 3, H, W]`` -> outputs named in the config (``LOGITS``,
 ``PROBABILITIES``: FP32 ``[N, C]``). Parameters: ``onnx_file`` (in the version folder, default
-``model.onnx``), ``intra_op_threads`` (0: one per core this process may use).
+``model.onnx``), ``intra_op_threads`` (0: one per core this process may use), ``allow_spinning``
+("0": idle ONNX Runtime workers sleep instead of spin-waiting; see ``ServingOptions.ort_spinning``).
 
 The session is built once per instance. One ``execute`` call concatenates every request the
 dynamic batcher gathered, runs the session once, and splits the outputs back per request.
@@ -30,7 +31,7 @@ class TritonPythonModel:
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
         threads = int(params.get("intra_op_threads", "0")) or len(os.sched_getaffinity(0))
-        self.classifier = OnnxClassifier(path, threads=threads)
+        self.classifier = OnnxClassifier(path, threads=threads, spinning=params.get("allow_spinning", "1") != "0")
         self.input_name = config["input"][0]["name"]
         if self.input_name != self.classifier.input_name:
             raise pb_utils.TritonModelException(f"config input {self.input_name!r} is not the ONNX input {self.classifier.input_name!r}")

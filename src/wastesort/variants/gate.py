@@ -7,9 +7,8 @@ model on every test image, and throughput (ONNX Runtime on CPU, median of timed 
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample
 from wastesort.inference import OnnxClassifier
+from wastesort.perf.timing import Timing, fixed_batch, time_interleaved
 from wastesort.preprocess import preprocess_files
 
 #: A variant may lose at most this many points of top-1 against FP32 (default of ``--threshold``).
@@ -61,39 +61,14 @@ def score(pred: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) ->
     )
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Latency of one batch (ms, median and p90 of ``iters`` runs) and throughput (img/s)."""
-
-    batch: int
-    median_ms: float
-    p90_ms: float
-
-    @property
-    def img_s(self) -> float:
-        return self.batch / self.median_ms * 1000.0
-
-
 def time_batches(
     paths: list[Path], images: np.ndarray, batch: int = 64, iters: int = 20, warmup: int = 3, threads: int = 0
 ) -> list[Timing]:
-    """Time several models on the same batch, interleaved round-robin so that a noisy
-    neighbour slows them all alike; returns one :class:`Timing` per path."""
-    x = np.ascontiguousarray(images[:batch])
-    if len(x) < batch:
-        x = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)
-    sessions = [OnnxClassifier(p, threads).session for p in paths]
-    name = sessions[0].get_inputs()[0].name
-    for sess in sessions:
-        for _ in range(warmup):
-            sess.run(None, {name: x})
-    samples: list[list[float]] = [[] for _ in sessions]
-    for _ in range(iters):
-        for i, sess in enumerate(sessions):
-            start = time.perf_counter()
-            sess.run(None, {name: x})
-            samples[i].append((time.perf_counter() - start) * 1000.0)
-    return [Timing(batch, statistics.median(s), float(np.percentile(s, 90))) for s in samples]
+    """Time several ONNX models (ONNX Runtime, CPU) on the same batch with the project's one
+    timing method (:func:`wastesort.perf.timing.time_interleaved`); one :class:`Timing` per path."""
+    x = fixed_batch(images, batch)
+    classifiers = [OnnxClassifier(p, threads) for p in paths]
+    return time_interleaved([partial(c.run, ["LOGITS"], x) for c in classifiers], batch, iters, warmup)
 
 
 def gate(candidate: Evaluation, reference: Evaluation, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> tuple[bool, str]:

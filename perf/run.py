@@ -1,0 +1,260 @@
+"""Benchmark: the throughput table, in-process and served through Triton, on real images.
+
+    python perf/run.py [--quick] [--data ../shared/data/trashnet] [--out perf/results/<host>]
+
+(``make perf`` / ``make perf-quick``.) One run, on one machine:
+
+1. In-process rows, timed side by side with one method (:mod:`wastesort.perf.timing`): the same
+   real test-split images through the serving preprocessing, the same batch (``--batch``,
+   default 64), warm-up, ``--iters`` timed iterations interleaved round-robin, host tensor in
+   and host result out (GPU rows synchronise inside every iteration). Rows: PyTorch eager
+   (CPU, and CUDA when present), ONNX Runtime FP32 and INT8 (CPU), FP32/FP16 (CUDA), the
+   TensorRT plans, the preprocessing alone (bytes to tensor on one thread: img/s per core) and
+   the whole pipeline in one process (bytes to label). Each row carries its top-1 on the test
+   split. Rows that cannot run here say why.
+2. An ONNX Runtime op-type profile of FP32 and INT8 (``profile.md``): where the time goes.
+3. Served rows: the harness starts ``tritonserver`` on the project's repository (127.0.0.1,
+   free ports) and drives every ready classifier (real preprocessed tensors) and ensemble (real
+   JPEG bytes) with ``perf_analyzer`` over a concurrency sweep, HTTP and gRPC, ``-f`` CSV.
+   Reported: the best throughput with p99 within ``--budget-ms`` and the server-side split.
+
+Outputs in ``--out``: ``table.md``, ``served.md``, ``profile.md``, ``summary.json``,
+``machine.json``, ``csv/`` (raw perf_analyzer CSVs and logs) and PNG plots. The target ratios
+are printed at the end and stored in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as httpclient
+from tqdm import tqdm
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import read_manifest
+from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
+from wastesort.perf import analyzer as pa
+from wastesort.perf import inprocess as ip
+from wastesort.perf import machine as mach
+from wastesort.perf import report as rep
+from wastesort.perf.profile import profile_table
+from wastesort.perf.timing import fixed_batch, time_interleaved
+from wastesort.preprocess import preprocess_files
+from wastesort.triton.config import IMAGES, INPUT_BYTES
+from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
+
+BASELINE = ("pytorch", "fp32", "cpu")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default="mobilenet_v3_small")
+    parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifest's paths are relative to")
+    parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>")
+    parser.add_argument("--quick", action="store_true", help="a short version (under 3 minutes on 2 cores)")
+    parser.add_argument("--batch", type=int, default=64, help="in-process batch size")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 20, quick 8)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--seed-resolution", type=int, default=224, help="also time PyTorch and ONNX Runtime FP32 at this side, the seed table's (0: off)"
+    )
+    parser.add_argument("--budget-ms", type=float, default=100.0, help="served: p99 latency budget")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None, help="served: levels (default 1 2 4 8 16; quick 1 4)")
+    parser.add_argument("--request-batch", type=int, nargs="+", default=[1, 8], help="served: images per ensemble request")
+    parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
+    parser.add_argument("--measurement-ms", type=int, default=None, help="perf_analyzer window (default 3000, quick 1000)")
+    parser.add_argument(
+        "--models", nargs="*", default=None, help="served models (default: every ready one; quick: the base ensemble and classifier)"
+    )
+    parser.add_argument("--skip-served", action="store_true")
+    parser.add_argument("--skip-profile", action="store_true")
+    args = parser.parse_args(argv)
+    args.iters = args.iters or (8 if args.quick else 20)
+    args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16])
+    args.measurement_ms = args.measurement_ms or (1000 if args.quick else 3000)
+    args.out = args.out or REPO_ROOT / "perf" / "results" / mach.host_name()
+    return args
+
+
+def candidates(
+    args: argparse.Namespace, contract: PreprocessContract, onnx: Path, check: np.ndarray, scratch: Path
+) -> list[ip.Candidate | ip.Skipped]:
+    repo, net = args.repository, args.net
+    rows: list[ip.Candidate | ip.Skipped] = [*ip.torch_candidates(onnx, net, len(contract.labels), check)]
+    if args.seed_resolution and args.seed_resolution != contract.height:
+        free = ip.free_resolution_onnx(onnx, scratch / f"{net}_free_resolution.onnx")
+        seed_rows = [*ip.torch_candidates(onnx, net, len(contract.labels), check), ip.ort_candidate("ONNX Runtime", free, "fp32")]
+        rows += ip.at_resolution([r for r in seed_rows if r.device == "cpu"], args.seed_resolution)
+    rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32"))
+    rows.append(ip.ort_candidate("ONNX Runtime", repo / f"{net}_onnx_int8" / "1" / "model.onnx", "int8"))
+    rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32", "cuda"))
+    rows.append(ip.ort_candidate("ONNX Runtime", repo / f"{net}_onnx_fp16" / "1" / "model.onnx", "fp16", "cuda"))
+    for precision in ("fp32", "fp16", "int8"):
+        rows.append(ip.tensorrt_candidate("TensorRT", repo / f"{net}_trt_{precision}" / "1" / "model.plan", precision))
+    rows.append(ip.preprocess_candidate(contract))
+    rows.append(ip.pipeline_candidate(onnx))
+    return rows
+
+
+def run_inprocess(args: argparse.Namespace, onnx: Path, contract: PreprocessContract, test_x, test_y, encoded) -> list[rep.InprocessRow]:
+    found = candidates(args, contract, onnx, test_x, args.out)
+    ran = [c for c in found if isinstance(c, ip.Candidate)]
+    sides = {c.resolution for c in ran if c.resolution}
+    tensors = {None: test_x} | {side: test_tensors(args, replace(contract, height=side, width=side))[0] for side in sides}
+    accuracy = {
+        id(c): ip.top1(c, tensors[c.resolution], encoded, test_y, args.batch)
+        for c in tqdm(ran, desc="accuracy on the test split", unit="row")
+    }
+    batches = {side: fixed_batch(x, args.batch) for side, x in tensors.items()}
+    jpegs = [encoded[i % len(encoded)] for i in range(args.batch)]
+    steps = [partial(c.predict, jpegs if c.inputs == "bytes" else batches[c.resolution]) for c in ran]
+    print(
+        f"timing {len(ran)} rows side by side: batch {args.batch}, {args.warmup} warm-up + {args.iters} timed iterations each, interleaved"
+    )
+    timings = dict(zip((id(c) for c in ran), time_interleaved(steps, args.batch, args.iters, args.warmup), strict=True))
+    for c in ran:
+        c.close()
+    rows = []
+    for c in found:
+        if isinstance(c, ip.Skipped):
+            rows.append(rep.InprocessRow(c.name, c.backend, c.precision, c.device, skipped=c.reason))
+            print(f"skipped {c.name} {c.precision} {c.device}: {c.reason}")
+            continue
+        t = timings[id(c)]
+        latency = {"median_ms": round(t.median_ms, 2), "p90_ms": round(t.p90_ms, 2), "p99_ms": round(t.p99_ms, 2)}
+        row = rep.InprocessRow(c.name, c.backend, c.precision, c.device, t.batch, c.resolution, len(t.samples_ms), **latency)
+        row.img_s, row.top1, row.note = round(t.img_s, 1), accuracy[id(c)], c.note
+        rows.append(row)
+    for r in rows:
+        base = rep.find_row(rows, *BASELINE, resolution=r.resolution)
+        if base and r.img_s and r.backend != "pillow":
+            r.speedup = round(r.img_s / base.img_s, 2)
+    return rows
+
+
+def served_models(server: TritonServer, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(model, kind) of every ready model to drive, from the server's repository index."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    ready = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
+    wanted = args.models if args.models is not None else ([f"ensemble_{args.net}", f"{args.net}_onnx"] if args.quick else ready)
+    chosen = []
+    for name in ready:
+        if name not in wanted or name == "preprocess":
+            continue
+        inputs = [i["name"] for i in client.get_model_metadata(name)["inputs"]]
+        if INPUT_BYTES in inputs:
+            chosen.append((name, "ensemble"))
+        elif IMAGES in inputs:
+            chosen.append((name, "classifier"))
+    client.close()
+    return chosen
+
+
+def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes]) -> tuple[list[rep.ServedSweep], str]:
+    reason = pa.unavailable_reason()
+    if reason:
+        print(f"served rows skipped: {reason}")
+        return [], reason
+    raw = args.out / "csv"
+    raw.mkdir(parents=True, exist_ok=True)
+    inputs = {"ensemble": raw / "input_jpeg_bytes.json", "classifier": raw / "input_tensors.json"}
+    n = 32 if args.quick else 128
+    inputs["ensemble"].write_text(json.dumps(pa.bytes_input_data(encoded[:n], INPUT_BYTES)))
+    inputs["classifier"].write_text(json.dumps(pa.tensor_input_data(test_x[:n], IMAGES)))
+    sweeps = []
+    with TritonServer(args.repository, log_path=args.out / "tritonserver.log") as server:
+        server_version = httpclient.InferenceServerClient(server.http_url).get_server_metadata()["version"]
+        jobs = []
+        for model, kind in served_models(server, args):
+            for protocol in args.protocols:
+                for request_batch in args.request_batch if kind == "ensemble" else [1]:
+                    jobs.append(rep.ServedSweep(model, kind, protocol, request_batch))
+        total = len(jobs) * len(args.concurrency)
+        settings = pa.SweepSettings(measurement_ms=args.measurement_ms)
+        with tqdm(total=total, desc="perf_analyzer", unit="run") as bar:
+            for sweep in jobs:
+                url = server.grpc_url if sweep.protocol == "grpc" else server.http_url
+                run_settings = pa.SweepSettings(batch=sweep.request_batch, measurement_ms=settings.measurement_ms)
+                for level in args.concurrency:
+                    stem = f"{sweep.model}_{sweep.protocol}_b{sweep.request_batch}_c{level}"
+                    csv_path = raw / f"{stem}.csv"
+                    cmd = pa.command(sweep.model, url, sweep.protocol, level, csv_path, inputs[sweep.kind], run_settings)
+                    bar.set_postfix_str(stem)
+                    try:
+                        pa.run(cmd, raw / f"{stem}.log")
+                        sweep.points += pa.parse_csv(csv_path.read_text())
+                    except (pa.AnalyzerError, OSError) as exc:
+                        sweep.error = str(exc).splitlines()[0]
+                        print(f"{stem}: {exc}", file=sys.stderr)
+                    bar.update(1)
+                    last = sweep.points[-1] if sweep.points else None
+                    if last and last.p99_ms > 3 * args.budget_ms:  # far past the knee: higher levels only queue longer
+                        bar.update(len(args.concurrency) - args.concurrency.index(level) - 1)
+                        break
+                sweeps.append(sweep)
+    return sweeps, server_version
+
+
+def test_tensors(args: argparse.Namespace, contract: PreprocessContract) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """The test split of the model's manifest: float32 inputs made by the serving
+    preprocessing under ``contract``, true labels, and the encoded files."""
+    manifest = MODELS_DIR / f"{args.net}.manifest.csv"
+    test = read_manifest(manifest, args.data)["test"]
+    missing = [s.path for s in test if not s.path.is_file()]
+    if missing:
+        raise SystemExit(f"error: {len(missing)} test images of {manifest.name} missing under {args.data} (--data), e.g. {missing[0]}")
+    x = preprocess_files([s.path for s in test], contract, desc=f"test split at {contract.width}x{contract.height}")
+    return x, np.array([s.label for s in test]), [s.path.read_bytes() for s in test]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    onnx = MODELS_DIR / f"{args.net}.onnx"
+    if not args.data.is_dir():
+        print(f"error: no dataset at {args.data}: the benchmark runs on the real test split (--data)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = mach.describe()
+    print(f"machine: {mach.one_line(machine)}")
+    contract = PreprocessContract.from_onnx(str(onnx))
+    test_x, test_y, encoded = test_tensors(args, contract)
+
+    rows = run_inprocess(args, onnx, contract, test_x, test_y, encoded)
+    baseline = "PyTorch eager FP32 on CPU"
+    table = rep.inprocess_table(rows, machine, baseline, contract.height)
+    (args.out / "table.md").write_text(table)
+    print(table)
+
+    if not args.skip_profile:
+        int8 = args.repository / f"{args.net}_onnx_int8" / "1" / "model.onnx"
+        models = {"FP32": onnx, **({"INT8": int8} if int8.exists() else {})}
+        text = profile_table(models, fixed_batch(test_x, args.batch), runs=3 if args.quick else 10)
+        (args.out / "profile.md").write_text(text)
+        print(text)
+
+    sweeps, served_note = ([], "skipped (--skip-served)") if args.skip_served else run_served(args, test_x, encoded)
+    if sweeps:
+        (args.out / "served.md").write_text(rep.served_table(sweeps, args.budget_ms, machine))
+        print(rep.served_table(sweeps, args.budget_ms, machine))
+    machine["tritonserver"] = served_note
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms)
+    rep.write_json(args.out / "summary.json", summary)
+    rep.write_json(args.out / "machine.json", machine)
+    plots = [p for p in [rep.plot_inprocess(rows, args.out), *rep.plot_served(sweeps, args.out, args.budget_ms)] if p]
+    print("\n".join(rep.target_lines(summary["ratios"])))
+    print(f"wrote {args.out} ({', '.join(p.name for p in plots)}) in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

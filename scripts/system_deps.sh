@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the Python environment cannot bring: libb64-0d, which perf_analyzer (from the
+# tritonclient wheel) links. Installs them when run as root with apt-get; otherwise says what
+# to install and carries on (only perf_analyzer needs them; its tests skip with the reason).
+set -euo pipefail
+PACKAGES=(libb64-0d)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  echo "installed ${missing[*]}"
+else
+  echo "note: perf_analyzer needs ${missing[*]} (sudo apt-get install ${missing[*]}); continuing without" >&2
+fi

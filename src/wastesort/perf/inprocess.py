@@ -1,0 +1,183 @@
+"""In-process candidates of the throughput table, each with its top-1 on the test split.
+
+Every model candidate is a ``predict`` function: float32 ``(N, 3, H, W)`` host array (the
+serving preprocessing's output) in, float32 ``(N, C)`` scores back on the host. On a GPU the
+input is copied to the device and the result back inside the call, after synchronising, so
+every backend is timed the same way: host tensor to host result. The two byte-level
+candidates take encoded JPEG/PNG bytes: ``preprocess`` (bytes to tensor, one thread, i.e.
+per core) and ``pipeline`` (bytes to label in one process: a decode thread pool the size of
+the machine, then ONNX Runtime FP32, as a self-hosted service would run it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score
+
+from wastesort.contract import PreprocessContract
+from wastesort.inference import OnnxClassifier
+from wastesort.preprocess import preprocess_bytes
+
+
+@dataclass
+class Candidate:
+    """One row of the in-process table. ``predict`` maps a batch to scores (model rows) or
+    encoded images to top-1 indices (``pipeline``) or to tensors (``preprocess``)."""
+
+    name: str
+    backend: str
+    precision: str
+    device: str
+    predict: Callable
+    inputs: str = "tensor"  # "tensor" or "bytes"
+    resolution: int | None = None  # input side when it differs from the model's own
+    note: str = ""
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row that could not run here, and why (one line)."""
+
+    name: str
+    backend: str
+    precision: str
+    device: str
+    reason: str
+
+
+def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: np.ndarray) -> list[Candidate | Skipped]:
+    """PyTorch eager, CPU and (when present) CUDA, with the weights of ``onnx_path``; the
+    rebuilt model is checked against ONNX Runtime on ``check_images`` first."""
+    import torch
+
+    from wastesort.perf.torch_model import check_against_onnx, torch_from_onnx
+
+    model = torch_from_onnx(onnx_path, net, num_classes)
+    diff = check_against_onnx(model, onnx_path, check_images[:8])
+    note = f"torchvision {net}, weights from the ONNX file (max logit diff {diff:.1e})"
+
+    def on_cpu(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    rows: list[Candidate | Skipped] = [Candidate("PyTorch eager", "pytorch", "fp32", "cpu", on_cpu, note=note)]
+    if not torch.cuda.is_available():
+        rows.append(Skipped("PyTorch eager", "pytorch", "fp32", "cuda", "no CUDA device visible to torch"))
+        return rows
+    gpu_model = torch_from_onnx(onnx_path, net, num_classes).cuda()
+
+    def on_gpu(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = gpu_model(torch.from_numpy(x).cuda(non_blocking=False))
+            torch.cuda.synchronize()
+            return out.cpu().numpy()
+
+    rows.append(Candidate("PyTorch eager", "pytorch", "fp32", "cuda", on_gpu, note=note))
+    return rows
+
+
+def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu") -> Candidate | Skipped:
+    """ONNX Runtime on CPU (the project's session settings) or CUDA."""
+    if not path.exists():
+        return Skipped(name, "onnxruntime", precision, device, f"{path} not built (make build)")
+    if device == "cpu":
+        classifier = OnnxClassifier(path)
+        return Candidate(name, "onnxruntime", precision, device, lambda x: classifier.run(["LOGITS"], x)[0], note=str(path))
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return Skipped(
+            name, "onnxruntime", precision, device, "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)"
+        )
+    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return Candidate(name, "onnxruntime", precision, device, lambda x: session.run(["LOGITS"], {input_name: x})[0], note=str(path))
+
+
+def tensorrt_candidate(name: str, plan: Path, precision: str) -> Candidate | Skipped:
+    """A TensorRT plan through Polygraphy's ``TrtRunner`` (host arrays in and out)."""
+    from wastesort.variants.tensorrt import unavailable_reason
+
+    reason = unavailable_reason() or (None if plan.exists() else f"{plan} not built (make build on the GPU)")
+    if reason is not None:
+        return Skipped(name, "tensorrt", precision, "cuda", reason)
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    runner = TrtRunner(EngineFromBytes(BytesFromPath(str(plan))))
+    runner.activate()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(runner.infer({"IMAGES": x}, copy_outputs_to_host=True)["LOGITS"])
+
+    return Candidate(name, "tensorrt", precision, "cuda", predict, note=str(plan), close=runner.deactivate)
+
+
+def free_resolution_onnx(onnx_path: Path, out: Path) -> Path:
+    """A copy of ``onnx_path`` whose input height and width are symbolic, for timing the same
+    weights at another resolution (MobileNetV3 is fully convolutional up to a global pool)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, name in ((2, "height"), (3, "width")):
+        dims[axis].ClearField("dim_value")
+        dims[axis].dim_param = name
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def at_resolution(rows: list[Candidate | Skipped], side: int) -> list[Candidate | Skipped]:
+    """Mark candidates as timed at ``side`` x ``side`` (their inputs must be made at that size)."""
+    for row in rows:
+        if isinstance(row, Candidate):
+            row.resolution = side
+            row.note = f"at {side}x{side}, the seed's resolution (not the one the model was trained at); {row.note}"
+    return rows
+
+
+def preprocess_candidate(contract: PreprocessContract) -> Candidate:
+    """Encoded images to the model's input tensor on one thread (img/s per core)."""
+
+    def predict(encoded: list[bytes]) -> np.ndarray:
+        return np.stack([preprocess_bytes(b, contract) for b in encoded])
+
+    return Candidate("preprocessing", "pillow", "-", "cpu", predict, inputs="bytes", note="wastesort.preprocess.preprocess_bytes, 1 thread")
+
+
+def pipeline_candidate(onnx_path: Path, threads: int | None = None) -> Candidate:
+    """Encoded images to top-1 class indices in one process: decode pool, then ONNX Runtime."""
+    classifier = OnnxClassifier(onnx_path)
+    workers = threads or len(os.sched_getaffinity(0))
+    pool = ThreadPoolExecutor(workers)
+    decode = partial(preprocess_bytes, contract=classifier.contract)
+
+    def predict(encoded: list[bytes]) -> np.ndarray:
+        x = np.stack(list(pool.map(decode, encoded)))
+        return classifier.run(["PROBABILITIES"], x)[0].argmax(1)
+
+    note = f"{workers} decode threads + ONNX Runtime FP32 ({onnx_path.name})"
+    return Candidate("pipeline (bytes to label)", "onnxruntime", "fp32", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)
+
+
+def top1(candidate: Candidate, images: np.ndarray, encoded: list[bytes], labels: np.ndarray, batch: int) -> float | None:
+    """Top-1 of a model or pipeline candidate over the whole test split (None for preprocessing)."""
+    if candidate.backend == "pillow":
+        return None
+    preds = []
+    for i in range(0, len(labels), batch):
+        if candidate.inputs == "bytes":
+            preds.append(np.asarray(candidate.predict(encoded[i : i + batch])))
+        else:
+            preds.append(np.asarray(candidate.predict(np.ascontiguousarray(images[i : i + batch]))).argmax(1))
+    return float(accuracy_score(labels, np.concatenate(preds)))
