@@ -14,6 +14,11 @@ Output: one line per image, ``path: label score``, or with ``--json`` one object
 image that failed). A summary goes to stderr. Exit status: 0 every image classified, 1 some
 failed, 2 bad usage or no images, 3 server unreachable or model not ready.
 
+Remote servers: ``--tls`` (or an ``https://`` / ``grpcs://`` URL) encrypts the connection and
+verifies the server's certificate against the system roots or ``--ca-cert``; ``--client-cert``
+with ``--client-key`` adds a client certificate (mutual TLS). Triton serves TLS on gRPC itself
+(``--grpc-use-ssl``); HTTPS is usually a reverse proxy in front of its HTTP port.
+
 Standalone: needs only ``tritonclient[all]``, numpy and tqdm, so it can be copied to any host.
 """
 
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -44,6 +50,23 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
+class Tls:
+    """TLS settings: off, or on with optional CA bundle and client certificate (PEM files)."""
+
+    enabled: bool = False
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The HTTPS context: verifies the server (system roots or ``ca_cert``), hostname included."""
+        context = ssl.create_default_context(cafile=self.ca_cert)
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
+@dataclass(frozen=True)
 class Protocol:
     """What differs between tritonclient's HTTP and gRPC asyncio clients; everything else in
     this file is one code path for both."""
@@ -53,9 +76,15 @@ class Protocol:
     port_env: str
     default_port: int
 
-    def client(self, url: str, timeout_s: float) -> Any:
+    def client(self, url: str, timeout_s: float, tls: Tls = Tls()) -> Any:
         if self is HTTP:
+            if tls.enabled:
+                return self.module.InferenceServerClient(url, conn_timeout=timeout_s, ssl=True, ssl_context=tls.ssl_context())
             return self.module.InferenceServerClient(url, conn_timeout=timeout_s)
+        if tls.enabled:
+            return self.module.InferenceServerClient(
+                url, ssl=True, root_certificates=tls.ca_cert, private_key=tls.client_key, certificate_chain=tls.client_cert
+            )
         return self.module.InferenceServerClient(url)
 
     def json_kw(self) -> dict[str, Any]:
@@ -144,9 +173,9 @@ def chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 class Classifier:
     """An open connection to one model on one server."""
 
-    def __init__(self, proto: Protocol, url: str, model: str, top_k: int, timeout_s: float) -> None:
+    def __init__(self, proto: Protocol, url: str, model: str, top_k: int, timeout_s: float, tls: Tls = Tls()) -> None:
         self.proto, self.url, self.model, self.top_k, self.timeout_s = proto, url, model, top_k, timeout_s
-        self.client = proto.client(url, timeout_s)
+        self.client = proto.client(url, timeout_s, tls)
         self.info: ModelInfo | None = None
 
     async def close(self) -> None:
@@ -226,7 +255,7 @@ def _message(exc: BaseException) -> str:
 async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> list[Result]:
     """Classify every path; ``emit(result)`` is called as each one completes."""
     proto = PROTOCOLS[args.protocol]
-    classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout)
+    classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout, args.tls)
     try:
         info = await classifier.connect()
         batch_size = args.batch_size
@@ -276,12 +305,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    tls = parser.add_argument_group("TLS (remote servers)")
+    tls.add_argument("--tls", action="store_true", help="encrypt and verify the server (implied by https:// or grpcs:// URLs)")
+    tls.add_argument("--ca-cert", help="PEM bundle to verify the server with (default: the system's roots)")
+    tls.add_argument("--client-cert", help="PEM client certificate, for servers that require one (with --client-key)")
+    tls.add_argument("--client-key", help="PEM private key of --client-cert")
     args = parser.parse_args(argv)
     for name in ("top_k", "batch_size", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.url:
+        scheme = args.url.split("://", 1)[0].lower() if "://" in args.url else ""
         args.url = args.url.split("://", 1)[-1].rstrip("/")
+        args.tls = args.tls or scheme in ("https", "grpcs")
+    if bool(args.client_cert) != bool(args.client_key):
+        parser.error("--client-cert and --client-key go together")
+    for name in ("ca_cert", "client_cert", "client_key"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            parser.error(f"--{name.replace('_', '-')} {path}: no such file")
+    if (args.ca_cert or args.client_cert) and not args.tls:
+        args.tls = True
+    args.tls = Tls(args.tls, args.ca_cert, args.client_cert, args.client_key)
     return args
 
 

@@ -26,8 +26,11 @@ are printed at the end and stored in ``summary.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from functools import partial
@@ -70,16 +73,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=None, help="served: levels (default 1 2 4 8 16; quick 1 4)")
     parser.add_argument("--request-batch", type=int, nargs="+", default=[1, 8], help="served: images per ensemble request")
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
-    parser.add_argument("--measurement-ms", type=int, default=None, help="perf_analyzer window (default 3000, quick 1000)")
+    parser.add_argument("--measurement-ms", type=int, default=None, help="perf_analyzer window (default 2000, quick 1000)")
     parser.add_argument(
         "--models", nargs="*", default=None, help="served models (default: every ready one; quick: the base ensemble and classifier)"
     )
+    parser.add_argument("--server", default=None, help="drive this running server (host) instead of starting one, e.g. the compose service")
+    parser.add_argument("--http-port", type=int, default=8000, help="with --server")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="with --server")
+    parser.add_argument("--skip-inprocess", action="store_true", help="served rows only (e.g. in the -py3-sdk container)")
     parser.add_argument("--skip-served", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")
     args = parser.parse_args(argv)
     args.iters = args.iters or (8 if args.quick else 20)
     args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16])
-    args.measurement_ms = args.measurement_ms or (1000 if args.quick else 3000)
+    args.measurement_ms = args.measurement_ms or (1000 if args.quick else 2000)
     args.out = args.out or REPO_ROOT / "perf" / "results" / mach.host_name()
     return args
 
@@ -89,23 +96,23 @@ def candidates(
 ) -> list[ip.Candidate | ip.Skipped]:
     repo, net = args.repository, args.net
     rows: list[ip.Candidate | ip.Skipped] = [*ip.torch_candidates(onnx, net, len(contract.labels), check)]
-    if args.seed_resolution and args.seed_resolution != contract.height:
-        free = ip.free_resolution_onnx(onnx, scratch / f"{net}_free_resolution.onnx")
-        seed_rows = [*ip.torch_candidates(onnx, net, len(contract.labels), check), ip.ort_candidate("ONNX Runtime", free, "fp32")]
-        rows += ip.at_resolution([r for r in seed_rows if r.device == "cpu"], args.seed_resolution)
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32"))
     rows.append(ip.ort_candidate("ONNX Runtime", repo / f"{net}_onnx_int8" / "1" / "model.onnx", "int8"))
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32", "cuda"))
     rows.append(ip.ort_candidate("ONNX Runtime", repo / f"{net}_onnx_fp16" / "1" / "model.onnx", "fp16", "cuda"))
     for precision in ("fp32", "fp16", "int8"):
         rows.append(ip.tensorrt_candidate("TensorRT", repo / f"{net}_trt_{precision}" / "1" / "model.plan", precision))
+    if args.seed_resolution and args.seed_resolution != contract.height:
+        free = ip.free_resolution_onnx(onnx, scratch / f"{net}_free_resolution.onnx")
+        seed_rows = [*ip.torch_candidates(onnx, net, len(contract.labels), check), ip.ort_candidate("ONNX Runtime", free, "fp32")]
+        rows += ip.at_resolution([r for r in seed_rows if r.device == "cpu"], args.seed_resolution)
     rows.append(ip.preprocess_candidate(contract))
     rows.append(ip.pipeline_candidate(onnx))
     return rows
 
 
 def run_inprocess(args: argparse.Namespace, onnx: Path, contract: PreprocessContract, test_x, test_y, encoded) -> list[rep.InprocessRow]:
-    found = candidates(args, contract, onnx, test_x, args.out)
+    found = candidates(args, contract, onnx, test_x, args.scratch)
     ran = [c for c in found if isinstance(c, ip.Candidate)]
     sides = {c.resolution for c in ran if c.resolution}
     tensors = {None: test_x} | {side: test_tensors(args, replace(contract, height=side, width=side))[0] for side in sides}
@@ -140,14 +147,18 @@ def run_inprocess(args: argparse.Namespace, onnx: Path, contract: PreprocessCont
     return rows
 
 
-def served_models(server: TritonServer, args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(model, kind) of every ready model to drive, from the server's repository index."""
+def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> list[tuple[str, str]]:
+    """(model, kind) of every ready model to drive, from the server's repository index. FP16
+    variants are GPU variants: on a server without a GPU they are left out (and say so)."""
     client = httpclient.InferenceServerClient(server.http_url)
     ready = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
     wanted = args.models if args.models is not None else ([f"ensemble_{args.net}", f"{args.net}_onnx"] if args.quick else ready)
     chosen = []
     for name in ready:
         if name not in wanted or name == "preprocess":
+            continue
+        if name.endswith("_fp16") and not gpu and args.models is None:
+            print(f"served: {name} left out: an FP16 variant is for the GPU (this server has none; --models to force)")
             continue
         inputs = [i["name"] for i in client.get_model_metadata(name)["inputs"]]
         if INPUT_BYTES in inputs:
@@ -165,15 +176,23 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
         return [], reason
     raw = args.out / "csv"
     raw.mkdir(parents=True, exist_ok=True)
-    inputs = {"ensemble": raw / "input_jpeg_bytes.json", "classifier": raw / "input_tensors.json"}
+    # the input data holds dataset images: kept out of the results folder, which is committed
+    inputs = {"ensemble": args.scratch / "input_jpeg_bytes.json", "classifier": args.scratch / "input_tensors.json"}
     n = 32 if args.quick else 128
     inputs["ensemble"].write_text(json.dumps(pa.bytes_input_data(encoded[:n], INPUT_BYTES)))
     inputs["classifier"].write_text(json.dumps(pa.tensor_input_data(test_x[:n], IMAGES)))
     sweeps = []
-    with TritonServer(args.repository, log_path=args.out / "tritonserver.log") as server:
+    if args.server:
+        server = TritonServer(args.repository, ports={"http": args.http_port, "grpc": args.grpc_port}, address=args.server)
+        if not server.is_ready():
+            raise SystemExit(f"error: no ready Triton server at {server.http_url}")
+        context = contextlib.nullcontext(server)
+    else:
+        context = TritonServer(args.repository, log_path=args.out / "tritonserver.log")
+    with context as server:
         server_version = httpclient.InferenceServerClient(server.http_url).get_server_metadata()["version"]
         jobs = []
-        for model, kind in served_models(server, args):
+        for model, kind in served_models(server, args, gpu=bool(mach.gpus())):
             for protocol in args.protocols:
                 for request_batch in args.request_batch if kind == "ensemble" else [1]:
                     jobs.append(rep.ServedSweep(model, kind, protocol, request_batch))
@@ -217,24 +236,32 @@ def test_tensors(args: argparse.Namespace, contract: PreprocessContract) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the server this harness started is stopped by its PID
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
     onnx = MODELS_DIR / f"{args.net}.onnx"
     if not args.data.is_dir():
         print(f"error: no dataset at {args.data}: the benchmark runs on the real test split (--data)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wastesort-perf-") as scratch:
+        args.scratch = Path(scratch)
+        return run(args, onnx, start)
+
+
+def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
     machine = mach.describe()
     print(f"machine: {mach.one_line(machine)}")
     contract = PreprocessContract.from_onnx(str(onnx))
     test_x, test_y, encoded = test_tensors(args, contract)
 
-    rows = run_inprocess(args, onnx, contract, test_x, test_y, encoded)
-    baseline = "PyTorch eager FP32 on CPU"
-    table = rep.inprocess_table(rows, machine, baseline, contract.height)
-    (args.out / "table.md").write_text(table)
-    print(table)
+    rows = [] if args.skip_inprocess else run_inprocess(args, onnx, contract, test_x, test_y, encoded)
+    if rows:
+        table = rep.inprocess_table(rows, machine, "PyTorch eager FP32 on CPU", contract.height)
+        (args.out / "table.md").write_text(table)
+        print(table)
 
-    if not args.skip_profile:
+    if not args.skip_profile and not args.skip_inprocess:
         int8 = args.repository / f"{args.net}_onnx_int8" / "1" / "model.onnx"
         models = {"FP32": onnx, **({"INT8": int8} if int8.exists() else {})}
         text = profile_table(models, fixed_batch(test_x, args.batch), runs=3 if args.quick else 10)
@@ -246,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "served.md").write_text(rep.served_table(sweeps, args.budget_ms, machine))
         print(rep.served_table(sweeps, args.budget_ms, machine))
     machine["tritonserver"] = served_note
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "scratch"}
+    summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms, ensemble=f"ensemble_{args.net}")
     rep.write_json(args.out / "summary.json", summary)
     rep.write_json(args.out / "machine.json", machine)
     plots = [p for p in [rep.plot_inprocess(rows, args.out), *rep.plot_served(sweeps, args.out, args.budget_ms)] if p]

@@ -30,12 +30,12 @@ def test_one_release_everywhere() -> None:
     """Plans only load in the TensorRT that built them: server, build and SDK images share a release."""
     tags = [SERVICES[s]["image"] for s in SERVICES]
     assert all(tag.endswith(f":{RELEASE}") or tag.endswith(f":{RELEASE}-py3-sdk") for tag in tags), tags
-    for name in ("tritonserver", "tritonserver-cpu", "build"):
+    for name in ("tritonserver", "tritonserver-cpu", "build", "perf"):
         assert SERVICES[name]["build"]["args"]["RELEASE"] == RELEASE
-    for dockerfile in ("tritonserver.Dockerfile", "build.Dockerfile"):
+    for dockerfile, suffix in (("tritonserver.Dockerfile", "-py3"), ("build.Dockerfile", "-py3"), ("perf.Dockerfile", "-py3-sdk")):
         text = (REPO_ROOT / "docker" / dockerfile).read_text()
-        assert f"ARG RELEASE={RELEASE}" in text and re.search(r"^FROM nvcr\.io/nvidia/\w+:\$\{RELEASE\}-py3$", text, re.M)
-    assert SERVICES["perf"]["image"] == f"nvcr.io/nvidia/tritonserver:{RELEASE}-py3-sdk"
+        assert f"ARG RELEASE={RELEASE}" in text and re.search(rf"^FROM nvcr\.io/nvidia/\w+:\$\{{RELEASE\}}{suffix}$", text, re.M)
+    assert "tritonserver:${RELEASE}-py3-sdk" in (REPO_ROOT / "docker" / "perf.Dockerfile").read_text()
 
 
 def test_gpu_server() -> None:
@@ -58,4 +58,6 @@ def test_build_and_perf_services() -> None:
     build = SERVICES["build"]
     assert _has_gpu(build) and build["command"][:2] == ["python", "build/build.py"]
     assert SERVICES["perf"]["depends_on"]["tritonserver"]["condition"] == "service_healthy"
-    assert SERVICES["perf"]["command"][0] == "perf_analyzer"
+    perf = SERVICES["perf"]
+    assert perf["command"][:2] == ["python3", "perf/run.py"] and "--server" in perf["command"]
+    assert perf["build"]["dockerfile"] == "docker/perf.Dockerfile" and perf["network_mode"] == "service:tritonserver"

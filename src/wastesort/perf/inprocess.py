@@ -56,7 +56,10 @@ class Skipped:
 def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: np.ndarray) -> list[Candidate | Skipped]:
     """PyTorch eager, CPU and (when present) CUDA, with the weights of ``onnx_path``; the
     rebuilt model is checked against ONNX Runtime on ``check_images`` first."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        return [Skipped("PyTorch eager", "pytorch", "fp32", "cpu", "torch is not installed (pip install -e .[train])")]
 
     from wastesort.perf.torch_model import check_against_onnx, torch_from_onnx
 

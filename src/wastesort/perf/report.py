@@ -87,8 +87,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else round(a / b, 3)
 
 
-def ratios(rows: list[InprocessRow], sweeps: list[ServedSweep], p99_budget_ms: float) -> dict[str, float | None]:
-    """The four target figures from one run's rows."""
+def ratios(
+    rows: list[InprocessRow], sweeps: list[ServedSweep], p99_budget_ms: float, ensemble: str | None = None
+) -> dict[str, float | None]:
+    """The four target figures from one run's rows. ``served_over_inprocess`` compares the
+    pipeline row with ``ensemble`` (the one serving the same FP32 model; default: every
+    ensemble swept), at its best protocol and request size within the budget."""
     torch_cpu = find_row(rows, "pytorch", "fp32")
     ort_fp32 = find_row(rows, "onnxruntime", "fp32", name="ONNX Runtime")
     int8 = find_row(rows, "onnxruntime", "int8")
@@ -98,7 +102,13 @@ def ratios(rows: list[InprocessRow], sweeps: list[ServedSweep], p99_budget_ms: f
     torch_seed = find_row(rows, "pytorch", "fp32", resolution=seed_side) if seed_side else None
     ort_seed = find_row(rows, "onnxruntime", "fp32", resolution=seed_side, name="ONNX Runtime") if seed_side else None
     best_served = max(
-        (p.infer_per_s for s in sweeps if s.kind == "ensemble" for p in [s.best(p99_budget_ms)] if p is not None),
+        (
+            p.infer_per_s
+            for s in sweeps
+            if s.kind == "ensemble" and (ensemble is None or s.model == ensemble)
+            for p in [s.best(p99_budget_ms)]
+            if p is not None
+        ),
         default=None,
     )
     return {
@@ -175,9 +185,11 @@ def served_table(sweeps: list[ServedSweep], p99_budget_ms: float, machine: dict)
     return "\n".join([*out, ""])
 
 
-def summary(machine: dict, settings: dict, rows: list[InprocessRow], sweeps: list[ServedSweep], p99_budget_ms: float) -> dict[str, object]:
-    """The ``summary.json`` object."""
-    values = ratios(rows, sweeps, p99_budget_ms)
+def summary(
+    machine: dict, settings: dict, rows: list[InprocessRow], sweeps: list[ServedSweep], p99_budget_ms: float, ensemble: str | None = None
+) -> dict[str, object]:
+    """The ``summary.json`` object (``ensemble``: see :func:`ratios`)."""
+    values = ratios(rows, sweeps, p99_budget_ms, ensemble)
     served = []
     for s in sweeps:
         best = s.best(p99_budget_ms)

@@ -151,18 +151,20 @@ class TritonServer:
     extra: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    #: where it listens (and where clients connect); a started server binds here too
+    address: str = DEFAULT_ADDRESS
 
     @property
     def http_url(self) -> str:
-        return f"{DEFAULT_ADDRESS}:{self.ports['http']}"
+        return f"{self.address}:{self.ports['http']}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{DEFAULT_ADDRESS}:{self.ports['grpc']}"
+        return f"{self.address}:{self.ports['grpc']}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{DEFAULT_ADDRESS}:{self.ports['metrics']}/metrics"
+        return f"http://{self.address}:{self.ports['metrics']}/metrics"
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
         """Start on free ports and wait until ``/v2/health/ready``; raises :class:`ServerError`
@@ -170,7 +172,7 @@ class TritonServer:
         self.ports = {name: free_port() for name in DEFAULT_PORTS} if not self.ports else self.ports
         if self.log_path is None:
             self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonserver-{os.getpid()}-{self.ports['http']}.log"
-        cmd = server_command(self.repository, self.ports, extra=self.extra)
+        cmd = server_command(self.repository, self.ports, address=self.address, extra=self.extra)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
         process = self.process
