@@ -15,6 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from wastesort.perf.analyzer import ServedPoint, best_within
 from wastesort.perf.machine import one_line
 
@@ -231,16 +233,21 @@ def plot_served(sweeps: list[ServedSweep], out_dir: Path, p99_budget_ms: float) 
     if not drawn:
         return []
     paths = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for s in drawn:
-        ax.plot([p.concurrency for p in s.points], [p.infer_per_s for p in s.points], marker="o", label=s.label())
-    ax.set(xscale="log", xlabel="concurrency (requests in flight)", ylabel="images / s", title="Served throughput (perf_analyzer)")
-    ax.set_xticks(
-        sorted({p.concurrency for s in drawn for p in s.points}),
-        labels=[str(c) for c in sorted({p.concurrency for s in drawn for p in s.points})],
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    kinds = [k for k in ("ensemble", "classifier") if any(s.kind == k for s in drawn)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 6), squeeze=False)
+    levels = sorted({p.concurrency for s in drawn for p in s.points})
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        mine = [s for s in drawn if s.kind == kind]
+        colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(mine), 2)))
+        for s, color in zip(mine, colors, strict=False):
+            style = "-" if s.protocol == "grpc" else "--"
+            ax.plot([p.concurrency for p in s.points], [p.infer_per_s for p in s.points], style, marker="o", color=color, label=s.label())
+        title = "ensembles: JPEG bytes in" if kind == "ensemble" else "classifiers: tensors in"
+        ax.set(xscale="log", xlabel="concurrency (requests in flight)", ylabel="images / s", title=title)
+        ax.set_xticks(levels, labels=[str(c) for c in levels])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    fig.suptitle("Served throughput (perf_analyzer; solid gRPC, dashed HTTP)")
     paths.append(out_dir / "served_throughput.png")
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
