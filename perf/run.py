@@ -41,7 +41,7 @@ import tritonclient.http as httpclient
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import read_manifest
+from wastesort.data import Sample, read_manifest
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
 from wastesort.perf import analyzer as pa
 from wastesort.perf import inprocess as ip
@@ -49,9 +49,9 @@ from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
-from wastesort.preprocess import preprocess_files
 from wastesort.triton.config import IMAGES, INPUT_BYTES
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
+from wastesort.variants import gate as g
 
 BASELINE = ("pytorch", "fp32", "cpu")
 
@@ -104,18 +104,20 @@ def candidates(
         rows.append(ip.tensorrt_candidate("TensorRT", repo / f"{net}_trt_{precision}" / "1" / "model.plan", precision))
     if args.seed_resolution and args.seed_resolution != contract.height:
         free = ip.free_resolution_onnx(onnx, scratch / f"{net}_free_resolution.onnx")
-        seed_rows = [*ip.torch_candidates(onnx, net, len(contract.labels), check), ip.ort_candidate("ONNX Runtime", free, "fp32")]
-        rows += ip.at_resolution([r for r in seed_rows if r.device == "cpu"], args.seed_resolution)
+        torch_cpu = [replace(r) for r in rows if isinstance(r, ip.Candidate) and (r.backend, r.device) == ("pytorch", "cpu")]
+        rows += ip.at_resolution([*torch_cpu, ip.ort_candidate("ONNX Runtime", free, "fp32")], args.seed_resolution)
     rows.append(ip.preprocess_candidate(contract))
     rows.append(ip.pipeline_candidate(onnx))
     return rows
 
 
-def run_inprocess(args: argparse.Namespace, onnx: Path, contract: PreprocessContract, test_x, test_y, encoded) -> list[rep.InprocessRow]:
+def run_inprocess(
+    args: argparse.Namespace, onnx: Path, contract: PreprocessContract, test: list[Sample], test_x, test_y, encoded
+) -> list[rep.InprocessRow]:
     found = candidates(args, contract, onnx, test_x, args.scratch)
     ran = [c for c in found if isinstance(c, ip.Candidate)]
     sides = {c.resolution for c in ran if c.resolution}
-    tensors = {None: test_x} | {side: test_tensors(args, replace(contract, height=side, width=side))[0] for side in sides}
+    tensors = {None: test_x} | {side: g.test_tensors(test, replace(contract, height=side, width=side))[0] for side in sides}
     accuracy = {
         id(c): ip.top1(c, tensors[c.resolution], encoded, test_y, args.batch)
         for c in tqdm(ran, desc="accuracy on the test split", unit="row")
@@ -196,12 +198,10 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
             for protocol in args.protocols:
                 for request_batch in args.request_batch if kind == "ensemble" else [1]:
                     jobs.append(rep.ServedSweep(model, kind, protocol, request_batch))
-        total = len(jobs) * len(args.concurrency)
-        settings = pa.SweepSettings(measurement_ms=args.measurement_ms)
-        with tqdm(total=total, desc="perf_analyzer", unit="run") as bar:
+        with tqdm(total=len(jobs) * len(args.concurrency), desc="perf_analyzer", unit="run") as bar:
             for sweep in jobs:
                 url = server.grpc_url if sweep.protocol == "grpc" else server.http_url
-                run_settings = pa.SweepSettings(batch=sweep.request_batch, measurement_ms=settings.measurement_ms)
+                run_settings = pa.SweepSettings(batch=sweep.request_batch, measurement_ms=args.measurement_ms)
                 for level in args.concurrency:
                     stem = f"{sweep.model}_{sweep.protocol}_b{sweep.request_batch}_c{level}"
                     csv_path = raw / f"{stem}.csv"
@@ -222,16 +222,14 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
     return sweeps, server_version
 
 
-def test_tensors(args: argparse.Namespace, contract: PreprocessContract) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    """The test split of the model's manifest: float32 inputs made by the serving
-    preprocessing under ``contract``, true labels, and the encoded files."""
+def test_split(args: argparse.Namespace) -> list[Sample]:
+    """The test split of the model's manifest, every file present under ``--data``."""
     manifest = MODELS_DIR / f"{args.net}.manifest.csv"
     test = read_manifest(manifest, args.data)["test"]
     missing = [s.path for s in test if not s.path.is_file()]
     if missing:
         raise SystemExit(f"error: {len(missing)} test images of {manifest.name} missing under {args.data} (--data), e.g. {missing[0]}")
-    x = preprocess_files([s.path for s in test], contract, desc=f"test split at {contract.width}x{contract.height}")
-    return x, np.array([s.label for s in test]), [s.path.read_bytes() for s in test]
+    return test
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,9 +251,11 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
     machine = mach.describe()
     print(f"machine: {mach.one_line(machine)}")
     contract = PreprocessContract.from_onnx(str(onnx))
-    test_x, test_y, encoded = test_tensors(args, contract)
+    test = test_split(args)
+    test_x, test_y = g.test_tensors(test, contract)
+    encoded = [s.path.read_bytes() for s in test]
 
-    rows = [] if args.skip_inprocess else run_inprocess(args, onnx, contract, test_x, test_y, encoded)
+    rows = [] if args.skip_inprocess else run_inprocess(args, onnx, contract, test, test_x, test_y, encoded)
     if rows:
         table = rep.inprocess_table(rows, machine, "PyTorch eager FP32 on CPU", contract.height)
         (args.out / "table.md").write_text(table)
@@ -270,8 +270,9 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
 
     sweeps, served_note = ([], "skipped (--skip-served)") if args.skip_served else run_served(args, test_x, encoded)
     if sweeps:
-        (args.out / "served.md").write_text(rep.served_table(sweeps, args.budget_ms, machine))
-        print(rep.served_table(sweeps, args.budget_ms, machine))
+        served = rep.served_table(sweeps, args.budget_ms, machine)
+        (args.out / "served.md").write_text(served)
+        print(served)
     machine["tritonserver"] = served_note
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "scratch"}
     summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms, ensemble=f"ensemble_{args.net}")

@@ -28,6 +28,7 @@ from wastesort.triton.server import TritonServer
 NET = "mobilenet_v3_small"
 ONNX = MODELS_DIR / f"{NET}.onnx"
 # a perf_analyzer 2.50 ``-f`` file as written on this machine (concurrency mode)
+PA_UNAVAILABLE = pa.unavailable_reason()  # probes the binary once
 CSV_250 = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
     "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
@@ -233,7 +234,7 @@ def test_machine_description_names_cpu_cores_and_versions() -> None:
     assert mach.host_name() and "/" not in mach.host_name()
 
 
-@pytest.mark.skipif(pa.unavailable_reason() is not None, reason=f"perf_analyzer cannot run here: {pa.unavailable_reason()}")
+@pytest.mark.skipif(PA_UNAVAILABLE is not None, reason=f"perf_analyzer cannot run here: {PA_UNAVAILABLE}")
 def test_short_real_perf_analyzer_run(tmp_path: Path) -> None:
     """perf_analyzer drives the real local server's ensemble with real JPEG bytes; its CSV parses
     and every request succeeded (perf_analyzer exits non-zero on a failed request)."""

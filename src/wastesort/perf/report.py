@@ -19,6 +19,7 @@ import numpy as np
 
 from wastesort.perf.analyzer import ServedPoint, best_within
 from wastesort.perf.machine import one_line
+from wastesort.variants.report import cell
 
 #: The issue's targets for this 2-core CPU: (ratio key, minimum, what it means).
 TARGETS = (
@@ -133,10 +134,6 @@ def target_lines(values: dict[str, float | None]) -> list[str]:
     return lines
 
 
-def _f(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def inprocess_table(rows: list[InprocessRow], machine: dict, baseline: str, model_side: int) -> str:
     """``table.md``: backend, precision, latency ms/batch, img/s, speed-up, accuracy."""
     out = [
@@ -154,7 +151,7 @@ def inprocess_table(rows: list[InprocessRow], machine: dict, baseline: str, mode
         latency = f"{r.median_ms:.1f} ({r.p90_ms:.1f} / {r.p99_ms:.1f})"
         speedup = f"{r.speedup:.2f}x" if r.speedup is not None else "–"
         side = f"{r.resolution or model_side}px" if r.backend != "pillow" else "JPEG"
-        cells = [r.name, r.backend, r.precision, r.device, str(r.batch), side, latency, _f(r.img_s, ".0f"), speedup, _f(r.top1, ".4f")]
+        cells = [r.name, r.backend, r.precision, r.device, str(r.batch), side, latency, cell(r.img_s, ".0f"), speedup, cell(r.top1, ".4f")]
         out.append("| " + " | ".join(cells) + " |")
     notes = [f"- {r.name} ({r.device}): {r.note}" for r in rows if r.note and not r.skipped]
     return "\n".join([*out, "", *notes, ""])

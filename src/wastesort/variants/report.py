@@ -36,7 +36,8 @@ class VariantRow:
     reason: str = ""
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def cell(value: float | None, spec: str) -> str:
+    """A Markdown table cell: ``value`` formatted with ``spec``, or a dash when it is missing."""
     return "–" if value is None else format(value, spec)
 
 
@@ -50,9 +51,9 @@ def to_markdown(rows: list[VariantRow], title: str, notes: list[str]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| `{r.name}` | {r.backend} | {r.precision} | {_fmt(r.size_mb, '.1f')} | {_fmt(r.top1, '.4f')} | {_fmt(r.macro_f1, '.4f')} | "
-            f"{_fmt(r.agreement_with_fp32, '.4f')} | {_fmt(r.latency_ms, '.1f')} | {_fmt(r.img_s, '.0f')} | "
-            f"{_fmt(r.speedup_vs_fp32, '.2f')}{'x' if r.speedup_vs_fp32 is not None else ''} | {_fmt(r.build_s, '.1f')} | "
+            f"| `{r.name}` | {r.backend} | {r.precision} | {cell(r.size_mb, '.1f')} | {cell(r.top1, '.4f')} | {cell(r.macro_f1, '.4f')} | "
+            f"{cell(r.agreement_with_fp32, '.4f')} | {cell(r.latency_ms, '.1f')} | {cell(r.img_s, '.0f')} | "
+            f"{cell(r.speedup_vs_fp32, '.2f')}{'x' if r.speedup_vs_fp32 is not None else ''} | {cell(r.build_s, '.1f')} | "
             f"{'yes' if r.installed else 'no'} | {r.reason} |"
         )
     settings = [f"- `{r.name}`: {r.settings}" for r in rows if r.settings]
