@@ -25,10 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
     parser.add_argument("--max-batch-size", type=int, default=ServingOptions.max_batch_size)
     parser.add_argument("--queue-delay-us", type=int, default=ServingOptions.queue_delay_us)
+    parser.add_argument(
+        "--max-pixels", type=int, default=ServingOptions.max_pixels, help="refuse images declaring more pixels (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-image-bytes", type=int, default=ServingOptions.max_image_bytes, help="refuse longer encoded images (default: %(default)s)"
+    )
     parser.add_argument("--check", action="store_true", help="only compare with what is on disk; exit 1 on any difference")
     args = parser.parse_args(argv)
     net = args.net or args.onnx.stem
-    opts = ServingOptions(max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us)
+    opts = ServingOptions(
+        max_batch_size=args.max_batch_size,
+        queue_delay_us=args.queue_delay_us,
+        max_pixels=args.max_pixels,
+        max_image_bytes=args.max_image_bytes,
+    )
     if args.check:
         problems = check_repository(args.repository, args.onnx, net, opts)
         for problem in problems:

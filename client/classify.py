@@ -11,8 +11,16 @@ reads the answer through Triton's classification extension (``"score:index:label
 
 Output: one line per image, ``path: label score``, or with ``--json`` one object per line
 ``{"path", "label", "score", "top_k": [[label, score], ...]}`` (``"error"`` instead for an
-image that failed). A summary goes to stderr. Exit status: 0 every image classified, 1 some
-failed, 2 bad usage or no images, 3 server unreachable or model not ready.
+image that failed). Every input gets exactly one line, also when the run is interrupted. A
+summary goes to stderr. Exit status: 0 every image classified, 1 some failed, 2 bad usage or
+no images, 3 server unreachable or model not ready at the start, 130 interrupted.
+
+Failures: a request the server rejects as invalid (a file that is not an image, over a size
+limit) is not retried; a request with several images is then split so that only the bad
+files fail. Anything else (connection refused or reset, server restarting or unavailable,
+no answer within ``--timeout``) is retried with exponential backoff (``--retries``,
+``--backoff``): classification is idempotent, so sending a request twice is harmless. An image
+whose request still fails is reported with the last error and the number of attempts.
 
 Remote servers: ``--tls`` (or an ``https://`` / ``grpcs://`` URL) encrypts the connection and
 verifies the server's certificate against the system roots or ``--ca-cert``; ``--client-cert``
@@ -28,6 +36,8 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import signal
 import ssl
 import sys
 import time
@@ -37,16 +47,37 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import numpy as np
 import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
 from tqdm import tqdm
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 DEFAULT_MODEL = "ensemble_mobilenet_v3_small"
 #: Files picked up when walking a directory (files named explicitly are always sent).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Statuses that mean "this request is wrong": retrying cannot help (HTTP 4xx; gRPC codes).
+NOT_RETRYABLE = frozenset(
+    {
+        "StatusCode.INVALID_ARGUMENT",
+        "StatusCode.NOT_FOUND",
+        "StatusCode.ALREADY_EXISTS",
+        "StatusCode.PERMISSION_DENIED",
+        "StatusCode.UNAUTHENTICATED",
+        "StatusCode.FAILED_PRECONDITION",
+        "StatusCode.OUT_OF_RANGE",
+        "StatusCode.UNIMPLEMENTED",
+    }
+)
+#: gRPC channel: reconnect quickly once a restarted server is back (gRPC's default backoff grows to 2 minutes)
+GRPC_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 @dataclass(frozen=True)
@@ -81,11 +112,24 @@ class Protocol:
             if tls.enabled:
                 return self.module.InferenceServerClient(url, conn_timeout=timeout_s, ssl=True, ssl_context=tls.ssl_context())
             return self.module.InferenceServerClient(url, conn_timeout=timeout_s)
+        keepalive = KeepAliveOptions()
+        channel_args = [
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            *GRPC_RECONNECT,
+        ]
         if tls.enabled:
             return self.module.InferenceServerClient(
-                url, ssl=True, root_certificates=tls.ca_cert, private_key=tls.client_key, certificate_chain=tls.client_cert
+                url,
+                ssl=True,
+                root_certificates=tls.ca_cert,
+                private_key=tls.client_key,
+                certificate_chain=tls.client_cert,
+                channel_args=channel_args,
             )
-        return self.module.InferenceServerClient(url)
+        return self.module.InferenceServerClient(url, channel_args=channel_args)
 
     def json_kw(self) -> dict[str, Any]:
         """gRPC returns protobuf messages unless asked for JSON; HTTP always returns JSON."""
@@ -105,6 +149,40 @@ PROTOCOLS = {p.name: p for p in (HTTP, GRPC)}
 
 class ClientError(RuntimeError):
     """Server unreachable, model missing or unusable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for failures that are not the request's fault: ``retries`` more
+    attempts, waiting ``backoff_s``, then twice that, ... up to ``max_backoff_s``, each wait
+    jittered by +-25% so that many clients do not return in step. The defaults ride out a
+    server restart of about 20 s."""
+
+    retries: int = 6
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
+
+
+def retryable(exc: BaseException) -> bool:
+    """True for transport and server-side failures (connection refused or reset, unavailable,
+    internal, timeout); False when the server says the request itself is wrong (HTTP 4xx,
+    gRPC INVALID_ARGUMENT and the like), which no retry can fix."""
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        return not (status in NOT_RETRYABLE or (status.isdigit() and status.startswith("4")))
+    return isinstance(exc, (OSError, aiohttp.ClientError, asyncio.TimeoutError))
+
+
+class GaveUp(Exception):
+    """A request still failed after every retry; ``attempts`` were made, ``last`` is the final error."""
+
+    def __init__(self, attempts: int, last: BaseException) -> None:
+        super().__init__(f"gave up after {attempts} attempt{'s' * (attempts > 1)}: {_message(last)}")
+        self.attempts, self.last = attempts, last
 
 
 @dataclass
@@ -173,10 +251,23 @@ def chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 class Classifier:
     """An open connection to one model on one server."""
 
-    def __init__(self, proto: Protocol, url: str, model: str, top_k: int, timeout_s: float, tls: Tls = Tls()) -> None:
+    def __init__(
+        self,
+        proto: Protocol,
+        url: str,
+        model: str,
+        top_k: int,
+        timeout_s: float,
+        tls: Tls = Tls(),
+        retry: RetryPolicy = RetryPolicy(),
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.proto, self.url, self.model, self.top_k, self.timeout_s = proto, url, model, top_k, timeout_s
+        self.retry, self.headers = retry, headers or None
         self.client = proto.client(url, timeout_s, tls)
         self.info: ModelInfo | None = None
+        #: requests sent again after a transient failure (for the summary)
+        self.retried = 0
 
     async def close(self) -> None:
         await self.client.close()
@@ -184,19 +275,24 @@ class Classifier:
     async def connect(self) -> ModelInfo:
         """Check that the server and the model are ready and read the model's metadata."""
         where = f"Triton at {self.url} ({self.proto.name})"
+        kw = {"headers": self.headers}
         try:
-            ready = await self.client.is_server_ready()
+            ready = await asyncio.wait_for(self.client.is_server_ready(**kw), self.timeout_s)
         except Exception as exc:
-            raise ClientError(f"cannot reach {where}: {exc}. Is the server running (make serve)? Is the port right (--url)?") from exc
+            hint = "Is the server running (make serve)? Is the port right (--url)?"
+            raise ClientError(f"cannot reach {where}: {_message(exc)}. {hint}") from exc
         if not ready:
             raise ClientError(f"{where} is up but not ready (models still loading, or one failed to load: see the server log)")
-        if not await self.client.is_model_ready(self.model):
-            index = await self.client.get_model_repository_index(**self.proto.json_kw())
-            models = index.get("models", []) if isinstance(index, dict) else index
-            ready_models = sorted(m["name"] for m in models if m.get("state") == "READY")
-            raise ClientError(f"model {self.model!r} is not ready on {where}; ready models: {', '.join(ready_models) or 'none'}")
-        meta = await self.client.get_model_metadata(self.model, **self.proto.json_kw())
-        config = await self.client.get_model_config(self.model, **self.proto.json_kw())
+        if not await self.client.is_model_ready(self.model, **kw):
+            try:
+                index = await self.client.get_model_repository_index(**kw, **self.proto.json_kw())
+                models = index.get("models", []) if isinstance(index, dict) else index
+                ready_models = ", ".join(sorted(m["name"] for m in models if m.get("state") == "READY")) or "none"
+            except InferenceServerException:  # the repository API may be restricted (--admin-key)
+                ready_models = "unknown (the repository index is restricted)"
+            raise ClientError(f"model {self.model!r} is not ready on {where}; ready models: {ready_models}")
+        meta = await self.client.get_model_metadata(self.model, **kw, **self.proto.json_kw())
+        config = await self.client.get_model_config(self.model, **kw, **self.proto.json_kw())
         config = config.get("config", config)
         inputs, outputs = meta["inputs"], meta["outputs"]
         if len(inputs) != 1 or inputs[0]["datatype"] != "BYTES":
@@ -209,7 +305,8 @@ class Classifier:
         return self.info
 
     async def infer(self, payloads: list[bytes]) -> list[list[tuple[str, float]]]:
-        """Encoded images -> top-k ``(label, score)`` per image, in one request."""
+        """Encoded images -> top-k ``(label, score)`` per image, in one request (one attempt,
+        at most ``timeout_s`` seconds)."""
         assert self.info is not None, "connect() first"
         batched = self.info.max_batch_size > 0
         array = np.empty((len(payloads), 1) if batched else (1,), dtype=np.object_)
@@ -217,13 +314,35 @@ class Classifier:
         tensor = self.proto.module.InferInput(self.info.input_name, list(array.shape), "BYTES")
         tensor.set_data_from_numpy(array)
         output = self.proto.module.InferRequestedOutput(self.info.output_name, class_count=self.top_k)
-        result = await self.client.infer(self.model, [tensor], outputs=[output], **self.proto.infer_kw(self.timeout_s))
+        call = self.client.infer(self.model, [tensor], outputs=[output], headers=self.headers, **self.proto.infer_kw(self.timeout_s))
+        result = await asyncio.wait_for(call, self.timeout_s)
         classes = result.as_numpy(self.info.output_name).reshape(len(payloads), -1)
         return [parse_classes(row) for row in classes]
 
+    async def infer_with_retries(self, payloads: list[bytes]) -> list[list[tuple[str, float]]]:
+        """:meth:`infer`, retried with backoff while the failure is :func:`retryable`.
+
+        Raises:
+            InferenceServerException: the server rejected the request (not retryable).
+            GaveUp: still failing after ``retry.retries`` retries.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.infer(payloads)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                if attempt > self.retry.retries:
+                    raise GaveUp(attempt, exc) from exc
+                self.retried += 1
+                await asyncio.sleep(self.retry.delay(attempt))
+
     async def classify(self, paths: list[Path]) -> list[Result]:
-        """One request for ``paths``; if it fails and holds several images, each image is
-        retried alone so that one bad file only fails itself."""
+        """One request for ``paths`` (retried on transient failures). If the server rejects it
+        and it holds several images, each image is sent alone so that one bad file only fails
+        itself. Returns exactly one :class:`Result` per path."""
         results: list[Result] = []
         payloads, sendable = [], []
         for path in paths:
@@ -235,9 +354,11 @@ class Classifier:
         if not sendable:
             return results
         try:
-            for path, top in zip(sendable, await self.infer(payloads), strict=True):
+            for path, top in zip(sendable, await self.infer_with_retries(payloads), strict=True):
                 results.append(Result(str(path), top[0][0], top[0][1], top))
-        except (InferenceServerException, OSError, asyncio.TimeoutError) as exc:
+        except GaveUp as exc:
+            results.extend(Result(str(path), error=str(exc)) for path in sendable)
+        except InferenceServerException as exc:
             if len(sendable) == 1:
                 results.append(Result(str(sendable[0]), error=_message(exc)))
             else:
@@ -249,13 +370,17 @@ class Classifier:
 def _message(exc: BaseException) -> str:
     if isinstance(exc, InferenceServerException):
         return exc.message() or str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer within the timeout"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> list[Result]:
-    """Classify every path; ``emit(result)`` is called as each one completes."""
+async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> tuple[list[Result], int]:
+    """Classify every path; ``emit(result)`` is called as each one completes. Returns the
+    results and how many requests were retried."""
     proto = PROTOCOLS[args.protocol]
-    classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout, args.tls)
+    retry = RetryPolicy(args.retries, args.backoff)
+    classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout, args.tls, retry, args.headers)
     try:
         info = await classifier.connect()
         batch_size = args.batch_size
@@ -281,7 +406,7 @@ async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> list[Re
                     emit(result)
                 results.extend(done)
                 bar.update(len(done))
-        return results
+        return results, classifier.retried
     finally:
         await classifier.close()
 
@@ -289,7 +414,7 @@ async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> list[Re
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Classify photos with the waste-sorting model on a Triton server.",
-        epilog="Exit status: 0 all classified, 1 some failed, 2 usage/no images, 3 server or model unavailable.",
+        epilog="Exit status: 0 all classified, 1 some failed, 2 usage/no images, 3 server or model unavailable, 130 interrupted.",
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
     parser.add_argument(
@@ -302,7 +427,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt of a request (default: %(default)s)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=RetryPolicy.retries,
+        help="retries after a connection failure, server error or timeout; never after a rejected input (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=float,
+        default=RetryPolicy.backoff_s,
+        help="seconds before the first retry, doubling each time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="HTTP header / gRPC metadata sent with every call (e.g. a restricted-API key); repeatable",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     tls = parser.add_argument_group("TLS (remote servers)")
@@ -314,6 +458,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("top_k", "batch_size", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
+        parser.error("--retries and --backoff must be at least 0, --timeout above 0")
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--header {item!r}: expected NAME=VALUE")
+        headers[name.strip().lower()] = value
+    args.headers = headers
     if args.url:
         scheme = args.url.split("://", 1)[0].lower() if "://" in args.url else ""
         args.url = args.url.split("://", 1)[-1].rstrip("/")
@@ -330,11 +483,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     paths, failed = find_images(args.inputs)
+    reported: set[str] = set()
 
     def emit(result: Result) -> None:
+        reported.add(result.path)
         print(result.to_json() if args.json else result.to_text(), flush=True)
 
     for result in failed:
@@ -343,21 +502,27 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image files found in " + " ".join(args.inputs), file=sys.stderr)
         return EXIT_USAGE
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        results = asyncio.run(run(args, paths, emit))
+        results, retried = asyncio.run(run(args, paths, emit))
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVER
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        # nothing is lost silently: every image not yet answered is listed as not classified
+        pending = [p for p in paths if str(p) not in reported]
+        for path in pending:
+            emit(Result(str(path), error="not classified: the client was interrupted"))
+        print(f"interrupted: {len(pending)} of {len(paths)} images were not classified", file=sys.stderr)
+        return EXIT_INTERRUPTED
     results += failed
     bad = [r for r in results if r.error is not None]
     if not args.quiet:
         seconds = time.perf_counter() - start
         print(
             f"classified {len(results) - len(bad)} of {len(results)} images in {seconds:.2f} s with {args.model} over {args.protocol}"
-            + (f"; {len(bad)} failed" if bad else ""),
+            + (f"; {len(bad)} failed" if bad else "")
+            + (f"; {retried} requests retried" if retried else ""),
             file=sys.stderr,
         )
     return EXIT_SOME_FAILED if bad else EXIT_OK

@@ -120,3 +120,17 @@ def test_truncated_jpeg_and_pixel_limit() -> None:
         decode(data[: len(data) // 2])
     with pytest.raises(ImageDecodeError, match="above the limit"):
         decode(data, max_pixels=1000)
+
+
+def test_byte_limit_and_decompression_bomb_are_refused_before_decoding() -> None:
+    from wastesort.reliability.images import flat_png
+
+    data = _encode(_half_and_half((80, 60)))
+    with pytest.raises(ImageDecodeError, match=f"{len(data)} bytes, above the limit of {len(data) - 1}"):
+        decode(data, max_bytes=len(data) - 1)
+    assert decode(data, max_bytes=len(data)).size == (80, 60)
+    bomb = flat_png(20000, 20000, bit_depth=1)  # 400 MP declared, about 50 kB sent
+    assert len(bomb) < 100_000
+    for limit in (1_000_000, 10**12):  # ours, then PIL's own guard (which fires first above 2x its limit)
+        with pytest.raises(ImageDecodeError, match="400000000 pixels.*above the limit"):
+            decode(bomb, max_pixels=limit)

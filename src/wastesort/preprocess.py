@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +23,12 @@ from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
 
-#: Default decompression-bomb limit (pixels). TrashNet photos are 512x384 = 0.2 MP.
+#: Default decompression-bomb limit (pixels). TrashNet photos are 512x384 = 0.2 MP; a 12 MP
+#: phone photo passes.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Default limit on one encoded image (bytes): refused before PIL sees it. A 12 MP phone JPEG
+#: is 3-6 MB.
+DEFAULT_MAX_BYTES = 20_000_000
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
@@ -52,22 +57,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(data: bytes, draft_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode(
+    data: bytes,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Image.Image:
     """Decode encoded bytes to an upright RGB PIL image.
 
     Args:
         data: encoded JPEG/PNG (or any format PIL reads) bytes.
         draft_size: (width, height) the caller will resize to; JPEGs are DCT-downscaled to
             the smallest power-of-two reduction still at least this large. ``None``: full size.
-        max_pixels: images whose header declares more pixels are refused before decoding.
+        max_pixels: images whose header declares more pixels are refused before decoding
+            (decompression bombs: a few hundred kB of PNG can declare gigabytes of pixels).
+        max_bytes: longer inputs are refused before PIL reads them.
 
     Raises:
         ImageDecodeError: empty, undecodable, truncated or oversized input.
     """
     if not data:
         raise ImageDecodeError("empty input: zero bytes")
+    if len(data) > max_bytes:
+        raise ImageDecodeError(f"encoded image is {len(data)} bytes, above the limit of {max_bytes}")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # PIL's own guard (2x Image.MAX_IMAGE_PIXELS) fired first
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{declared.group(1)} pixels" if declared else "more pixels than PIL allows"
+        raise ImageDecodeError(f"image declares {size}, above the limit of {min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)}") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"not an image in any format PIL reads ({len(data)} bytes starting {data[:8]!r})") from exc
     except Exception as exc:  # PIL raises several types for damaged headers
@@ -129,15 +147,19 @@ def _affine(contract: PreprocessContract) -> tuple[np.ndarray, np.ndarray]:
     return scale.astype(np.float32).reshape(3, 1, 1), shift.astype(np.float32).reshape(3, 1, 1)
 
 
-def load_rgb(data: bytes, contract: PreprocessContract, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_rgb(
+    data: bytes, contract: PreprocessContract, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> np.ndarray:
     """Encoded bytes -> resized uint8 HWC RGB array (``height x width x 3``), before normalising."""
-    img = decode(data, draft_size(contract), max_pixels)
+    img = decode(data, draft_size(contract), max_pixels, max_bytes)
     return np.asarray(resize(img, contract), dtype=np.uint8)
 
 
-def preprocess_bytes(data: bytes, contract: PreprocessContract, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def preprocess_bytes(
+    data: bytes, contract: PreprocessContract, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> np.ndarray:
     """Encoded bytes -> the model's input for one image: float32 ``(3, height, width)``."""
-    return normalize(load_rgb(data, contract, max_pixels), contract)
+    return normalize(load_rgb(data, contract, max_pixels, max_bytes), contract)
 
 
 def preprocess_file(path: str | Path, contract: PreprocessContract) -> np.ndarray:

@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
-from wastesort.preprocess import DEFAULT_MAX_PIXELS
+from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 INPUT_BYTES = "IMAGE_BYTES"
 IMAGES = "IMAGES"
@@ -72,6 +72,7 @@ class ServingOptions:
     ort_threads: int = 0
     ort_spinning: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = DEFAULT_MAX_BYTES
 
 
 def _tensor(cls: type, name: str, dtype: int, dims: list[int], **kw: object) -> object:
@@ -111,6 +112,7 @@ def preprocess_config(contract: PreprocessContract, opts: ServingOptions = Servi
             META_LABELS: meta[META_LABELS],
             META_PREPROCESSING: meta[META_PREPROCESSING],
             "max_pixels": str(opts.max_pixels),
+            "max_image_bytes": str(opts.max_image_bytes),
             "decode_threads": str(opts.decode_threads),
         },
     )

@@ -8,7 +8,9 @@ Contract: input ``IMAGES`` FP32 ``[N, 3, H, W]`` -> outputs named in the config 
 ("0": idle ONNX Runtime workers sleep instead of spin-waiting; see ``ServingOptions.ort_spinning``).
 
 The session is built once per instance. One ``execute`` call concatenates every request the
-dynamic batcher gathered, runs the session once, and splits the outputs back per request.
+dynamic batcher gathered, runs the session once, and splits the outputs back per request. A
+request whose outputs are not finite (its tensor held NaN or infinity) gets an ``INVALID_ARG``
+error naming the images instead of NaN probabilities; the other requests are answered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from wastesort.inference import OnnxClassifier
+from wastesort.triton.responses import invalid_argument
 
 
 class TritonPythonModel:
@@ -49,12 +52,17 @@ class TritonPythonModel:
         except Exception as exc:  # an ORT failure fails this batch's requests, not the model
             error = pb_utils.TritonError(f"ONNX Runtime failed on a batch of {len(batch)}: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        finite = np.isfinite(outputs[0]).all(axis=1)
         responses, start = [], 0
         for array in arrays:
             stop = start + len(array)
-            tensors = [
-                pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop])) for name, out in zip(self.output_names, outputs, strict=True)
-            ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            bad = np.flatnonzero(~finite[start:stop])
+            if bad.size:
+                message = f"non-finite scores for image(s) at index {bad.tolist()} of {len(array)}: the input has NaN or infinity"
+                responses.append(invalid_argument(message))
+            else:
+                pieces = [np.ascontiguousarray(out[start:stop]) for out in outputs]
+                tensors = [pb_utils.Tensor(name, piece) for name, piece in zip(self.output_names, pieces, strict=True)]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = stop
         return responses

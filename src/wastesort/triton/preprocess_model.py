@@ -9,8 +9,10 @@ Contract (see ``wastesort.triton.config``):
 
 One ``execute`` call takes every request the dynamic batcher gathered and decodes all their
 images on one thread pool (PIL releases the GIL; JPEGs are DCT-downscaled with ``Image.draft``).
-A request with an image that cannot be decoded, or that breaks the pixel limit, gets its own
-``INVALID_ARG`` error naming the image; the other requests of the batch are answered normally.
+A request with an image that cannot be decoded, or that breaks a limit (parameters
+``max_image_bytes``: encoded bytes per image; ``max_pixels``: width x height, checked from the
+header before decoding), gets its own ``INVALID_ARG`` error naming every bad image; the other
+requests of the batch are answered normally.
 """
 
 from __future__ import annotations
@@ -23,13 +25,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from wastesort.contract import PreprocessContract
-from wastesort.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess_bytes
-
-
-def _invalid(message: str) -> pb_utils.InferenceResponse:
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess_bytes
+from wastesort.triton.responses import invalid_argument
 
 
 class TritonPythonModel:
@@ -40,6 +37,7 @@ class TritonPythonModel:
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.contract = PreprocessContract.from_metadata(params)
         self.max_pixels = int(params.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.max_bytes = int(params.get("max_image_bytes", DEFAULT_MAX_BYTES))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         dims = [int(d) for d in config["output"][0]["dims"]]
@@ -52,7 +50,7 @@ class TritonPythonModel:
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Decode, resize and normalise one image, on a pool thread (cache-friendly, parallel)."""
-        return preprocess_bytes(data, self.contract, self.max_pixels)
+        return preprocess_bytes(data, self.contract, self.max_pixels, self.max_bytes)
 
     def execute(self, requests: list) -> list:
         jobs: list[list[Future]] = []
@@ -71,7 +69,7 @@ class TritonPythonModel:
             except Exception as exc:  # anything else PIL may raise must not take the model down
                 errors.append(f"image at index {i} of {len(futures)} in this request: unexpected {type(exc).__name__}: {exc}")
         if errors:
-            return _invalid("; ".join(errors))
+            return invalid_argument("; ".join(errors))
         batch = np.stack(images) if images else self.empty
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
 
