@@ -246,7 +246,13 @@ def _request_probes() -> list[Probe]:
             lambda t: _bytes(*[good] * (t.max_batch_size + 1)),
             match="batch.size",
         ),
-        Probe("empty-batch", "a batch of zero images", "ensemble", lambda t: [(INPUT_BYTES, np.empty((0, 1), np.object_), "BYTES")], match="got 0"),
+        Probe(
+            "empty-batch",
+            "a batch of zero images",
+            "ensemble",
+            lambda t: [(INPUT_BYTES, np.empty((0, 1), np.object_), "BYTES")],
+            match="got 0",
+        ),
         Probe(
             "wrong-dtype-ensemble",
             "FP32 where encoded bytes are expected",
@@ -277,7 +283,13 @@ def _request_probes() -> list[Probe]:
             match="data-type|datatype|BYTES",
         ),
         Probe("bad-bytes-preprocess", "text straight to preprocess", "preprocess", lambda t: _bytes(b"hello"), match="not an image"),
-        Probe("good-classifier", "a normalised tensor straight to the classifier", "classifier", lambda t: [(IMAGES, _images(t), "FP32")], "ok"),
+        Probe(
+            "good-classifier",
+            "a normalised tensor straight to the classifier",
+            "classifier",
+            lambda t: [(IMAGES, _images(t), "FP32")],
+            "ok",
+        ),
         Probe(
             "wrong-dtype-classifier",
             "FP64 tensor",

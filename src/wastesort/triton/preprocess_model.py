@@ -29,6 +29,27 @@ from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDec
 from wastesort.triton.responses import invalid_argument
 
 
+def _publish_instance_deaths() -> list[object]:
+    """Publish ``$WASTESORT_INSTANCE_DEATHS`` (set by ``wastesort.triton.supervise``: dead
+    Python-backend instances per model since the supervisor started) as the gauge
+    ``wastesort_instance_deaths{model=...}`` on Triton's metrics endpoint. Returns the metric
+    objects, which must stay referenced to stay published."""
+    raw = os.environ.get("WASTESORT_INSTANCE_DEATHS")
+    if raw is None or not hasattr(pb_utils, "MetricFamily"):
+        return []
+    family = pb_utils.MetricFamily(
+        name="wastesort_instance_deaths",
+        description="Python-backend instances found dead by the supervisor since it started, per model",
+        kind=pb_utils.MetricFamily.GAUGE,
+    )
+    metrics: list[object] = [family]
+    for model, deaths in sorted(json.loads(raw).items()):
+        metric = family.Metric(labels={"model": model})
+        metric.set(float(deaths))
+        metrics.append(metric)
+    return metrics
+
+
 class TritonPythonModel:
     """Decoder with a thread pool built once per model instance."""
 
@@ -47,6 +68,7 @@ class TritonPythonModel:
         threads = int(params.get("decode_threads", "0")) or len(os.sched_getaffinity(0))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.empty = np.zeros((0, *expected), np.float32)
+        self.death_metrics = _publish_instance_deaths()
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Decode, resize and normalise one image, on a pool thread (cache-friendly, parallel)."""

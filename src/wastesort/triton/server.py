@@ -10,7 +10,9 @@ Python backend, but no onnxruntime/tensorrt backend. Three things make it run fr
   so ``model.py`` sees this environment's numpy, PIL, onnxruntime and ``wastesort``.
 
 ``python -m wastesort.triton.server`` (``make serve``) replaces itself with tritonserver in the
-foreground, bound to 127.0.0.1 by default; Ctrl-C / SIGTERM shut it down gracefully.
+foreground under the watchdog of :mod:`wastesort.triton.supervise` (restarts the server when a
+Python-backend instance dies; ``--no-supervise`` runs it bare), bound to 127.0.0.1 by default;
+Ctrl-C / SIGTERM shut it down gracefully.
 :class:`TritonServer` starts one in the background on free ports for tests and benchmarks and
 stops it by its own PID.
 """
@@ -129,6 +131,11 @@ def server_command(
     return cmd + list(extra or [])
 
 
+def supervised(cmd: list[str], ready_url: str, options: list[str] | None = None) -> list[str]:
+    """``cmd`` run under the watchdog of :mod:`wastesort.triton.supervise`."""
+    return [sys.executable, "-m", "wastesort.triton.supervise", "--ready-url", ready_url, *(options or []), "--", *cmd]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -153,6 +160,8 @@ class TritonServer:
     process: subprocess.Popen | None = None
     #: where it listens (and where clients connect); a started server binds here too
     address: str = DEFAULT_ADDRESS
+    #: run it under :mod:`wastesort.triton.supervise` (``process`` is then the supervisor)
+    supervise: bool = False
 
     @property
     def http_url(self) -> str:
@@ -173,6 +182,8 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonserver-{os.getpid()}-{self.ports['http']}.log"
         cmd = server_command(self.repository, self.ports, address=self.address, extra=self.extra)
+        if self.supervise:
+            cmd = supervised(cmd, f"http://{self.http_url}/v2/health/ready")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
         process = self.process
@@ -265,6 +276,15 @@ def main(argv: list[str] | None = None) -> None:
             f"--{name}-port", type=int, default=_port_from_env(name), help=f"default ${PORT_ENV[name]} or {DEFAULT_PORTS[name]}"
         )
     parser.add_argument("--model-config-name", default=None, help="use <model>/configs/<name>.pbtxt where present (Triton's custom config)")
+    parser.add_argument(
+        "--no-supervise", action="store_true", help="run tritonserver bare, without the watchdog for dead Python-backend instances"
+    )
+    parser.add_argument(
+        "--on-instance-death",
+        choices=("restart", "exit"),
+        default="restart",
+        help="watchdog policy: restart the server (default) or exit 70 for an orchestrator to restart it",
+    )
     parser.add_argument("--print-command", action="store_true", help="print the command line and environment, do not start")
     parser.add_argument("--wait-ready", action="store_true", help="do not start: wait until a server on --http-port is ready")
     parser.add_argument("--pid", type=int, default=None, help="with --wait-ready: fail at once if this process exits")
@@ -284,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     except ServerError as exc:
         raise SystemExit(f"error: {exc}") from None
     env = server_env()
+    if not args.no_supervise:
+        host = DEFAULT_ADDRESS if args.address in ("0.0.0.0", "::") else args.address
+        cmd = supervised(cmd, f"http://{host}:{args.http_port}/v2/health/ready", ["--on-death", args.on_instance_death])
     if args.print_command:
         print(f"PATH={env['PATH'].split(os.pathsep)[0]}:... LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']}")
         print(" ".join(cmd))
@@ -294,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    os.execve(cmd[0], cmd, env)  # tritonserver itself handles SIGINT/SIGTERM with a graceful shutdown
+    # tritonserver handles SIGINT/SIGTERM with a graceful shutdown; the supervisor passes them on
+    os.execve(cmd[0], cmd, env)
 
 
 if __name__ == "__main__":
