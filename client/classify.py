@@ -173,6 +173,8 @@ def retryable(exc: BaseException) -> bool:
     gRPC INVALID_ARGUMENT and the like), which no retry can fix."""
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
+        if "is restricted" in (exc.message() or ""):  # a missing --header key: Triton says UNAVAILABLE over gRPC
+            return False
         return not (status in NOT_RETRYABLE or (status.isdigit() and status.startswith("4")))
     return isinstance(exc, (OSError, aiohttp.ClientError, asyncio.TimeoutError))
 

@@ -42,6 +42,14 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
 
 
+#: Triton API groups that change the server or write files: behind the admin key when set.
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "admin-key"
+#: gRPC clients send the key as metadata under this name (Triton prefixes restricted-protocol keys)
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class ServerError(RuntimeError):
     """tritonserver is missing, failed to start, or did not become ready. The message says why."""
 
@@ -104,8 +112,16 @@ def server_command(
     address: str = DEFAULT_ADDRESS,
     model_config_name: str | None = None,
     extra: list[str] | None = None,
+    admin_key: str | None = None,
 ) -> list[str]:
-    """The full tritonserver command line (model control ``none``: no load/unload over the API)."""
+    """The full tritonserver command line (model control ``none``: no load/unload over the API).
+
+    ``admin_key``: restrict the :data:`ADMIN_APIS` groups (repository index/load/unload, shared
+    memory registration, trace and log settings) on HTTP and gRPC to requests that carry the
+    header ``admin-key: <key>`` (gRPC metadata ``triton-grpc-protocol-admin-key``), with
+    Triton's ``--http-restricted-api`` and ``--grpc-restricted-protocol``. Health, metadata,
+    config, statistics and inference stay open.
+    """
     ports = {**DEFAULT_PORTS, **(ports or {})}
     cmd = [
         str(tritonserver_binary()),
@@ -128,6 +144,11 @@ def server_command(
     ]
     if model_config_name:
         cmd.append(f"--model-config-name={model_config_name}")
+    if admin_key:
+        if any(c.isspace() or c in ",:=" for c in admin_key):
+            raise ServerError("the admin key must not contain whitespace, ',', ':' or '='")
+        rule = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
+        cmd += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
     return cmd + list(extra or [])
 
 
@@ -162,6 +183,8 @@ class TritonServer:
     address: str = DEFAULT_ADDRESS
     #: run it under :mod:`wastesort.triton.supervise` (``process`` is then the supervisor)
     supervise: bool = False
+    #: restrict the administrative APIs to this ``admin-key`` header value (see server_command)
+    admin_key: str | None = None
 
     @property
     def http_url(self) -> str:
@@ -181,7 +204,7 @@ class TritonServer:
         self.ports = {name: free_port() for name in DEFAULT_PORTS} if not self.ports else self.ports
         if self.log_path is None:
             self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tritonserver-{os.getpid()}-{self.ports['http']}.log"
-        cmd = server_command(self.repository, self.ports, address=self.address, extra=self.extra)
+        cmd = server_command(self.repository, self.ports, address=self.address, extra=self.extra, admin_key=self.admin_key)
         if self.supervise:
             cmd = supervised(cmd, f"http://{self.http_url}/v2/health/ready")
         with open(self.log_path, "wb") as log:
@@ -275,6 +298,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(
             f"--{name}-port", type=int, default=_port_from_env(name), help=f"default ${PORT_ENV[name]} or {DEFAULT_PORTS[name]}"
         )
+    parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=None,
+        help="file holding the key that the administrative APIs will require in an 'admin-key' header "
+        "(default: $TRITON_ADMIN_KEY); required when --address is not loopback",
+    )
+    parser.add_argument("--unrestricted", action="store_true", help="allow a non-loopback --address without an admin key (not recommended)")
     parser.add_argument("--model-config-name", default=None, help="use <model>/configs/<name>.pbtxt where present (Triton's custom config)")
     parser.add_argument(
         "--no-supervise", action="store_true", help="run tritonserver bare, without the watchdog for dead Python-backend instances"
@@ -293,6 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.wait_ready:
         wait_ready(args.http_port, args.timeout, args.pid)
         return
+    admin_key = args.admin_key_file.read_text().strip() if args.admin_key_file else os.environ.get("TRITON_ADMIN_KEY") or None
+    if args.address not in LOOPBACK and not admin_key and not args.unrestricted:
+        raise SystemExit(
+            f"error: --address {args.address} exposes the server beyond this machine; set TRITON_ADMIN_KEY (or --admin-key-file) "
+            f"so that {', '.join(ADMIN_APIS)} require an '{ADMIN_HEADER}' header, or pass --unrestricted"
+        )
     try:
         cmd = server_command(
             args.repository,
@@ -300,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             args.address,
             args.model_config_name,
             extra,
+            admin_key,
         )
     except ServerError as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -309,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd = supervised(cmd, f"http://{host}:{args.http_port}/v2/health/ready", ["--on-death", args.on_instance_death])
     if args.print_command:
         print(f"PATH={env['PATH'].split(os.pathsep)[0]}:... LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']}")
-        print(" ".join(cmd))
+        print(" ".join(cmd).replace(f"={admin_key}", "=***") if admin_key else " ".join(cmd))
         return
     print(
         f"tritonserver on {args.address}: http {args.http_port}, grpc {args.grpc_port}, metrics {args.metrics_port}; "
