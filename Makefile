@@ -15,6 +15,7 @@ ONNX    ?= models/$(MODEL).onnx
 TRAIN_ARGS ?=
 BUILD_ARGS ?=
 PERF_ARGS  ?=
+RELIABILITY_ARGS ?=
 
 # serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
 # TRITON_ADDRESS says otherwise
@@ -22,7 +23,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train export evaluate repository build serve perf perf-quick clean help
+.PHONY: setup test lint demo train export evaluate repository build serve perf perf-quick reliability reliability-quick clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -36,6 +37,8 @@ help:
 	@echo "make serve                  tritonserver on model_repository/, foreground, 127.0.0.1:8000 (http) 8001 (grpc) 8002 (metrics)"
 	@echo "make perf [DATA=dir]        throughput table: in-process rows + perf_analyzer sweep, into perf/results/<host>/"
 	@echo "make perf-quick [DATA=dir]  the same, short (under 3 minutes on 2 cores)"
+	@echo "make reliability            bad-input matrix, 10-minute soak, injected faults; docs/reliability.md (about 15 minutes)"
+	@echo "make reliability-quick      the same with a 1-minute soak (about 6 minutes)"
 
 setup: $(STAMP)
 
@@ -49,7 +52,7 @@ $(STAMP): pyproject.toml scripts/system_deps.sh
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check src train build client perf tests
+	$(BIN)/ruff check src train build client perf reliability tests
 
 test: lint
 	$(BIN)/pytest -q
@@ -82,6 +85,12 @@ perf: setup
 
 perf-quick: setup
 	$(PY) perf/run.py --quick --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
+
+reliability: setup
+	$(PY) reliability/run.py $(if $(DATA),--data "$(DATA)") $(RELIABILITY_ARGS)
+
+reliability-quick: setup
+	$(PY) reliability/run.py --soak-minutes 1 $(if $(DATA),--data "$(DATA)") $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf runs demo_out .pytest_cache .ruff_cache

@@ -20,7 +20,9 @@ limit) is not retried; a request with several images is then split so that only 
 files fail. Anything else (connection refused or reset, server restarting or unavailable,
 no answer within ``--timeout``) is retried with exponential backoff (``--retries``,
 ``--backoff``): classification is idempotent, so sending a request twice is harmless. An image
-whose request still fails is reported with the last error and the number of attempts.
+whose request still fails is reported with the last error and the number of attempts; once one
+request has given up, the images not sent yet are reported as not sent instead of each waiting
+through its own retries.
 
 Remote servers: ``--tls`` (or an ``https://`` / ``grpcs://`` URL) encrypts the connection and
 verifies the server's certificate against the system roots or ``--ca-cert``; ``--client-cert``
@@ -270,6 +272,8 @@ class Classifier:
         self.info: ModelInfo | None = None
         #: requests sent again after a transient failure (for the summary)
         self.retried = 0
+        #: set when a request used up its retries: the server is gone, the rest is not sent
+        self.gave_up: GaveUp | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -355,10 +359,14 @@ class Classifier:
                 results.append(Result(str(path), error=f"cannot read file: {exc.strerror or exc}"))
         if not sendable:
             return results
+        if self.gave_up is not None:
+            error = f"not sent: the server stopped answering (an earlier request {self.gave_up})"
+            return results + [Result(str(path), error=error) for path in sendable]
         try:
             for path, top in zip(sendable, await self.infer_with_retries(payloads), strict=True):
                 results.append(Result(str(path), top[0][0], top[0][1], top))
         except GaveUp as exc:
+            self.gave_up = exc
             results.extend(Result(str(path), error=str(exc)) for path in sendable)
         except InferenceServerException as exc:
             if len(sendable) == 1:

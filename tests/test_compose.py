@@ -47,6 +47,14 @@ def test_gpu_server() -> None:
     assert "--model-config-name=gpu" in server["command"] and "--model-control-mode=none" in server["command"]
 
 
+def test_servers_run_under_the_supervisor() -> None:
+    """A dead Python-backend instance restarts the server instead of failing every request."""
+    for name in ("tritonserver", "tritonserver-cpu"):
+        command = SERVICES[name]["command"]
+        assert command[:4] == ["python3", "-m", "wastesort.triton.supervise", "--"] and command[4] == "tritonserver"
+        assert SERVICES[name]["init"] is True and SERVICES[name]["restart"] == "unless-stopped"
+
+
 def test_cpu_profile_serves_without_a_gpu() -> None:
     cpu = SERVICES["tritonserver-cpu"]
     assert not _has_gpu(cpu)

@@ -23,6 +23,7 @@ from wastesort.paths import MODELS_DIR
 from wastesort.reliability import faults
 from wastesort.reliability import images as im
 from wastesort.reliability.probes import Target, matrix, run_matrix
+from wastesort.reliability.soak import soak
 from wastesort.triton.config import ServingOptions, write_repository
 from wastesort.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, TritonServer
 
@@ -121,6 +122,26 @@ def test_admin_apis_need_the_key_and_inference_does_not(server: TritonServer) ->
     assert http.infer(f"ensemble_{NET}", [tensor]).as_numpy("PROBABILITIES").shape == (1, 6)
 
 
+def test_soak_one_minute(server: TritonServer, photos: list[Path]) -> None:
+    """The CI version of `make reliability`'s soak: a minute at the knee (8 images per
+    request, 2 in flight) with zero failed requests and no memory growth after warm-up."""
+    result = soak(
+        server.http_url,
+        "http",
+        f"ensemble_{NET}",
+        [p.read_bytes() for p in photos],
+        batch=8,
+        concurrency=2,
+        duration_s=60,
+        server_pids=lambda: faults.server_processes(server),
+        sample_s=2,
+        progress=False,
+    )
+    assert result.errors == 0, result.error_samples
+    assert result.requests > 0 and result.images == 8 * result.requests
+    assert result.memory_holds, result.summary()["memory_samples"]
+
+
 def test_dead_instance_is_noticed_logged_counted_and_recovered(fresh_server: TritonServer) -> None:
     """Triton 2.51 keeps a model READY when its stub dies; the supervisor notices, says so in
     the log, takes the server down (not ready) and back up, and the metrics keep the count."""
@@ -179,6 +200,7 @@ def test_client_lists_every_photo_when_the_server_stays_down(fresh_server: Trito
     assert run.accounted_for() and run.returncode == 1
     assert 8 <= run.classified < len(run.inputs)
     assert all("gave up after 3 attempts" in r["error"] for r in run.failed), run.failed[:3]
+    assert any(r["error"].startswith("not sent: the server stopped answering") for r in run.failed)
 
 
 def test_client_times_out_and_retries_a_frozen_server(fresh_server: TritonServer, photos: list[Path]) -> None:

@@ -154,3 +154,10 @@ def run_client_with_fault(
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     os.kill(pid, sig)
+
+
+def server_processes(server: TritonServer) -> list[int]:
+    """tritonserver and its Python-backend stubs (whose memory a soak sums)."""
+    assert server.process is not None
+    main = triton_pid(server) if server.supervise else server.process.pid
+    return [main, *children(main)]
