@@ -26,6 +26,7 @@ from wastesort.reliability.probes import Target, matrix, run_matrix
 from wastesort.reliability.soak import soak
 from wastesort.triton.config import ServingOptions, write_repository
 from wastesort.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, TritonServer
+from wastesort.triton.supervise import is_dead
 
 NET = "mobilenet_v3_small"
 LIMITS = ServingOptions(max_pixels=1_000_000, max_image_bytes=2_000_000)
@@ -167,10 +168,12 @@ def test_client_rides_out_a_server_kill(fresh_server: TritonServer, photos: list
     backoff, and every photo is classified exactly once."""
     url = fresh_server.http_url if protocol == "http" else fresh_server.grpc_url
     pid = faults.triton_pid(fresh_server)
+    old_stubs = faults.stubs(fresh_server).values()
     run = faults.run_client_with_fault(
         url, protocol, photos, lambda: faults.kill(pid), after_results=16, client_args=["--batch-size", "4", "--concurrency", "2"]
     )
     assert run.fault_at_result == 16 and faults.triton_pid(fresh_server) != pid
+    assert all(is_dead(stub.pid) for stub in old_stubs)  # the killed server's stubs do not live on as orphans
     assert run.accounted_for(), run.stderr
     assert run.returncode == 0 and run.classified == len(photos), [r["error"] for r in run.failed][:5]
     assert "requests retried" in run.stderr

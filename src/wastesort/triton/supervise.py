@@ -164,12 +164,19 @@ class Supervisor:
                 log(f"tritonserver (pid {self.process.pid}) did not stop in {timeout_s:.0f} s: SIGKILL", "W")
                 self.process.kill()
         status = self.process.wait()
-        self.remove_regions()
+        self.clean_up_after_exit()
         return status
 
-    def remove_regions(self) -> None:
-        """A stub that dies (or whose server is killed) leaves its region in /dev/shm; remove
-        the ones this server's stubs used once they have all exited."""
+    def clean_up_after_exit(self) -> None:
+        """Clean up after a server that has exited. Its stubs do not always follow it: after a
+        SIGKILL they live on as orphans holding their models' memory, so the ones still running
+        (checked by PID and shared-memory region, never by name) are killed; then the regions
+        they used, which a dead stub leaves in /dev/shm, are removed."""
+        for stub in self.stubs.values():
+            alive = read_stub(stub.pid)
+            if alive is not None and alive.shm_region == stub.shm_region and not is_dead(stub.pid):
+                log(f"stopping instance {stub.instance} (stub pid {stub.pid}) left behind by the server", "W")
+                os.kill(stub.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while any(not is_dead(stub.pid) for stub in self.stubs.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -191,7 +198,7 @@ class Supervisor:
         while True:
             status, reason = self.watch()
             if self.stopping or reason is None:
-                self.remove_regions()
+                self.clean_up_after_exit()
                 return status
             if self.on_death == "exit":
                 log(f"{reason}: stopping (--on-death exit)", "E")
