@@ -85,14 +85,24 @@ def test_ort_variants_keep_interface_metadata_and_accuracy(tmp_path: Path, contr
         assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*model.graph.input, *model.graph.output])
     np.testing.assert_allclose(_probs(fp32, x), reference, atol=1e-5)
     np.testing.assert_allclose(_probs(fp16, x), reference, atol=5e-3)
-    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "HardSigmoid" in ops
+    graph = onnx.load(str(int8)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "GlobalAveragePool"} <= ops and "ReduceMean" not in ops
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    # HardSigmoid survives only in the float stem (no DequantizeLinear feeding it)
+    assert all(producer.get(n.input[0]) != "DequantizeLinear" for n in graph.node if n.op_type == "HardSigmoid")
+    first_quantized = next(i for i, n in enumerate(graph.node) if n.op_type == "QuantizeLinear" and n.input[0] != "IMAGES")
+    assert sum(n.op_type == "Conv" for n in graph.node[:first_quantized]) == Int8Settings().float_prefix_convs
     assert np.abs(_probs(int8, x) - reference).max() < 0.5  # quantised, not broken
     assert int8.stat().st_size < ONNX.stat().st_size / 2
 
 
 def test_int8_settings_describe_themselves() -> None:
-    assert Int8Settings().describe() == "QDQ per-channel UInt8/Int8 Percentile, 99.999 pct, float HardSigmoid/Mul"
+    assert Int8Settings().describe() == (
+        "QDQ per-channel UInt8/Int8 Percentile, 99.95 pct, integer HardSigmoid, pool as GlobalAveragePool, first 8 convs in float"
+    )
+    plain = Int8Settings(exclude_ops=("Mul",), integer_hard_sigmoid=False, float_prefix_convs=0)
+    assert plain.describe().endswith("99.95 pct, float Mul, pool as GlobalAveragePool")
     assert "per-tensor" in Int8Settings(per_channel=False).describe()
 
 

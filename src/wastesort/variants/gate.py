@@ -62,12 +62,24 @@ def score(pred: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) ->
 
 
 def time_batches(
-    paths: list[Path], images: np.ndarray, batch: int = 64, iters: int = 20, warmup: int = 3, threads: int = 0
+    paths: list[Path],
+    images: np.ndarray,
+    batch: int = 64,
+    iters: int = 20,
+    warmup: int = 3,
+    threads: int = 0,
+    spinning: bool = False,
 ) -> list[Timing]:
-    """Time several ONNX models (ONNX Runtime, CPU) on the same batch with the project's one
-    timing method (:func:`wastesort.perf.timing.time_interleaved`); one :class:`Timing` per path."""
+    """Time several ONNX models (ONNX Runtime, CPU, ``threads`` intra-op threads, 0: one per
+    core) on the same batch with the project's one timing method
+    (:func:`wastesort.perf.timing.time_interleaved`); one :class:`Timing` per path.
+
+    ``spinning`` defaults to off, as the server runs its classifier
+    (``ServingOptions.ort_spinning``): with spin-waiting workers, a session that just ran
+    takes a core from the next one on a 2-core machine, and the ratios measured depend on
+    the order of the candidates."""
     x = fixed_batch(images, batch)
-    classifiers = [OnnxClassifier(p, threads) for p in paths]
+    classifiers = [OnnxClassifier(p, threads, spinning) for p in paths]
     return time_interleaved([partial(c.run, ["LOGITS"], x) for c in classifiers], batch, iters, warmup)
 
 

@@ -32,6 +32,8 @@ class VariantRow:
     latency_ms: float | None = None
     img_s: float | None = None
     speedup_vs_fp32: float | None = None
+    img_s_1_thread: float | None = None
+    speedup_vs_fp32_1_thread: float | None = None
     installed: bool = False
     reason: str = ""
 
@@ -41,19 +43,24 @@ def cell(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def to_markdown(rows: list[VariantRow], title: str, notes: list[str]) -> str:
     lines = [
         f"# {title}",
         "",
         "| variant | backend | precision | size MB | top-1 | macro F1 | agreement with FP32 | "
-        "ms / batch | img/s | vs FP32 | build s | installed | reason |",
-        "|" + "---|" * 13,
+        "ms / batch | img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread | build s | installed | reason |",
+        "|" + "---|" * 15,
     ]
     for r in rows:
         lines.append(
             f"| `{r.name}` | {r.backend} | {r.precision} | {cell(r.size_mb, '.1f')} | {cell(r.top1, '.4f')} | {cell(r.macro_f1, '.4f')} | "
             f"{cell(r.agreement_with_fp32, '.4f')} | {cell(r.latency_ms, '.1f')} | {cell(r.img_s, '.0f')} | "
-            f"{cell(r.speedup_vs_fp32, '.2f')}{'x' if r.speedup_vs_fp32 is not None else ''} | {cell(r.build_s, '.1f')} | "
+            f"{_ratio(r.speedup_vs_fp32)} | {cell(r.img_s_1_thread, '.0f')} | {_ratio(r.speedup_vs_fp32_1_thread)} | "
+            f"{cell(r.build_s, '.1f')} | "
             f"{'yes' if r.installed else 'no'} | {r.reason} |"
         )
     settings = [f"- `{r.name}`: {r.settings}" for r in rows if r.settings]
