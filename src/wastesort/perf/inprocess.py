@@ -88,11 +88,13 @@ def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: 
 
 
 def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu") -> Candidate | Skipped:
-    """ONNX Runtime on CPU (the project's session settings) or CUDA."""
+    """ONNX Runtime on CPU (the project's session settings, worker spin-waiting off as the server
+    runs it: with spinning workers the rows of an interleaved run take cores from each other,
+    and the INT8 model, with more and shorter kernels, suffered most) or CUDA."""
     if not path.exists():
         return Skipped(name, "onnxruntime", precision, device, f"{path} not built (make build)")
     if device == "cpu":
-        classifier = OnnxClassifier(path)
+        classifier = OnnxClassifier(path, spinning=False)
         return Candidate(name, "onnxruntime", precision, device, lambda x: classifier.run(["LOGITS"], x)[0], note=str(path))
     import onnxruntime as ort
 
@@ -159,8 +161,9 @@ def preprocess_candidate(contract: PreprocessContract) -> Candidate:
 
 
 def pipeline_candidate(onnx_path: Path, threads: int | None = None) -> Candidate:
-    """Encoded images to top-1 class indices in one process: decode pool, then ONNX Runtime."""
-    classifier = OnnxClassifier(onnx_path)
+    """Encoded images to top-1 class indices in one process: decode pool, then ONNX Runtime
+    (spin-waiting off, as served)."""
+    classifier = OnnxClassifier(onnx_path, spinning=False)
     workers = threads or len(os.sched_getaffinity(0))
     pool = ThreadPoolExecutor(workers)
     decode = partial(preprocess_bytes, contract=classifier.contract)

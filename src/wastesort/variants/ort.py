@@ -91,7 +91,8 @@ class Int8Settings:
         if self.global_pool:
             parts.append("pool as GlobalAveragePool")
         if self.float_prefix_convs:
-            parts.append(f"first {self.float_prefix_convs} convs in float")
+            convs = "conv" if self.float_prefix_convs == 1 else f"{self.float_prefix_convs} convs"
+            parts.append(f"first {convs} in float")
         return ", ".join(parts)
 
 
