@@ -170,17 +170,8 @@ def client_runs(args: argparse.Namespace, out: Path, paths: list[Path]) -> list[
             _client_row("tritonserver frozen (SIGSTOP) for 5 s mid-run, client `--timeout 1` (grpc)", run, "continued after SIGCONT")
         )
     with TritonServer(args.repository, log_path=out / "server-gone.log", supervise=True) as srv:
-        assert srv.process is not None
-        supervisor, pid = srv.process.pid, faults.triton_pid(srv)
-
-        def gone() -> None:
-            faults.kill(supervisor, signal.SIGSTOP)
-            faults.kill(pid)
-
-        try:
+        with faults.server_gone_for_good(srv) as gone:
             run = faults.run_client_with_fault(srv.http_url, "http", paths, gone, len(paths) // 4, [*common, "--retries", "3"])
-        finally:
-            faults.kill(supervisor, signal.SIGCONT)
         rows.append(
             _client_row("tritonserver killed and not restarted (supervisor paused), client `--retries 3` (http)", run, "stayed down")
         )

@@ -182,14 +182,7 @@ def test_client_rides_out_a_server_kill(fresh_server: TritonServer, photos: list
 def test_client_lists_every_photo_when_the_server_stays_down(fresh_server: TritonServer, photos: list[Path]) -> None:
     """tritonserver killed with its supervisor paused, so nothing restarts it: the client gives
     up after its retries and lists every photo it could not classify; none is dropped."""
-    assert fresh_server.process is not None
-    supervisor, pid = fresh_server.process.pid, faults.triton_pid(fresh_server)
-
-    def gone_for_good() -> None:
-        faults.kill(supervisor, signal.SIGSTOP)
-        faults.kill(pid)
-
-    try:
+    with faults.server_gone_for_good(fresh_server) as gone_for_good:
         run = faults.run_client_with_fault(
             fresh_server.http_url,
             "http",
@@ -198,8 +191,6 @@ def test_client_lists_every_photo_when_the_server_stays_down(fresh_server: Trito
             after_results=8,
             client_args=["--batch-size", "4", "--concurrency", "2", "--retries", "2", "--backoff", "0.2"],
         )
-    finally:
-        faults.kill(supervisor, signal.SIGCONT)
     assert run.accounted_for() and run.returncode == 1
     assert 8 <= run.classified < len(run.inputs)
     assert all("gave up after 3 attempts" in r["error"] for r in run.failed), run.failed[:3]

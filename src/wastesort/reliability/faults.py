@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,24 @@ def run_client_with_fault(
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     os.kill(pid, sig)
+
+
+@contextmanager
+def server_gone_for_good(server: TritonServer) -> Iterator[Callable[[], None]]:
+    """A fault that leaves the server down: it pauses the supervisor (SIGSTOP) and kills
+    tritonserver, so nothing restarts it while the ``with`` block runs. On leaving the block the
+    supervisor continues (SIGCONT), finds tritonserver gone and restarts it."""
+    assert server.process is not None
+    supervisor, pid = server.process.pid, triton_pid(server)
+
+    def gone() -> None:
+        kill(supervisor, signal.SIGSTOP)
+        kill(pid)
+
+    try:
+        yield gone
+    finally:
+        kill(supervisor, signal.SIGCONT)
 
 
 def server_processes(server: TritonServer) -> list[int]:
