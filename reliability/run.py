@@ -130,12 +130,14 @@ def bare_instance_death(args: argparse.Namespace, out: Path) -> dict[str, str]:
         failures = faults.metric_values(srv, "nv_inference_request_failure")
         backend = {k: v for k, v in failures.items() if 'model="preprocess"' in k and "BACKEND" in k}
         logged = "died" in faults.log_text(srv) or "not healthy" in faults.log_text(srv)
+    leaked = faults.remove_leaked_region(stub)
     return {
         "fault": "`kill -9` of the `preprocess` stub, bare Triton 2.51 (`--no-supervise`)",
         "server": (
             f"server and model still ready 3 s later: {'yes' if ready else 'no'}; anything in the log at default verbosity: "
             f"{'yes' if logged else 'no'}; failures counted as "
             + ", ".join(f"nv_inference_request_failure{k} {v:g}" for k, v in backend.items())
+            + f"; the dead stub's /dev/shm region left behind after shutdown: {'yes (removed by this harness)' if leaked else 'no'}"
         ),
         "client": f"every request: {answers[-1]}",
         "survived": "no: the model stays READY and fails every request until restarted (what the supervisor fixes)",
