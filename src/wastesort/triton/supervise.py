@@ -14,8 +14,9 @@ looks processes up by name; only the children of the server it started):
   is restarted (``--on-death restart``, the default: graceful SIGTERM, SIGKILL after
   ``--stop-timeout``; health and model-ready checks fail until the new server is ready) or
   stopped with exit status 70 for an orchestrator to restart (``--on-death exit``);
-* a server that exits on its own after it had been ready is restarted the same way; one that
-  never got ready (a broken repository) is not: the supervisor exits with its status;
+* a server killed by a signal, or one that exits on its own after it had been ready, is
+  restarted the same way; one that exits on its own before it was ever ready (a broken
+  repository) is not: the supervisor exits with its status;
 * more than ``--max-restarts`` restarts within ten minutes: give up, exit 70.
 
 Every restarted server gets ``WASTESORT_INSTANCE_DEATHS`` (JSON ``{model: deaths}``) in its
@@ -224,9 +225,12 @@ class Supervisor:
         while True:
             status = self.process.poll()
             if status is not None:
-                if self.stopping or not was_ready:
-                    if not was_ready and not self.stopping:
-                        log(f"tritonserver exited with status {status} before it was ready; not restarting", "E")
+                if self.stopping:
+                    return status, None
+                if status < 0:  # a signal (kill -9, the OOM killer): never a broken repository
+                    return status, f"tritonserver was killed by signal {-status}"
+                if not was_ready:
+                    log(f"tritonserver exited with status {status} before it was ready; not restarting", "E")
                     return status, None
                 return status, f"tritonserver exited unexpectedly with status {status}"
             found = [stub for pid in children(self.process.pid) if pid not in self.stubs and (stub := read_stub(pid)) is not None]
