@@ -152,11 +152,12 @@ def client_runs(args: argparse.Namespace, out: Path, paths: list[Path]) -> list[
             pid = faults.triton_pid(srv)
             url = srv.http_url if protocol == "http" else srv.grpc_url
             run = faults.run_client_with_fault(url, protocol, paths, lambda pid=pid: faults.kill(pid), len(paths) // 4, common)
+            restart = faults.supervisor_restart_reason(srv)
             rows.append(
                 _client_row(
                     f"`kill -9` of tritonserver after {run.fault_at_result} of {len(paths)} results ({protocol})",
                     run,
-                    "the supervisor restarted it (exited unexpectedly)",
+                    f"the supervisor restarted it (logged: {restart})" if restart else "not restarted",
                 )
             )
     with TritonServer(args.repository, log_path=out / "server-freeze.log", supervise=True) as srv:

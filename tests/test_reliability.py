@@ -173,6 +173,7 @@ def test_client_rides_out_a_server_kill(fresh_server: TritonServer, photos: list
         url, protocol, photos, lambda: faults.kill(pid), after_results=16, client_args=["--batch-size", "4", "--concurrency", "2"]
     )
     assert run.fault_at_result == 16 and faults.triton_pid(fresh_server) != pid
+    assert faults.supervisor_restart_reason(fresh_server) == "tritonserver was killed by signal 9"
     assert all(is_dead(stub.pid) for stub in old_stubs)  # the killed server's stubs do not live on as orphans
     assert run.accounted_for(), run.stderr
     assert run.returncode == 0 and run.classified == len(photos), [r["error"] for r in run.failed][:5]

@@ -59,6 +59,13 @@ def wait_for_log(server: TritonServer, needle: str, timeout_s: float = 30.0, aft
     return False
 
 
+def supervisor_restart_reason(server: TritonServer) -> str | None:
+    """Why the supervisor last restarted tritonserver, as it logged it, or None if it did not."""
+    marker = ": restarting tritonserver"
+    reasons = [line.split("] ", 1)[-1].split(marker)[0] for line in log_text(server).splitlines() if marker in line]
+    return reasons[-1] if reasons else None
+
+
 def metric_values(server: TritonServer, name: str) -> dict[str, float]:
     """``{labels: value}`` of one Prometheus metric family on the server's metrics endpoint."""
     with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
