@@ -36,6 +36,7 @@ from wastesort.reliability.report import faults_table, matrix_table, soak_table,
 from wastesort.reliability.soak import SoakResult, soak
 from wastesort.triton.config import classifier_name, ensemble_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
+from wastesort.triton.supervise import remove_region
 
 DOC = REPO_ROOT / "docs" / "reliability.md"
 
@@ -130,7 +131,7 @@ def bare_instance_death(args: argparse.Namespace, out: Path) -> dict[str, str]:
         failures = faults.metric_values(srv, "nv_inference_request_failure")
         backend = {k: v for k, v in failures.items() if 'model="preprocess"' in k and "BACKEND" in k}
         logged = "died" in faults.log_text(srv) or "not healthy" in faults.log_text(srv)
-    leaked = faults.remove_leaked_region(stub)
+    leaked = remove_region(stub)  # a bare server leaves it; nothing else would clean it up
     return {
         "fault": "`kill -9` of the `preprocess` stub, bare Triton 2.51 (`--no-supervise`)",
         "server": (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from wastesort.paths import REPO_ROOT
 from wastesort.triton.server import TritonServer
-from wastesort.triton.supervise import Stub, children, command_name, is_dead, read_stub
+from wastesort.triton.supervise import Stub, children, command_name, read_stub
 
 CLIENT = REPO_ROOT / "client" / "classify.py"
 
@@ -180,16 +180,6 @@ def server_gone_for_good(server: TritonServer) -> Iterator[Callable[[], None]]:
         yield gone
     finally:
         kill(supervisor, signal.SIGCONT)
-
-
-def remove_leaked_region(stub: Stub) -> bool:
-    """Remove the /dev/shm region of a stub killed under a server that ran without the
-    supervisor (nothing else cleans it up); True when one was left behind."""
-    region = Path("/dev/shm") / stub.shm_region
-    if not stub.shm_region.startswith("triton_python_backend_shm_region_") or not region.exists() or not is_dead(stub.pid):
-        return False
-    region.unlink(missing_ok=True)
-    return True
 
 
 def server_processes(server: TritonServer) -> list[int]:

@@ -125,6 +125,16 @@ def http_ready(url: str) -> bool:
         return False
 
 
+def remove_region(stub: Stub) -> bool:
+    """Remove the /dev/shm region a dead stub left behind (Triton does not); True when there
+    was one. Only a Python-backend region, and only once its stub is dead."""
+    region = Path("/dev/shm") / stub.shm_region
+    if not stub.shm_region.startswith("triton_python_backend_shm_region_") or not region.exists() or not is_dead(stub.pid):
+        return False
+    region.unlink(missing_ok=True)
+    return True
+
+
 @dataclass
 class Supervisor:
     """Start ``command``, watch it and its stubs, restart per the policy (module docstring)."""
@@ -182,9 +192,7 @@ class Supervisor:
         while any(not is_dead(stub.pid) for stub in self.stubs.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
         for stub in self.stubs.values():
-            region = Path("/dev/shm") / stub.shm_region
-            if stub.shm_region.startswith("triton_python_backend_shm_region_") and region.exists() and is_dead(stub.pid):
-                region.unlink(missing_ok=True)
+            remove_region(stub)
 
     def forward(self, signum: int, frame: object) -> None:
         self.stopping = True
