@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnxruntime.quantization.onnx_model import ONNXModel
 
 #: ``HardSigmoid``'s ``beta`` the requantisation supports: 0.5 is 127 steps of the output scale.
 _BETA = 0.5
@@ -121,7 +122,7 @@ def hard_sigmoid_as_requantize(model: onnx.ModelProto) -> int:
             continue
         q_h = after[0]
         readers = consumers.get(q_h.output[0], [])
-        if not readers or any(r.op_type != "DequantizeLinear" for r in readers) or graph_output(graph, q_h.output[0]):
+        if not readers or any(r.op_type != "DequantizeLinear" for r in readers) or ONNXModel(model).is_graph_output(q_h.output[0]):
             continue
         if len(dq_x.input) < 3 or dq_x.input[2] not in constants or q_h.input[2] not in constants:
             continue
@@ -158,19 +159,5 @@ def hard_sigmoid_as_requantize(model: onnx.ModelProto) -> int:
         graph.node.insert(index, dq_alpha)
         rewritten += 1
     if rewritten:
-        drop_unused_initializers(graph)
+        ONNXModel(model).remove_unused_constant()  # the Q/DQ parameters the rewrite replaced
     return rewritten
-
-
-def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove initializers no node reads any more (the Q/DQ parameters a rewrite replaced)."""
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [i for i in graph.initializer if i.name in used]
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
-
-
-def graph_output(graph: onnx.GraphProto, name: str) -> bool:
-    """Whether ``name`` is one of the graph's outputs."""
-    return any(o.name == name for o in graph.output)
