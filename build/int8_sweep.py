@@ -13,8 +13,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from wastesort.contract import PreprocessContract
 from wastesort.data import read_manifest
 from wastesort.inference import OnnxClassifier
@@ -41,12 +39,6 @@ CANDIDATES = {
 }
 
 
-def logits(path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """float32 ``(N, classes)`` logits of ``path`` on preprocessed ``images``."""
-    classifier = OnnxClassifier(path)
-    return np.concatenate([classifier.run(["LOGITS"], images[i : i + batch])[0] for i in range(0, len(images), batch)])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", default="mobilenet_v3_small")
@@ -62,12 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     test_x, test_y = g.test_tensors(splits["test"], contract)
     calibration = calibration_tensor(select_calibration(splits["train"], args.calibration_images), contract)
     reference = g.evaluate(onnx, test_x, test_y, contract.labels)
-    ref_val = logits(onnx, val_x)
+    ref_val = OnnxClassifier(onnx).batched("LOGITS", val_x)
     args.out.mkdir(parents=True, exist_ok=True)
     paths, rows = [onnx], [(reference, 0.0, 1.0)]
     for i, settings in enumerate(CANDIDATES.values()):
         path = quantize_int8(onnx, args.out / f"int8_{i}.onnx", calibration, settings)
-        val = logits(path, val_x)
+        val = OnnxClassifier(path).batched("LOGITS", val_x)
         mse = float(((val - ref_val) ** 2).mean())
         paths.append(path)
         rows.append((g.evaluate(path, test_x, test_y, contract.labels), mse, float((val.argmax(1) == ref_val.argmax(1)).mean())))

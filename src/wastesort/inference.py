@@ -55,12 +55,15 @@ class OnnxClassifier:
         """The named outputs for one float32 ``(N, 3, H, W)`` batch, in one session run."""
         return self.session.run(output_names, {self.input_name: images})
 
+    def batched(self, output: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """float32 ``(N, 3, H, W)`` preprocessed images -> float32 ``(N, C)`` ``output``
+        (``LOGITS`` or ``PROBABILITIES``), run ``batch_size`` images at a time."""
+        outs = [self.session.run([output], {self.input_name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """float32 ``(N, 3, H, W)`` preprocessed images -> float32 ``(N, C)`` probabilities."""
-        outs = [
-            self.session.run(["PROBABILITIES"], {self.input_name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+        return self.batched("PROBABILITIES", images, batch_size)
 
     def classify_bytes(self, encoded: list[bytes]) -> list[Prediction]:
         """Encoded images -> one :class:`Prediction` each (raises ``ImageDecodeError``)."""
