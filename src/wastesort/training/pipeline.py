@@ -21,6 +21,7 @@ from tqdm import tqdm
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample
 from wastesort.preprocess import decode, preprocess_files
+from wastesort.training.background import ReplaceBackground
 
 #: Training cache side relative to the model input (room for zoom-in crops).
 CACHE_SCALE = 1.25
@@ -48,11 +49,25 @@ def train_cache(samples: list[Sample], contract: PreprocessContract) -> tuple[to
     return torch.from_numpy(np.stack(arrays)), torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
-def train_transform(contract: PreprocessContract, min_scale: float = 0.35, rotation: float = 20.0, jitter: float = 0.3) -> v2.Transform:
-    """Per-image augmentation on uint8 CHW tensors -> float32, normalised per the contract."""
+def train_transform(
+    contract: PreprocessContract,
+    min_scale: float = 0.35,
+    rotation: float = 20.0,
+    jitter: float = 0.3,
+    background: float = 0.0,
+    blur: float = 0.0,
+    jpeg: float = 0.0,
+    seed: int = 0,
+) -> v2.Transform:
+    """Per-image augmentation on uint8 CHW tensors -> float32, normalised per the contract.
+
+    ``background``, ``blur`` and ``jpeg`` are probabilities: the board replaced by a random
+    background (:mod:`wastesort.training.background`), a Gaussian blur, a JPEG re-compression
+    at quality 30-95."""
     aspect = contract.width / contract.height
     return v2.Compose(
         [
+            ReplaceBackground(background, torch.Generator().manual_seed(seed)),
             v2.RandomResizedCrop(
                 (contract.height, contract.width), scale=(min_scale, 1.0), ratio=(0.75 * aspect, 1.333 * aspect), antialias=True
             ),
@@ -60,6 +75,8 @@ def train_transform(contract: PreprocessContract, min_scale: float = 0.35, rotat
             v2.RandomVerticalFlip(),
             v2.RandomApply([v2.RandomRotation(rotation, fill=255)], p=0.5),
             v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.03),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=blur),
+            v2.RandomApply([v2.JPEG((30, 95))], p=jpeg),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(contract.mean), std=list(contract.std)),
         ]

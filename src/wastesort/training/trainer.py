@@ -37,6 +37,8 @@ from wastesort.training.models import (
     build_model,
     count_parameters,
     describe,
+    head_of,
+    normalisation,
     parameter_groups,
 )
 
@@ -56,6 +58,7 @@ class TrainConfig:
     bn_momentum: float | None = None  # override BatchNorm momentum (torchvision's MobileNet/EfficientNet use 0.01)
     init_from: str | None = None  # best.pt of an earlier run (same classes): continue from its weights
     strategy: str = "finetune_all"  # or freeze_backbone
+    freeze_epochs: int = 0  # two-stage fine-tuning: this many head-only epochs (frozen backbone and BN statistics) first
     backbone_lr_factor: float = 1.0
     epochs: int = 60
     batch_size: int = 32
@@ -68,6 +71,9 @@ class TrainConfig:
     mix_prob: float = 0.5
     min_scale: float = 0.35
     rotation: float = 20.0
+    background: float = 0.0  # probability of replacing the white board with a random background
+    blur: float = 0.0  # probability of a Gaussian blur
+    jpeg: float = 0.0  # probability of a JPEG re-compression
     grad_clip: float = 2.0
     ema_decay: float = 0.0
     balance: str = "none"  # none | loss | sampler
@@ -100,6 +106,24 @@ def _lr_lambda(warmup_steps: int, total_steps: int, floor: float = 0.01):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def head_only(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) trains the head alone on a frozen backbone."""
+    return cfg.strategy == "freeze_backbone" or epoch < cfg.freeze_epochs
+
+
+def stage_optimizer(model: nn.Module, cfg: TrainConfig, epoch: int) -> torch.optim.AdamW:
+    """The AdamW of the stage that ``epoch`` belongs to.
+
+    Head stage: only the head's parameters require gradients and only they are in the
+    optimiser. Full stage: every parameter trains, the head at ``lr`` and the backbone at
+    ``lr * backbone_lr_factor``.
+    """
+    for p in model.parameters():
+        p.requires_grad_(True)
+    groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor, freeze_backbone=head_only(cfg, epoch))
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def ema_avg_fn(decay: float):
@@ -150,7 +174,8 @@ class Trainer:
         print("class counts (train/val/test): " + ", ".join(f"{c} {a}/{b}/{t}" for c, (a, b, t) in counts.items()))
         (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(self.classes)}, indent=2))
 
-        self.contract = PreprocessContract(height=side, width=side, resize=cfg.resize, labels=self.classes)
+        mean, std = normalisation(cfg.model)
+        self.contract = PreprocessContract(height=side, width=side, resize=cfg.resize, mean=mean, std=std, labels=self.classes)
         self.x_train, self.y_train = pipeline.train_cache(splits["train"], self.contract)
         self.x_val, self.y_val = pipeline.eval_tensor(splits["val"], self.contract, "val images")
         self.x_test, self.y_test = pipeline.eval_tensor(splits["test"], self.contract, "test images")
@@ -168,18 +193,16 @@ class Trainer:
             self.model.load_state_dict(ckpt["state_dict"])
             print(f"initialised from {cfg.init_from} (epoch {ckpt['epoch']}, val {ckpt['val_acc']:.4f})")
         self.model = self.model.to(memory_format=torch.channels_last)
-        groups = parameter_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor, cfg.strategy == "freeze_backbone")
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.batch_size = min(cfg.batch_size, len(self.y_train))
-        steps_per_epoch = max(1, len(self.y_train) // self.batch_size)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
-        )
+        self.epoch = 0
+        self._start_stage()
         self.ema = AveragedModel(self.model, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
         weights = torch.from_numpy(inverse_frequency(splits["train"], n_cls))
         self.loss_weight = weights.to(self.device) if cfg.balance == "loss" else None
         self.sample_weights = weights[self.y_train] if cfg.balance == "sampler" else None
-        self.transform = pipeline.train_transform(self.contract, cfg.min_scale, cfg.rotation)
+        self.transform = pipeline.train_transform(
+            self.contract, cfg.min_scale, cfg.rotation, background=cfg.background, blur=cfg.blur, jpeg=cfg.jpeg, seed=cfg.seed
+        )
         self.mixer = pipeline.batch_mixer(n_cls, cfg.mixup_alpha, cfg.cutmix_alpha)
         self.use_cuda_amp = cfg.amp and self.device == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
@@ -189,6 +212,19 @@ class Trainer:
         if resume and (self.out / "last.pt").exists():
             self._load_last()
         print(f"model {cfg.model}: {count_parameters(self.model):,} trainable parameters, input {side}x{side}, device {self.device}")
+
+    def _start_stage(self) -> None:
+        """Optimiser and schedule of the stage ``self.epoch`` is in. The head stage runs at a
+        constant rate; the full stage warms up, then follows a cosine to the run's end."""
+        cfg = self.cfg
+        self.optimizer = stage_optimizer(self.model, cfg, self.epoch)
+        steps_per_epoch = max(1, len(self.y_train) // self.batch_size)
+        if head_only(cfg, self.epoch) and cfg.strategy != "freeze_backbone":
+            schedule = lambda step: 1.0  # noqa: E731
+        else:
+            first = 0 if cfg.strategy == "freeze_backbone" else cfg.freeze_epochs
+            schedule = _lr_lambda(cfg.warmup_epochs * steps_per_epoch, (cfg.epochs - first) * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
     # ----- checkpoints -------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
@@ -246,8 +282,17 @@ class Trainer:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.cpu_bf16 and self.device == "cpu")
 
     def train_epoch(self) -> tuple[float, float]:
-        """One pass over the training cache; returns (mean loss, top-1 on the augmented batches)."""
-        self.model.train()
+        """One pass over the training cache; returns (mean loss, top-1 on the augmented batches).
+        In the head stage the backbone runs in eval mode: its BatchNorm statistics stay the
+        pretrained ones instead of drifting towards a frozen network's batches."""
+        if self.cfg.freeze_epochs and self.epoch == self.cfg.freeze_epochs and self.cfg.strategy != "freeze_backbone":
+            self._start_stage()
+            print(f"stage 2: whole network, backbone lr x{self.cfg.backbone_lr_factor}", flush=True)
+        if head_only(self.cfg, self.epoch):
+            self.model.eval()
+            head_of(self.model).train()
+        else:
+            self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
         n_batches = len(self.y_train) // self.batch_size
         batches = pipeline.train_batches(self.x_train, self.y_train, self.batch_size, self.transform, self.generator, self.sample_weights)

@@ -1,0 +1,137 @@
+"""Replace TrashNet's near-white poster board with other backgrounds.
+
+TrashNet shows every item on the same white board under the same light; a model trained on it
+alone learns that backdrop. :func:`replace_background` cuts the item out with a mask taken
+from the board's own colour and pastes it onto a random colour, gradient, noise or texture.
+Used as a training augmentation (:class:`ReplaceBackground`) and, with fixed seeds, to make the
+"backgrounds replaced" test set that stands in for real-world photos.
+
+Tensors are uint8 ``(3, H, W)`` RGB, as in the training cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+#: Largest difference of chroma (colour with its brightness removed, 0-255 scale) from the
+#: board's still counted as board.
+CHROMA_TOLERANCE = 22
+#: Pixels darker than this fraction of the board's brightness are foreground (TrashNet's
+#: shadows and uneven light stay above it).
+DARK_RATIO = 0.62
+#: Lightness gradient (Sobel magnitude, 0-255 scale) that marks an item's outline: white items
+#: on the white board differ from it mostly at their edges.
+EDGE_TOLERANCE = 30
+#: Pixels brighter than this multiple of the board's brightness are foreground.
+BRIGHT_RATIO = 1.3
+#: The border's median counts as a board only when it is this light and this grey (0-255).
+BOARD_MIN_LIGHTNESS = 110
+BOARD_MAX_CHROMA = 40
+#: A mask covering less or more of the image than this is not trusted: nothing is replaced.
+MIN_FOREGROUND, MAX_FOREGROUND = 0.03, 0.85
+#: Width of the border band whose median is taken as the board colour (fraction of the side).
+BORDER = 0.04
+KINDS = ("colour", "gradient", "noise", "texture")
+
+
+def board_colour(image: torch.Tensor) -> torch.Tensor:
+    """Median colour (float ``(3,)``) of the image's border band: the board, for TrashNet."""
+    _, h, w = image.shape
+    b = max(1, round(BORDER * min(h, w)))
+    band = torch.cat(
+        [image[:, :b].reshape(3, -1), image[:, -b:].reshape(3, -1), image[:, :, :b].reshape(3, -1), image[:, :, -b:].reshape(3, -1)], 1
+    )
+    return band.float().median(dim=1).values
+
+
+def foreground_mask(image: torch.Tensor) -> torch.Tensor | None:
+    """Soft foreground mask, float ``(H, W)`` in [0, 1]: 1 on the item, 0 on the board; or
+    ``None`` when the image has no light, grey board to remove (the item fills the frame, or
+    the mask would cover almost nothing or almost everything).
+
+    A pixel is foreground when its chroma differs from the board's, it is much darker or
+    brighter than the board (brightness alone varies across the board with the light), or it
+    lies on a strong edge (the outline of a white item). The binary mask is closed, its holes
+    filled, opened to drop specks (scipy.ndimage), and its edge softened over a few pixels.
+    """
+    _, h, w = image.shape
+    board = board_colour(image)
+    board_light = float(board.mean())
+    if board_light < BOARD_MIN_LIGHTNESS or float(board.max() - board.min()) > BOARD_MAX_CHROMA:
+        return None
+    x = image.float()
+    light = x.mean(0)
+    chroma = ((x - light) - (board - board_light)[:, None, None]).abs().amax(0)
+    fg = ((chroma > CHROMA_TOLERANCE) | (light < DARK_RATIO * board_light) | (light > BRIGHT_RATIO * board_light)).numpy()
+    smooth = ndimage.gaussian_filter(light.numpy(), 1.0)
+    edges = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1)) / 4 > EDGE_TOLERANCE
+    k = max(3, round(0.015 * min(h, w)))
+    mask = ndimage.binary_closing(fg | edges, np.ones((3 * k, 3 * k), bool), border_value=0)
+    mask = ndimage.binary_opening(ndimage.binary_fill_holes(mask), np.ones((2 * k, 2 * k), bool))
+    fraction = float(mask.mean())
+    if not MIN_FOREGROUND <= fraction <= MAX_FOREGROUND:
+        return None
+    soft = ndimage.uniform_filter(mask.astype(np.float32), size=5, mode="nearest")
+    return torch.from_numpy(soft).clamp(0, 1)
+
+
+def random_background(h: int, w: int, generator: torch.Generator, kind: str | None = None) -> torch.Tensor:
+    """A uint8 ``(3, h, w)`` background: a flat colour, a linear gradient between two colours,
+    low-frequency colour noise, or a striped/checked texture with grain."""
+    kind = kind or KINDS[int(torch.randint(len(KINDS), (1,), generator=generator))]
+    c1, c2 = torch.rand(3, generator=generator) * 255, torch.rand(3, generator=generator) * 255
+    if kind == "colour":
+        bg = c1[:, None, None].expand(3, h, w)
+    elif kind == "gradient":
+        angle = float(torch.rand(1, generator=generator)) * 2 * math.pi
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        t = ((xs * math.cos(angle) + ys * math.sin(angle)) * 0.5 + 0.5).clamp(0, 1)
+        bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t
+    elif kind == "noise":
+        cells = int(2 ** torch.randint(1, 6, (1,), generator=generator))
+        small = torch.rand(1, 3, max(1, h // cells), max(1, w // cells), generator=generator) * 255
+        bg = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+    elif kind == "texture":
+        period = 4 + float(torch.rand(1, generator=generator)) * 28
+        angle = float(torch.rand(1, generator=generator)) * math.pi
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        u = torch.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period)
+        if float(torch.rand(1, generator=generator)) < 0.5:  # checks instead of stripes
+            u = u * torch.sin((-xs * math.sin(angle) + ys * math.cos(angle)) * 2 * math.pi / period)
+        t = (u > 0).float()
+        bg = c1[:, None, None] * (1 - t) + c2[:, None, None] * t
+        bg = bg + torch.randn(3, h, w, generator=generator) * 12
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    return bg.clamp(0, 255).round().to(torch.uint8)
+
+
+def replace_background(image: torch.Tensor, generator: torch.Generator, kind: str | None = None) -> torch.Tensor:
+    """``image`` (uint8 ``(3, H, W)``) with its board replaced by :func:`random_background`.
+    Pixels under a full mask are returned unchanged; so is the whole image when
+    :func:`foreground_mask` finds no board to replace."""
+    mask = foreground_mask(image)
+    if mask is None:
+        return image
+    bg = random_background(image.shape[1], image.shape[2], generator, kind)
+    out = image.float() * mask + bg.float() * (1 - mask)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+class ReplaceBackground(torch.nn.Module):
+    """Training augmentation: with probability ``p`` the board is replaced (uint8 in, uint8 out)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.p = p
+        self.generator = generator or torch.Generator().manual_seed(0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0 or float(torch.rand(1, generator=self.generator)) >= self.p:
+            return image
+        return replace_background(image, self.generator)
