@@ -9,9 +9,11 @@ STAMP   := $(VENV)/.installed
 
 # train / export knobs (override on the command line: make train DATA=... MODEL=resnet18)
 DATA    ?=
-MODEL   ?= mobilenet_v3_small
-RUN     ?= runs/$(MODEL)
-ONNX    ?= models/$(MODEL).onnx
+# MODEL: a network name (empty: the shipped default, owned by src/wastesort/shipped.py)
+MODEL   ?=
+NET_ARG  = $(if $(MODEL),$(NET_ARG))
+RUN     ?= runs/$(or $(MODEL),latest)
+MODEL_ONNX = $(if $(MODEL),models/$(MODEL).onnx)
 TRAIN_ARGS ?=
 BUILD_ARGS ?=
 PERF_ARGS  ?=
@@ -61,30 +63,30 @@ demo: setup
 	bash scripts/demo.sh "$(DATA)"
 
 train: setup
-	@test -n "$(DATA)" || { echo "usage: make train DATA=path/to/imagefolder [MODEL=$(MODEL)]"; exit 2; }
-	$(PY) train/train.py --data "$(DATA)" --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
+	@test -n "$(DATA)" || { echo "usage: make train DATA=path/to/imagefolder [MODEL=net] [RUN=runs/name] [TRAIN_ARGS=...]"; exit 2; }
+	$(PY) train/train.py --data "$(DATA)" $(if $(MODEL),--model $(MODEL)) --out $(RUN) $(TRAIN_ARGS)
 
 export: setup
-	$(PY) train/export.py --run $(RUN) --out $(ONNX)
+	$(PY) train/export.py --run $(RUN) --out $(RUN)/model.onnx
 
 evaluate: setup
 	@test -n "$(DATA)" || { echo "usage: make evaluate DATA=path/to/imagefolder"; exit 2; }
-	$(PY) train/evaluate.py --model $(ONNX) --data "$(DATA)"
+	$(PY) train/evaluate.py $(if $(MODEL_ONNX),--model $(MODEL_ONNX)) --data "$(DATA)"
 
 repository: setup
-	$(PY) build/repository.py --onnx $(ONNX)
+	$(PY) build/repository.py $(if $(MODEL_ONNX),--onnx $(MODEL_ONNX))
 
 build: setup
-	$(PY) build/build.py --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(BUILD_ARGS)
+	$(PY) build/build.py $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(BUILD_ARGS)
 
 serve: setup
 	$(PY) -m wastesort.triton.server
 
 perf: setup
-	$(PY) perf/run.py --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
+	$(PY) perf/run.py $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
 
 perf-quick: setup
-	$(PY) perf/run.py --quick --net $(MODEL) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
+	$(PY) perf/run.py --quick $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
 
 reliability: setup
 	$(PY) reliability/run.py $(if $(DATA),--data "$(DATA)") $(RELIABILITY_ARGS)

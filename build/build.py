@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import read_manifest
-from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
+from wastesort.data import DatasetError
+from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
+from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton.config import ServingOptions, remove_variant, write_variant
+from wastesort.triton.naming import classifier_name, ensemble_name, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import calibration_tensor, select_calibration
@@ -38,7 +40,7 @@ BUILD_DIR = REPO_ROOT / "build"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", default="mobilenet_v3_small")
+    parser.add_argument("--net", default=DEFAULT_NET, help="committed model under models/ (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifest's paths are relative to")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--calibration-images", type=int, default=300, help="training images for INT8 calibration (default: %(default)s)")
@@ -65,16 +67,16 @@ def _size_mb(path: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    onnx = MODELS_DIR / f"{args.net}.onnx"
-    manifest = MODELS_DIR / f"{args.net}.manifest.csv"
+    model = ShippedModel(args.net)
+    onnx = model.onnx
     if not args.data.is_dir():
         print(f"error: no dataset at {args.data}: calibration and the accuracy gate need the real photos (--data)", file=sys.stderr)
         return 2
     contract = PreprocessContract.from_onnx(str(onnx))
-    splits = read_manifest(manifest, args.data)
-    missing = [s.path for s in splits["test"] + splits["train"] if not s.path.is_file()]
-    if missing:
-        print(f"error: {len(missing)} manifest images missing under {args.data}, e.g. {missing[0]}", file=sys.stderr)
+    try:
+        splits = {name: model.split(name, args.data) for name in ("train", "test")}
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     print(
@@ -85,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     reference = g.evaluate(onnx, test_x, test_y, contract.labels)
     rows = [
         VariantRow(
-            f"{args.net}_onnx",
+            classifier_name(args.net),
             "onnxruntime",
             "fp32",
-            "committed export (served by ensemble_" + args.net + ")",
+            f"committed export (served by {ensemble_name(args.net)})",
             str(onnx),
             round(_size_mb(onnx), 2),
             reference.top1,
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     refused = []
     trt_reason = trt.unavailable_reason()
     for variant in args.variants:
-        name = f"{args.net}_{variant}"
+        name = variant_name(args.net, variant)
         backend, precision = ("onnxruntime", variant.split("_")[1]) if variant.startswith("onnx") else ("tensorrt", variant.split("_")[1])
         row = VariantRow(name, backend, precision)
         if backend == "tensorrt":

@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import read_manifest
 from wastesort.inference import OnnxClassifier
-from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
+from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
+from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
 from wastesort.variants import gate as g
 from wastesort.variants.calibration import calibration_tensor, select_calibration
 from wastesort.variants.ort import Int8Settings, quantize_int8
@@ -41,25 +41,25 @@ CANDIDATES = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", default="mobilenet_v3_small")
+    parser.add_argument("--net", default=DEFAULT_NET, help="committed model under models/ (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET)
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "out" / "int8_sweep")
     args = parser.parse_args(argv)
-    onnx = MODELS_DIR / f"{args.net}.onnx"
+    model = ShippedModel(args.net)
+    onnx = model.onnx
     contract = PreprocessContract.from_onnx(str(onnx))
-    splits = read_manifest(MODELS_DIR / f"{args.net}.manifest.csv", args.data)
-    val_x, _ = g.test_tensors(splits["val"], contract)
-    test_x, test_y = g.test_tensors(splits["test"], contract)
-    calibration = calibration_tensor(select_calibration(splits["train"], args.calibration_images), contract)
+    val_x, _ = g.test_tensors(model.split("val", args.data), contract)
+    test_x, test_y = g.test_tensors(model.split("test", args.data), contract)
+    calibration = calibration_tensor(select_calibration(model.split("train", args.data), args.calibration_images), contract)
     reference = g.evaluate(onnx, test_x, test_y, contract.labels)
-    ref_val = OnnxClassifier(onnx).batched("LOGITS", val_x)
+    ref_val = OnnxClassifier(onnx).batched(LOGITS, val_x)
     args.out.mkdir(parents=True, exist_ok=True)
     paths, rows = [onnx], [(reference, 0.0, 1.0)]
     for i, settings in enumerate(CANDIDATES.values()):
         path = quantize_int8(onnx, args.out / f"int8_{i}.onnx", calibration, settings)
-        val = OnnxClassifier(path).batched("LOGITS", val_x)
+        val = OnnxClassifier(path).batched(LOGITS, val_x)
         mse = float(((val - ref_val) ** 2).mean())
         paths.append(path)
         rows.append((g.evaluate(path, test_x, test_y, contract.labels), mse, float((val.argmax(1) == ref_val.argmax(1)).mean())))

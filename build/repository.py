@@ -14,13 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from wastesort.paths import MODELS_DIR, REPO_ROOT
+from wastesort.paths import REPO_ROOT
+from wastesort.shipped import ShippedModel
 from wastesort.triton.config import ServingOptions, check_repository, write_repository
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", type=Path, default=MODELS_DIR / "mobilenet_v3_small.onnx", help="exported model (default: %(default)s)")
+    parser.add_argument("--onnx", type=Path, default=ShippedModel().onnx, help="exported model (default: %(default)s)")
     parser.add_argument("--net", default=None, help="model family name used in model names (default: the ONNX file's stem)")
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
     parser.add_argument("--max-batch-size", type=int, default=ServingOptions.max_batch_size)

@@ -29,7 +29,8 @@ verifies the server's certificate against the system roots or ``--ca-cert``; ``-
 with ``--client-key`` adds a client certificate (mutual TLS). Triton serves TLS on gRPC itself
 (``--grpc-use-ssl``); HTTPS is usually a reverse proxy in front of its HTTP port.
 
-Standalone: needs only ``tritonclient[all]``, numpy and tqdm, so it can be copied to any host.
+Needs ``tritonclient[all]``, numpy, tqdm and this project's core package (``pip install .``:
+no torch), which owns the default model's name and the tensor names.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ from tqdm import tqdm
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
-DEFAULT_MODEL = "ensemble_mobilenet_v3_small"
+from wastesort.shipped import DEFAULT_NET, PROBABILITIES
+from wastesort.triton.naming import ensemble_name
+
+DEFAULT_MODEL = ensemble_name(DEFAULT_NET)
 #: Files picked up when walking a directory (files named explicitly are always sent).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -306,7 +310,7 @@ class Classifier:
                 f"model {self.model!r} does not take one BYTES input of encoded images ({inputs}); use an ensemble_<net> model"
             )
         names = [o["name"] for o in outputs]
-        output = "PROBABILITIES" if "PROBABILITIES" in names else names[0]
+        output = PROBABILITIES if PROBABILITIES in names else names[0]
         self.info = ModelInfo(self.model, inputs[0]["name"], output, int(config.get("max_batch_size", 0)))
         return self.info
 

@@ -27,8 +27,9 @@ from PIL import Image, ImageOps
 
 from wastesort.contract import PreprocessContract
 from wastesort.labels import LABELS
-from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR
+from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.preprocess import decode, draft_size, load_rgb, normalize, preprocess_bytes
+from wastesort.shipped import ShippedModel
 
 
 def plain_pil(data: bytes, contract: PreprocessContract) -> np.ndarray:
@@ -71,7 +72,7 @@ def rate(fn: Callable[[bytes], object], photos: list[bytes], threads: int, repea
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET)
-    parser.add_argument("--model", type=Path, default=MODELS_DIR / "mobilenet_v3_small.onnx", help="whose preprocessing contract to use")
+    parser.add_argument("--model", type=Path, default=ShippedModel().onnx, help="whose preprocessing contract to use")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)

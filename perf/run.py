@@ -41,15 +41,16 @@ import tritonclient.http as httpclient
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import Sample, read_manifest
-from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
+from wastesort.data import DatasetError, Sample
+from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.perf import analyzer as pa
 from wastesort.perf import inprocess as ip
 from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
-from wastesort.triton.config import IMAGES, INPUT_BYTES
+from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, IMAGES, ShippedModel
+from wastesort.triton.naming import installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.variants import gate as g
 
@@ -58,7 +59,7 @@ BASELINE = ("pytorch", "fp32", "cpu")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", default="mobilenet_v3_small")
+    parser.add_argument("--net", default=DEFAULT_NET, help="committed model under models/ (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifest's paths are relative to")
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>")
@@ -97,11 +98,11 @@ def candidates(
     repo, net = args.repository, args.net
     rows: list[ip.Candidate | ip.Skipped] = [*ip.torch_candidates(onnx, net, len(contract.labels), check)]
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32"))
-    rows.append(ip.ort_candidate("ONNX Runtime", repo / f"{net}_onnx_int8" / "1" / "model.onnx", "int8"))
+    rows.append(ip.ort_candidate("ONNX Runtime", installed_file(repo, variant_name(net, "onnx_int8")), "int8"))
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32", "cuda"))
-    rows.append(ip.ort_candidate("ONNX Runtime", repo / f"{net}_onnx_fp16" / "1" / "model.onnx", "fp16", "cuda"))
+    rows.append(ip.ort_candidate("ONNX Runtime", installed_file(repo, variant_name(net, "onnx_fp16")), "fp16", "cuda"))
     for precision in ("fp32", "fp16", "int8"):
-        rows.append(ip.tensorrt_candidate("TensorRT", repo / f"{net}_trt_{precision}" / "1" / "model.plan", precision))
+        rows.append(ip.tensorrt_candidate("TensorRT", installed_file(repo, variant_name(net, f"trt_{precision}"), "model.plan"), precision))
     if args.seed_resolution and args.seed_resolution != contract.height:
         free = ip.free_resolution_onnx(onnx, scratch / f"{net}_free_resolution.onnx")
         torch_cpu = [replace(r) for r in rows if isinstance(r, ip.Candidate) and (r.backend, r.device) == ("pytorch", "cpu")]
@@ -163,7 +164,7 @@ def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> 
             print(f"served: {name} left out: an FP16 variant is for the GPU (this server has none; --models to force)")
             continue
         inputs = [i["name"] for i in client.get_model_metadata(name)["inputs"]]
-        if INPUT_BYTES in inputs:
+        if IMAGE_BYTES in inputs:
             chosen.append((name, "ensemble"))
         elif IMAGES in inputs:
             chosen.append((name, "classifier"))
@@ -181,7 +182,7 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
     # the input data holds dataset images: kept out of the results folder, which is committed
     inputs = {"ensemble": args.scratch / "input_jpeg_bytes.json", "classifier": args.scratch / "input_tensors.json"}
     n = 32 if args.quick else 128
-    inputs["ensemble"].write_text(json.dumps(pa.bytes_input_data(encoded[:n], INPUT_BYTES)))
+    inputs["ensemble"].write_text(json.dumps(pa.bytes_input_data(encoded[:n], IMAGE_BYTES)))
     inputs["classifier"].write_text(json.dumps(pa.tensor_input_data(test_x[:n], IMAGES)))
     sweeps = []
     if args.server:
@@ -224,12 +225,10 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
 
 def test_split(args: argparse.Namespace) -> list[Sample]:
     """The test split of the model's manifest, every file present under ``--data``."""
-    manifest = MODELS_DIR / f"{args.net}.manifest.csv"
-    test = read_manifest(manifest, args.data)["test"]
-    missing = [s.path for s in test if not s.path.is_file()]
-    if missing:
-        raise SystemExit(f"error: {len(missing)} test images of {manifest.name} missing under {args.data} (--data), e.g. {missing[0]}")
-    return test
+    try:
+        return ShippedModel(args.net).split("test", args.data)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the server this harness started is stopped by its PID
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
-    onnx = MODELS_DIR / f"{args.net}.onnx"
+    onnx = ShippedModel(args.net).onnx
     if not args.data.is_dir():
         print(f"error: no dataset at {args.data}: the benchmark runs on the real test split (--data)", file=sys.stderr)
         return 2
@@ -262,7 +261,7 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
         print(table)
 
     if not args.skip_profile and not args.skip_inprocess:
-        int8 = args.repository / f"{args.net}_onnx_int8" / "1" / "model.onnx"
+        int8 = installed_file(args.repository, variant_name(args.net, "onnx_int8"))
         models = {"FP32": onnx, **({"INT8": int8} if int8.exists() else {})}
         text = profile_table(models, fixed_batch(test_x, args.batch), runs=3 if args.quick else 10)
         (args.out / "profile.md").write_text(text)

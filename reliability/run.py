@@ -34,7 +34,8 @@ from wastesort.reliability import images as im
 from wastesort.reliability.probes import Target, run_matrix
 from wastesort.reliability.report import faults_table, matrix_table, soak_table, update_doc
 from wastesort.reliability.soak import SoakResult, soak
-from wastesort.triton.config import classifier_name, ensemble_name
+from wastesort.shipped import DEFAULT_NET
+from wastesort.triton.naming import classifier_name, ensemble_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.triton.supervise import remove_region
 
@@ -43,7 +44,7 @@ DOC = REPO_ROOT / "docs" / "reliability.md"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", default="mobilenet_v3_small")
+    parser.add_argument("--net", default=DEFAULT_NET, help="committed model under models/ (default: %(default)s)")
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="photos for the soak and the client runs")
     parser.add_argument("--soak-minutes", type=float, default=10.0)

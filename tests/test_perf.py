@@ -21,8 +21,9 @@ from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import op_type_ms
 from wastesort.perf.timing import fixed_batch, time_interleaved
+from wastesort.shipped import IMAGE_BYTES, IMAGES
 from wastesort.synthetic import make_image
-from wastesort.triton.config import IMAGES, INPUT_BYTES, ensemble_name
+from wastesort.triton.naming import ensemble_name
 from wastesort.triton.server import TritonServer
 
 NET = "mobilenet_v3_small"
@@ -79,10 +80,10 @@ def test_best_within_budget_picks_the_fastest_point_under_the_p99_limit() -> Non
 
 def test_jpeg_round_trips_through_the_input_data_json() -> None:
     originals = [jpeg(1), jpeg(2, (100, 80))]
-    doc = json.loads(json.dumps(pa.bytes_input_data(originals, INPUT_BYTES)))
+    doc = json.loads(json.dumps(pa.bytes_input_data(originals, IMAGE_BYTES)))
     assert len(doc["data"]) == 2
     for entry, original in zip(doc["data"], originals, strict=True):
-        tensor = entry[INPUT_BYTES]
+        tensor = entry[IMAGE_BYTES]
         assert tensor["shape"] == [1]
         decoded = deserialize_bytes_tensor(base64.b64decode(tensor["content"]["b64"]))
         assert decoded.shape == (1,) and decoded[0] == original
@@ -239,7 +240,7 @@ def test_short_real_perf_analyzer_run(tmp_path: Path) -> None:
     """perf_analyzer drives the real local server's ensemble with real JPEG bytes; its CSV parses
     and every request succeeded (perf_analyzer exits non-zero on a failed request)."""
     data = tmp_path / "in.json"
-    data.write_text(json.dumps(pa.bytes_input_data([jpeg(i) for i in range(8)], INPUT_BYTES)))
+    data.write_text(json.dumps(pa.bytes_input_data([jpeg(i) for i in range(8)], IMAGE_BYTES)))
     settings = pa.SweepSettings(measurement_ms=500, stability_percent=100, max_trials=3)
     with TritonServer(log_path=tmp_path / "server.log") as server:
         for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):

@@ -23,12 +23,13 @@ from sklearn.metrics import classification_report
 from wastesort.data import DatasetError, read_manifest, report_skipped, scan_image_folder
 from wastesort.inference import OnnxClassifier
 from wastesort.preprocess import preprocess_files
+from wastesort.shipped import ShippedModel
 from wastesort.training.evaluate import classification_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="ONNX file")
+    p.add_argument("--model", type=Path, default=ShippedModel().onnx, help="ONNX file (default: %(default)s)")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder dataset root")
     p.add_argument("--run", type=Path, default=None, help="run folder whose manifest.csv selects the images")
     p.add_argument("--split", choices=("train", "val", "test"), default="test")

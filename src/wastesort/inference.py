@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from wastesort.contract import PreprocessContract
 from wastesort.preprocess import preprocess_bytes
+from wastesort.shipped import PROBABILITIES
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class OnnxClassifier:
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """float32 ``(N, 3, H, W)`` preprocessed images -> float32 ``(N, C)`` probabilities."""
-        return self.batched("PROBABILITIES", images, batch_size)
+        return self.batched(PROBABILITIES, images, batch_size)
 
     def classify_bytes(self, encoded: list[bytes]) -> list[Prediction]:
         """Encoded images -> one :class:`Prediction` each (raises ``ImageDecodeError``)."""

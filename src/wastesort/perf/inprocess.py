@@ -24,6 +24,7 @@ from sklearn.metrics import accuracy_score
 from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.preprocess import preprocess_bytes
+from wastesort.shipped import IMAGES, LOGITS, PROBABILITIES
 
 
 @dataclass
@@ -95,7 +96,7 @@ def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu") ->
         return Skipped(name, "onnxruntime", precision, device, f"{path} not built (make build)")
     if device == "cpu":
         classifier = OnnxClassifier(path, spinning=False)
-        return Candidate(name, "onnxruntime", precision, device, lambda x: classifier.run(["LOGITS"], x)[0], note=str(path))
+        return Candidate(name, "onnxruntime", precision, device, lambda x: classifier.run([LOGITS], x)[0], note=str(path))
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -104,7 +105,7 @@ def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu") ->
         )
     session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    return Candidate(name, "onnxruntime", precision, device, lambda x: session.run(["LOGITS"], {input_name: x})[0], note=str(path))
+    return Candidate(name, "onnxruntime", precision, device, lambda x: session.run([LOGITS], {input_name: x})[0], note=str(path))
 
 
 def tensorrt_candidate(name: str, plan: Path, precision: str) -> Candidate | Skipped:
@@ -121,7 +122,7 @@ def tensorrt_candidate(name: str, plan: Path, precision: str) -> Candidate | Ski
     runner.activate()
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(runner.infer({"IMAGES": x}, copy_outputs_to_host=True)["LOGITS"])
+        return np.asarray(runner.infer({IMAGES: x}, copy_outputs_to_host=True)[LOGITS])
 
     return Candidate(name, "tensorrt", precision, "cuda", predict, note=str(plan), close=runner.deactivate)
 
@@ -170,7 +171,7 @@ def pipeline_candidate(onnx_path: Path, threads: int | None = None) -> Candidate
 
     def predict(encoded: list[bytes]) -> np.ndarray:
         x = np.stack(list(pool.map(decode, encoded)))
-        return classifier.run(["PROBABILITIES"], x)[0].argmax(1)
+        return classifier.run([PROBABILITIES], x)[0].argmax(1)
 
     note = f"{workers} decode threads + ONNX Runtime FP32 ({onnx_path.name})"
     return Candidate("pipeline (bytes to label)", "onnxruntime", "fp32", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)

@@ -19,6 +19,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from wastesort.shipped import LOGITS
 from wastesort.training.models import TORCHVISION_MODELS, build_model
 
 #: The exporter wraps the classifier as ``WithProbabilities.model``: every weight name starts so.
@@ -85,7 +86,7 @@ def check_against_onnx(model: nn.Module, onnx_path: str | Path, images: np.ndarr
     ``(N, 3, H, W)`` ``images``; raises :class:`RebuildError` above ``atol``."""
     from wastesort.inference import OnnxClassifier
 
-    reference = OnnxClassifier(onnx_path).run(["LOGITS"], images)[0]
+    reference = OnnxClassifier(onnx_path).run([LOGITS], images)[0]
     with torch.inference_mode():
         logits = model(torch.from_numpy(images)).numpy()
     diff = float(np.abs(logits - reference).max())

@@ -30,7 +30,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from wastesort.reliability import images as im
-from wastesort.triton.config import IMAGES, INPUT_BYTES, PREPROCESS, PROBABILITIES, classifier_name, ensemble_name
+from wastesort.shipped import IMAGE_BYTES, IMAGES, PROBABILITIES
+from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name
 
 CLIENTS = {"http": httpclient, "grpc": grpcclient}
 #: statuses that mean "your request was bad" (HTTP and gRPC spellings)
@@ -101,7 +102,7 @@ def _bytes(*payloads: bytes) -> list[Tensor]:
     array = np.empty((len(payloads), 1), dtype=np.object_)
     for i, payload in enumerate(payloads):
         array[i, 0] = payload
-    return [(INPUT_BYTES, array, "BYTES")]
+    return [(IMAGE_BYTES, array, "BYTES")]
 
 
 def _images(t: Target, n: int = 1, dtype: Any = np.float32, fill: float | None = None, seed: int = 0) -> np.ndarray:
@@ -250,21 +251,21 @@ def _request_probes() -> list[Probe]:
             "empty-batch",
             "a batch of zero images",
             "ensemble",
-            lambda t: [(INPUT_BYTES, np.empty((0, 1), np.object_), "BYTES")],
+            lambda t: [(IMAGE_BYTES, np.empty((0, 1), np.object_), "BYTES")],
             match="got 0",
         ),
         Probe(
             "wrong-dtype-ensemble",
             "FP32 where encoded bytes are expected",
             "ensemble",
-            lambda t: [(INPUT_BYTES, np.zeros((1, 1), np.float32), "FP32")],
+            lambda t: [(IMAGE_BYTES, np.zeros((1, 1), np.float32), "FP32")],
             match="data-type|datatype|BYTES",
         ),
         Probe(
             "wrong-shape-ensemble",
             "BYTES shaped [1, 2] instead of [N, 1]",
             "ensemble",
-            lambda t: [(INPUT_BYTES, np.array([[_good(), _good(1)]], dtype=np.object_), "BYTES")],
+            lambda t: [(IMAGE_BYTES, np.array([[_good(), _good(1)]], dtype=np.object_), "BYTES")],
             match="shape",
         ),
         Probe(
@@ -279,7 +280,7 @@ def _request_probes() -> list[Probe]:
             "wrong-dtype-preprocess",
             "UINT8 pixels where encoded bytes are expected",
             "preprocess",
-            lambda t: [(INPUT_BYTES, np.zeros((1, 1), np.uint8), "UINT8")],
+            lambda t: [(IMAGE_BYTES, np.zeros((1, 1), np.uint8), "UINT8")],
             match="data-type|datatype|BYTES",
         ),
         Probe("bad-bytes-preprocess", "text straight to preprocess", "preprocess", lambda t: _bytes(b"hello"), match="not an image"),

@@ -25,7 +25,7 @@ import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
 from tqdm import tqdm
 
-from wastesort.triton.config import INPUT_BYTES, PROBABILITIES
+from wastesort.shipped import IMAGE_BYTES, PROBABILITIES
 
 AIO = {"http": http_aio, "grpc": grpc_aio}
 
@@ -151,7 +151,7 @@ async def _soak(
         items = np.empty((batch, 1), dtype=np.object_)
         for i in range(batch):
             items[i, 0] = payloads[(k * batch + i) % len(payloads)]
-        tensor = module.InferInput(INPUT_BYTES, [batch, 1], "BYTES")
+        tensor = module.InferInput(IMAGE_BYTES, [batch, 1], "BYTES")
         tensor.set_data_from_numpy(items)
         return tensor
 

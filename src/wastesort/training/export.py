@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from wastesort.contract import PreprocessContract
+from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS
 from wastesort.training.models import SimpleCNNConfig, build_model
 
-INPUT_NAME = "IMAGES"
-OUTPUT_NAMES = ("LOGITS", "PROBABILITIES")
 OPSET = 18
 #: Upper bound of the dynamic batch axis recorded by torch.export.
 MAX_BATCH = 4096
@@ -66,8 +65,8 @@ def export_onnx(model: nn.Module, contract: PreprocessContract, out: str | Path,
         WithProbabilities(model.eval()).eval().float(),
         (example,),
         str(out),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
+        input_names=[IMAGES],
+        output_names=list(CLASSIFIER_OUTPUTS),
         opset_version=opset,
         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
         dynamo=True,
@@ -96,7 +95,7 @@ def verify_export(onnx_path: str | Path, model: nn.Module, images: np.ndarray, a
         ExportError: any top-1 disagreement, or a logit difference above ``atol``.
     """
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ort_logits = np.concatenate([session.run(["LOGITS"], {INPUT_NAME: images[i : i + 64]})[0] for i in range(0, len(images), 64)])
+    ort_logits = np.concatenate([session.run([LOGITS], {IMAGES: images[i : i + 64]})[0] for i in range(0, len(images), 64)])
     with torch.inference_mode():
         ref = np.concatenate([model.eval()(torch.from_numpy(images[i : i + 64])).numpy() for i in range(0, len(images), 64)])
     diff = float(np.abs(ort_logits - ref).max())

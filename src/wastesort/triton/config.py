@@ -25,12 +25,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from wastesort.shipped import IMAGE_BYTES, IMAGES, LOGITS, PROBABILITIES
+from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_of, installed_file
 
-INPUT_BYTES = "IMAGE_BYTES"
-IMAGES = "IMAGES"
-LOGITS = "LOGITS"
-PROBABILITIES = "PROBABILITIES"
-PREPROCESS = "preprocess"
 LABELS_FILE = "labels.txt"
 #: Custom config name (``tritonserver --model-config-name=gpu``) of the classifier's
 #: ``onnxruntime_onnx`` configuration for NVIDIA's GPU containers.
@@ -39,14 +36,6 @@ GPU_CONFIG_NAME = "gpu"
 PREPROCESS_IMPL = "wastesort.triton.preprocess_model"
 ONNX_IMPL = "wastesort.triton.onnx_model"
 WARMUP_FILE = "jpeg_512x384"
-
-
-def classifier_name(net: str) -> str:
-    return f"{net}_onnx"
-
-
-def ensemble_name(net: str) -> str:
-    return f"ensemble_{net}"
 
 
 @dataclass(frozen=True)
@@ -101,7 +90,7 @@ def preprocess_config(contract: PreprocessContract, opts: ServingOptions = Servi
     metadata entries, verbatim) in its parameters; warms up on a real JPEG."""
     cfg = mc.ModelConfig(name=PREPROCESS, backend="python", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
-    cfg.input.append(_tensor(mc.ModelInput, INPUT_BYTES, mc.TYPE_STRING, [1]))
+    cfg.input.append(_tensor(mc.ModelInput, IMAGE_BYTES, mc.TYPE_STRING, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, IMAGES, mc.TYPE_FP32, image_dims(contract)))
     _batching(cfg, opts)
     cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.preprocess_instances))
@@ -117,7 +106,7 @@ def preprocess_config(contract: PreprocessContract, opts: ServingOptions = Servi
         },
     )
     warm = cfg.model_warmup.add(name="one_jpeg", batch_size=1)
-    warm.inputs[INPUT_BYTES].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE))
+    warm.inputs[IMAGE_BYTES].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE))
     return cfg
 
 
@@ -186,13 +175,13 @@ def ensemble_config(
 ) -> mc.ModelConfig:
     """Bytes in, probabilities (with labels) out: ``preprocess`` then ``classifier``
     (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``)."""
-    name = ensemble_name(net) if classifier in (None, classifier_name(net)) else f"ensemble_{classifier}"
+    name = ensemble_of(classifier or classifier_name(net))
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
-    cfg.input.append(_tensor(mc.ModelInput, INPUT_BYTES, mc.TYPE_STRING, [1]))
+    cfg.input.append(_tensor(mc.ModelInput, IMAGE_BYTES, mc.TYPE_STRING, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [len(contract.labels)], label_filename=LABELS_FILE))
     pre = cfg.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
-    pre.input_map[INPUT_BYTES] = INPUT_BYTES
+    pre.input_map[IMAGE_BYTES] = IMAGE_BYTES
     pre.output_map[IMAGES] = "preprocessed_images"
     clf = cfg.ensemble_scheduling.step.add(model_name=classifier or classifier_name(net), model_version=-1)
     clf.input_map[IMAGES] = "preprocessed_images"
@@ -304,7 +293,7 @@ def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingO
     """Write the configs, thin ``model.py`` files, labels and warm-up data, and copy the ONNX
     model to ``<net>_onnx/1/model.onnx``. Returns the paths written."""
     written = _write_files(repository, repository_files(onnx_path, net, opts))
-    model = repository / classifier_name(net) / "1" / "model.onnx"
+    model = installed_file(repository, classifier_name(net))
     if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
         shutil.copyfile(onnx_path, model)
     return [*written, model]
@@ -332,7 +321,7 @@ def write_variant(
 
 def remove_variant(repository: Path, variant: str) -> None:
     """Take a variant (and its ensemble) out of the repository, if present."""
-    for name in (variant, f"ensemble_{variant}"):
+    for name in (variant, ensemble_of(variant)):
         if (repository / name).is_dir():
             shutil.rmtree(repository / name)
 
@@ -346,7 +335,7 @@ def check_repository(repository: Path, onnx_path: Path, net: str, opts: ServingO
             problems.append(f"missing {rel}")
         elif path.read_bytes() != body:
             problems.append(f"differs from the generator: {rel}")
-    model = repository / classifier_name(net) / "1" / "model.onnx"
+    model = installed_file(repository, classifier_name(net))
     if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
         problems.append(f"{model.relative_to(repository)} is not a copy of {onnx_path}")
     return problems

@@ -19,6 +19,7 @@ from wastesort.data import Sample
 from wastesort.inference import OnnxClassifier
 from wastesort.perf.timing import Timing, fixed_batch, time_interleaved
 from wastesort.preprocess import preprocess_files
+from wastesort.shipped import LOGITS
 
 #: A variant may lose at most this many points of top-1 against FP32 (default of ``--threshold``).
 DEFAULT_MAX_DROP_POINTS = 1.0
@@ -80,7 +81,7 @@ def time_batches(
     the order of the candidates."""
     x = fixed_batch(images, batch)
     classifiers = [OnnxClassifier(p, threads, spinning) for p in paths]
-    return time_interleaved([partial(c.run, ["LOGITS"], x) for c in classifiers], batch, iters, warmup)
+    return time_interleaved([partial(c.run, [LOGITS], x) for c in classifiers], batch, iters, warmup)
 
 
 def gate(candidate: Evaluation, reference: Evaluation, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> tuple[bool, str]:

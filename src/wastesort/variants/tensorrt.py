@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wastesort.shipped import IMAGES, PROBABILITIES
 from wastesort.variants.calibration import polygraphy_feed
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -33,7 +34,7 @@ class PlanSettings:
     precision: str
     height: int
     width: int
-    input_name: str = "IMAGES"
+    input_name: str = IMAGES
     min_batch: int = 1
     opt_batch: int = 32
     max_batch: int = 64
@@ -160,7 +161,7 @@ def build_plan(onnx: Path, plan: Path, settings: PlanSettings, calibration: np.n
     return record
 
 
-def probabilities(plan: Path, images: np.ndarray, input_name: str = "IMAGES", batch_size: int = 64) -> np.ndarray:
+def probabilities(plan: Path, images: np.ndarray, input_name: str = IMAGES, batch_size: int = 64) -> np.ndarray:
     """Run a plan on the GPU through Polygraphy's ``TrtRunner``: float32 ``(N, C)`` probabilities."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
@@ -168,5 +169,5 @@ def probabilities(plan: Path, images: np.ndarray, input_name: str = "IMAGES", ba
     outs = []
     with TrtRunner(EngineFromBytes(BytesFromPath(str(plan)))) as runner:
         for i in range(0, len(images), batch_size):
-            outs.append(np.asarray(runner.infer({input_name: np.ascontiguousarray(images[i : i + batch_size])})["PROBABILITIES"]))
+            outs.append(np.asarray(runner.infer({input_name: np.ascontiguousarray(images[i : i + batch_size])})[PROBABILITIES]))
     return np.concatenate(outs)

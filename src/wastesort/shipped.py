@@ -1,0 +1,82 @@
+"""The shipped model's identity, owned here and imported everywhere else.
+
+* :data:`DEFAULT_NET`: the network that ``make serve``, the client, ``make build``,
+  ``make perf`` and ``make reliability`` use unless told otherwise.
+* The tensor names of every exported classifier and of the served ensemble.
+* :class:`ShippedModel`: the committed files of one network under ``models/`` (written by
+  ``make release``) and its split, read with the photos checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wastesort.data import DatasetError, Sample, read_manifest
+from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR
+
+#: The network served by default (``MODEL=...`` / ``--net`` pick another committed one).
+DEFAULT_NET = "mobilenet_v3_small"
+#: The from-scratch alternative kept for comparison.
+FROM_SCRATCH_NET = "mobilenet_v3_small"
+
+#: Encoded image bytes (BYTES ``[N, 1]``): the ensemble's and ``preprocess``'s input.
+IMAGE_BYTES = "IMAGE_BYTES"
+#: float32 ``(N, 3, H, W)`` per the preprocessing contract: every classifier's input.
+IMAGES = "IMAGES"
+#: float32 ``(N, C)`` logits and their softmax: every classifier's outputs.
+LOGITS = "LOGITS"
+PROBABILITIES = "PROBABILITIES"
+CLASSIFIER_OUTPUTS = (LOGITS, PROBABILITIES)
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """The committed files of network ``net`` under ``folder`` (default ``models/``)."""
+
+    net: str = DEFAULT_NET
+    folder: Path = MODELS_DIR
+
+    def file(self, suffix: str) -> Path:
+        return self.folder / f"{self.net}{suffix}"
+
+    @property
+    def onnx(self) -> Path:
+        """The verified FP32 export (the contract in its metadata)."""
+        return self.file(".onnx")
+
+    @property
+    def tta_onnx(self) -> Path:
+        """The test-time-augmentation export (image and its flip, probabilities averaged)."""
+        return self.file(".tta.onnx")
+
+    @property
+    def manifest(self) -> Path:
+        """The train/val/test split the model was trained and measured on."""
+        return self.file(".manifest.csv")
+
+    @property
+    def metrics(self) -> Path:
+        return self.file(".metrics.json")
+
+    @property
+    def export_record(self) -> Path:
+        return self.file(".export.json")
+
+    @property
+    def confusion(self) -> Path:
+        return self.file(".confusion_test.png")
+
+    def split(self, name: str, data: Path = DEFAULT_TRASHNET) -> list[Sample]:
+        """The photos of split ``name`` (train/val/test) under ``data``.
+
+        Raises:
+            DatasetError: the manifest is missing, or photos of the split are not under ``data``.
+        """
+        if not self.manifest.is_file():
+            raise DatasetError(f"{self.manifest} not found: is {self.net} a committed model (make release)?")
+        samples = read_manifest(self.manifest, data)[name]
+        missing = [s.path for s in samples if not s.path.is_file()]
+        if missing:
+            raise DatasetError(f"{len(missing)} {name} photos of {self.manifest.name} missing under {data} (--data), e.g. {missing[0]}")
+        return samples

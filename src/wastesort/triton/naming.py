@@ -1,0 +1,38 @@
+"""The model repository's naming rules, owned here (no Triton imports: the client uses them).
+
+* ``preprocess``: the decoder shared by every ensemble.
+* ``<net>_onnx``: the classifier of network ``net`` (the committed FP32 export).
+* ``<net>_<variant>``: a precision or TTA variant (``onnx_int8``, ``onnx_tta``, ``trt_fp16``...).
+* ``ensemble_<net>`` serves the base classifier and ``ensemble_<net>_<variant>`` a variant:
+  bytes in, probabilities out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPROCESS = "preprocess"
+
+
+def classifier_name(net: str) -> str:
+    return f"{net}_onnx"
+
+
+def variant_name(net: str, variant: str) -> str:
+    return f"{net}_{variant}"
+
+
+def ensemble_of(classifier: str) -> str:
+    """The ensemble serving ``classifier``: ``ensemble_<net>`` for ``<net>_onnx``,
+    ``ensemble_<classifier>`` for a variant."""
+    return f"ensemble_{classifier.removesuffix('_onnx')}"
+
+
+def ensemble_name(net: str) -> str:
+    """The ensemble serving ``net``'s base classifier."""
+    return ensemble_of(classifier_name(net))
+
+
+def installed_file(repository: Path, model: str, file: str = "model.onnx") -> Path:
+    """Where model ``model``'s version-1 file lies in ``repository``."""
+    return repository / model / "1" / file
