@@ -12,19 +12,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from wastesort.data import IMAGE_EXTENSIONS, read_manifest
-from wastesort.preprocess import preprocess_files
-from wastesort.training.export import LOGIT_ATOL, OPSET, ExportError, export_onnx, load_checkpoint, verify_export
-
-
-def held_out_images(run: Path, limit: int) -> list[Path]:
-    config = json.loads((run / "config.json").read_text())
-    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
-    return [s.path for s in splits["val"] + splits["test"]][:limit]
+from wastesort.data import IMAGE_EXTENSIONS
+from wastesort.training.export import LOGIT_ATOL, OPSET, ExportError, export_run, held_out_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=1000, help="at most this many verification images")
     p.add_argument("--opset", type=int, default=OPSET)
     p.add_argument("--atol", type=float, default=LOGIT_ATOL, help="largest accepted |logit difference|")
+    p.add_argument("--tta", action="store_true", help="export the flip-averaged (test-time augmentation) model")
     a = p.parse_args(argv)
 
-    model, contract, ckpt = load_checkpoint(a.run / "best.pt")
     if a.images:
         paths = sorted(q for q in a.images.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)[: a.limit]
     else:
@@ -45,20 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("error: no images to verify the export with", file=sys.stderr)
         return 2
-    images = preprocess_files(paths, contract, "verification images")
-    export_onnx(model, contract, a.out, a.opset, doc=f"{ckpt['arch']['name']} trained in {a.run}, best epoch {ckpt['epoch']}")
     try:
-        result = verify_export(a.out, model, images, a.atol)
+        result = export_run(a.run, a.out, paths, a.opset, a.atol, a.tta)
     except ExportError as exc:
         print(f"error: export verification failed: {exc}", file=sys.stderr)
-        a.out.unlink(missing_ok=True)
         return 1
     size_mb = a.out.stat().st_size / 1e6
     print(
         f"exported {a.out} ({size_mb:.1f} MB, opset {a.opset}); verified on {result['images']} held-out images: "
         f"top-1 agreement {result['top1_agreement']:.0%}, max |logit diff| {result['max_abs_logit_diff']:.1e} (tolerance {a.atol:.0e})"
     )
-    (a.out.with_suffix(".export.json")).write_text(json.dumps({"source_run": str(a.run), **result}, indent=2))
     return 0
 
 

@@ -4,19 +4,25 @@ TrashNet shows every item on the same white board under the same light; a model 
 alone learns that backdrop. :func:`replace_background` cuts the item out with a mask taken
 from the board's own colour and pastes it onto a random colour, gradient, noise or texture.
 Used as a training augmentation (:class:`ReplaceBackground`) and, with fixed seeds, to make the
-"backgrounds replaced" test set that stands in for real-world photos.
+"backgrounds replaced" test set that stands in for real-world photos (:func:`proxy_tensor`).
 
 Tensors are uint8 ``(3, H, W)`` RGB, as in the training cache.
 """
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
+
+from wastesort.contract import PreprocessContract
+from wastesort.preprocess import decode, preprocess_bytes
 
 #: Largest difference of chroma (colour with its brightness removed, 0-255 scale) from the
 #: board's still counted as board.
@@ -135,3 +141,23 @@ class ReplaceBackground(torch.nn.Module):
         if self.p <= 0 or float(torch.rand(1, generator=self.generator)) >= self.p:
             return image
         return replace_background(image, self.generator)
+
+
+#: Seed of the "backgrounds replaced" evaluation sets (training draws from its own generator).
+PROXY_SEED = 20261122
+
+
+def replaced_jpeg(data: bytes, seed: int, quality: int = 92) -> bytes:
+    """An encoded photo with its board replaced (background drawn from ``seed``), re-encoded
+    as JPEG, for evaluation through the serving preprocessing (bytes in)."""
+    rgb = np.asarray(decode(data), dtype=np.uint8)
+    out = replace_background(torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous(), torch.Generator().manual_seed(seed))
+    buffer = io.BytesIO()
+    Image.fromarray(out.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def proxy_tensor(paths: list[Path], contract: PreprocessContract, seed: int = PROXY_SEED) -> np.ndarray:
+    """float32 ``(N, 3, H, W)``: each photo with its background replaced (photo ``i`` from
+    ``seed + i``), then the serving preprocessing."""
+    return np.stack([preprocess_bytes(replaced_jpeg(Path(p).read_bytes(), seed + i), contract) for i, p in enumerate(paths)])

@@ -10,6 +10,7 @@ ONNX contract:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from wastesort.contract import PreprocessContract
+from wastesort.data import read_manifest
+from wastesort.preprocess import preprocess_files
 from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS
 from wastesort.training.models import SimpleCNNConfig, build_model
 
@@ -43,6 +46,24 @@ class WithProbabilities(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(images)
         return logits, torch.softmax(logits, dim=1)
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation as one graph: the batch and its horizontal mirror go through the
+    classifier in one pass of ``2N`` images, and the two softmax outputs are averaged.
+
+    Returns ``log`` of the averaged probabilities as its logits, so that the exported
+    ``PROBABILITIES = softmax(LOGITS)`` is exactly the average (the classifier contract holds).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        probs = torch.softmax(self.model(torch.cat([images, torch.flip(images, dims=[3])])), dim=1)
+        return torch.log((probs[:n] + probs[n:]) * 0.5)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, PreprocessContract, dict]:
@@ -106,3 +127,34 @@ def verify_export(onnx_path: str | Path, model: nn.Module, images: np.ndarray, a
     if diff > atol:
         raise ExportError(f"max |logit difference| {diff:.2e} exceeds the tolerance {atol:.0e}")
     return result
+
+
+def held_out_images(run: Path, limit: int) -> list[Path]:
+    """The run's val + test photos (from its manifest), at most ``limit``."""
+    config = json.loads((run / "config.json").read_text())
+    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
+    return [s.path for s in splits["val"] + splits["test"]][:limit]
+
+
+def export_run(
+    run: Path, out: Path, paths: list[Path], opset: int = OPSET, atol: float = LOGIT_ATOL, tta: bool = False
+) -> dict:
+    """Export ``run/best.pt`` to ``out`` (with ``tta``: as :class:`FlipAveraged`), verify it on
+    ``paths`` (real photos through the serving preprocessing) and write ``<out>.export.json``.
+
+    Returns the verification record. Raises:
+        ExportError: the export does not reproduce PyTorch (``out`` is removed).
+    """
+    model, contract, ckpt = load_checkpoint(run / "best.pt")
+    if tta:
+        model = FlipAveraged(model).eval()
+    what = "flip-averaged (TTA) " if tta else ""
+    export_onnx(model, contract, out, opset, doc=f"{what}{ckpt['arch']['name']} trained in {run}, best epoch {ckpt['epoch']}")
+    try:
+        result = verify_export(out, model, preprocess_files(paths, contract, "verification images"), atol)
+    except ExportError:
+        out.unlink(missing_ok=True)
+        raise
+    record = {"source_run": str(run), "tta": tta, **result}
+    out.with_suffix(".export.json").write_text(json.dumps(record, indent=2))
+    return record
