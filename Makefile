@@ -25,14 +25,15 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train export evaluate repository build serve perf perf-quick reliability reliability-quick clean help
+.PHONY: setup test lint demo train export release evaluate repository build serve perf perf-quick reliability reliability-quick clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
 	@echo "make test                   ruff + pytest (CPU, no dataset needed)"
 	@echo "make demo [DATA=dir]        whole pipeline so far: data -> train -> export -> verify -> evaluate"
 	@echo "make train DATA=dir [MODEL=...] [TRAIN_ARGS=...]   train into runs/MODEL"
-	@echo "make export [MODEL=...]     export runs/MODEL/best.pt to models/MODEL.onnx and verify it"
+	@echo "make export RUN=runs/name   export RUN/best.pt to RUN/model.onnx and verify it"
+	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
 	@echo "make build [DATA=dir]       precision variants of models/MODEL.onnx, accuracy gate, report, install the passing ones"
@@ -65,6 +66,10 @@ demo: setup
 train: setup
 	@test -n "$(DATA)" || { echo "usage: make train DATA=path/to/imagefolder [MODEL=net] [RUN=runs/name] [TRAIN_ARGS=...]"; exit 2; }
 	$(PY) train/train.py --data "$(DATA)" $(if $(MODEL),--model $(MODEL)) --out $(RUN) $(TRAIN_ARGS)
+
+release: setup
+	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }
+	$(PY) train/release.py --run $(RUN)
 
 export: setup
 	$(PY) train/export.py --run $(RUN) --out $(RUN)/model.onnx

@@ -1,12 +1,10 @@
-"""Write MODEL_CARD.md for a shipped model from its run folder: every number in the card is
-read from the run's files (metrics.json, config.json, command.txt, manifest.csv) and from the
-ONNX file and its ``.export.json`` verification record; nothing is typed in.
-
-Also copies the split manifest and the test confusion matrix next to the model, so a reader
-can reproduce the split and see the matrix without the run folder.
+"""Write MODEL_CARD.md for a shipped model: every number in the card is read from the run's
+files (config.json, command.txt), the committed ``models/<net>.*`` files that ``make release``
+wrote (metrics with the TTA and release records, manifest, export record) and the ONNX file;
+nothing is typed in. ``train/release.py`` calls :func:`write_card`.
 
 Example:
-    python train/model_card.py --run runs/mobilenet_v3_small --onnx models/mobilenet_v3_small.onnx --notes models/notes.md
+    python train/model_card.py --run runs/mobilenet_v3_small --onnx models/mobilenet_v3_small.onnx
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -36,8 +33,31 @@ def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) ->
     return [f"{t} -> {p} ({n})" for n, t, p in sorted(cells, reverse=True)[:top] if n > 0]
 
 
+def _origin(config: dict, release: dict) -> str:
+    if config.get("weights") == "imagenet":
+        stages = f"two-stage fine-tuning ({config.get('freeze_epochs', 0)} head-only epochs, then the whole network)"
+        return f", **ImageNet-pretrained**: {release.get('weights', 'ImageNet weights')}; {stages}"
+    return ", trained **from scratch** (no pretrained weights)"
+
+
+def _tta_section(metrics: dict) -> str:
+    tta = metrics.get("tta")
+    if not tta:
+        return ""
+    verdict = "kept and served as its own variant" if tta["kept"] else "not kept: it does not beat the plain model on val"
+    rows = [["plain", f"{tta['val_plain']:.4f}", f"{tta['test_plain']:.4f}"], ["image + flip, averaged", f"{tta['val_tta']:.4f}", f"{tta['test_tta']:.4f}"]]
+    return f"""## Test-time augmentation
+The flip-averaged model (one ONNX graph running the batch and its mirror) against the plain one, ONNX Runtime on the
+serving preprocessing: {verdict}.
+
+{_table(["model", "val top-1", "test top-1"], rows)}
+
+"""
+
+
 def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path(".")) -> str:
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads(onnx_path.with_suffix(".metrics.json").read_text())
+    release = metrics.get("release", {})
     config = json.loads((run / "config.json").read_text())
     export = json.loads(onnx_path.with_suffix(".export.json").read_text())
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").exists() else "(not recorded)"
@@ -74,11 +94,11 @@ Waste-sorting image classifier: one photo of one item in, one of {len(classes)} 
 ## Summary
 | | |
 |---|---|
-| architecture | {metrics["model"]} (torchvision / `wastesort.training.models`), trained **from scratch** (no pretrained weights) |
+| architecture | {metrics["model"]} (`wastesort.training.models`){_origin(config, release)} |
 | parameters | {metrics["parameters"]:,} |
 | **test top-1** | **{test["accuracy"]:.4f}** on {metrics["split_sizes"]["test"]} held-out photos (macro F1 {test["macro_f1"]:.4f}) |
 | val top-1 | {val["accuracy"]:.4f} on {metrics["split_sizes"]["val"]} photos (used for checkpoint selection) |
-| training | {metrics["epochs_run"]} epochs, best at epoch {metrics["best_epoch"]}, {metrics["train_minutes"]:.0f} min on {metrics["device"].upper()} ({metrics["torch_threads"]} threads) |
+| training | {metrics["epochs_run"]} epochs, best at epoch {metrics["best_epoch"]}, {metrics["train_minutes"]:.0f} min on {metrics["device"].upper()} ({metrics["torch_threads"]} threads{", " + release["machine"] if release else ""}) |
 | file | `{onnx_path}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
 | input | `IMAGES` float32 (N, 3, {contract.height}, {contract.width}), RGB, resize `{contract.resize}` ({contract.interpolation}), mean {list(contract.mean)}, std {list(contract.std)} |
 | outputs | `LOGITS` and `PROBABILITIES` float32 (N, {len(classes)}) |
@@ -99,8 +119,7 @@ Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["spli
 ## Reproduce
 ```
 {command}
-python train/export.py --run {run} --out {onnx_path}
-python train/model_card.py --run {run} --onnx {onnx_path} --out MODEL_CARD.md
+python train/release.py --run {run}    # = make release RUN={run}: export, verify, TTA, card, repository
 ```
 Training recipe (from `config.json`): AdamW lr {config["lr"]}, weight decay {config["weight_decay"]}, batch {config["batch_size"]},
 {config["warmup_epochs"]} warm-up epochs then cosine, label smoothing {config["label_smoothing"]}, MixUp α={config["mixup_alpha"]} /
@@ -108,7 +127,7 @@ CutMix α={config["cutmix_alpha"]} on {config["mix_prob"]:.0%} of batches, rando
 rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {config["ema_decay"]}, class balance `{config["balance"]}`.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-## Test results (per class)
+{_tta_section(metrics)}## Test results (per class)
 {_table(["class", "precision", "recall", "F1", "support", "val F1"], per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):
@@ -126,18 +145,21 @@ Confusion matrix on the test split (rows: true class, columns: predicted):
 """
 
 
+def write_card(run: Path, onnx_path: Path, out: Path) -> None:
+    """Write the card of the committed model ``onnx_path`` (trained in ``run``) to ``out``;
+    ``models/<net>.notes.md``, if present, is appended to its known weaknesses."""
+    notes_file = onnx_path.with_suffix(".notes.md")
+    notes = notes_file.read_text().rstrip() if notes_file.is_file() else ""
+    out.write_text(build_card(run, onnx_path, notes, out.parent))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("MODEL_CARD.md"))
-    p.add_argument("--notes", type=Path, default=None, help="Markdown bullet lines appended to 'Known weaknesses'")
     a = p.parse_args(argv)
-    shutil.copy(a.run / "manifest.csv", a.onnx.with_suffix(".manifest.csv"))
-    shutil.copy(a.run / "confusion_test.png", a.onnx.with_suffix(".confusion_test.png"))
-    shutil.copy(a.run / "metrics.json", a.onnx.with_suffix(".metrics.json"))
-    notes = a.notes.read_text().rstrip() if a.notes else ""
-    a.out.write_text(build_card(a.run, a.onnx, notes, a.out.parent))
+    write_card(a.run, a.onnx, a.out)
     print(f"wrote {a.out}")
     return 0
 

@@ -32,7 +32,7 @@ CLASSIFIER_OUTPUTS = (LOGITS, PROBABILITIES)
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """The committed files of network ``net`` under ``folder`` (default ``models/``)."""
+    """The committed files of network ``net`` under ``folder`` (default ``models/``); ``make release`` writes them."""
 
     net: str = DEFAULT_NET
     folder: Path = MODELS_DIR

