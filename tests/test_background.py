@@ -1,0 +1,99 @@
+"""Background replacement keeps the item (mask area and pixels on synthetic images with a
+known foreground) and refuses images without a board; the TTA export is the mean of the
+plain model on the image and its mirror."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from wastesort.contract import PreprocessContract
+from wastesort.inference import OnnxClassifier
+from wastesort.shipped import PROBABILITIES
+from wastesort.training.background import KINDS, foreground_mask, random_background, replace_background
+from wastesort.training.export import FlipAveraged, export_onnx
+
+
+def board_with_item(h: int = 180, w: int = 240, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """A TrashNet-like photo: an off-white board with a light gradient and sensor noise, and
+    one coloured ellipse (the item). Returns (uint8 (3, H, W), the item's boolean mask)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w]
+    board = np.stack([236 - 18 * xs / w, 234 - 18 * xs / w, 228 - 18 * xs / w], -1)  # light falls off to the right
+    img = board + rng.normal(0, 3, (h, w, 3))
+    item = ((xs - 0.55 * w) / (0.25 * w)) ** 2 + ((ys - 0.5 * h) / (0.3 * h)) ** 2 <= 1
+    texture = rng.normal(0, 10, (h, w, 1))
+    img[item] = (np.array([170, 70, 40]) + texture[item]).clip(0, 255)
+    return torch.from_numpy(img.clip(0, 255).round().astype(np.uint8)).permute(2, 0, 1).contiguous(), item
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mask_finds_the_item(seed: int) -> None:
+    image, item = board_with_item(seed=seed)
+    mask = foreground_mask(image)
+    assert mask is not None and mask.shape == item.shape
+    found = mask.numpy() > 0.5
+    assert abs(found.sum() - item.sum()) / item.sum() < 0.08
+    assert (found & item).sum() / item.sum() > 0.97  # the item is kept...
+    assert (found & ~item).sum() / (~item).sum() < 0.03  # ...and the board is not
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_replacement_keeps_item_pixels_and_changes_the_board(kind: str) -> None:
+    image, item = board_with_item(seed=3)
+    out = replace_background(image, torch.Generator().manual_seed(5), kind)
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+    inner = torch.from_numpy(item)
+    # erode the item by a few pixels: away from the soft edge the pixels are untouched
+    inner = -torch.nn.functional.max_pool2d(-inner.float()[None, None], 9, stride=1, padding=4)[0, 0] > 0.5
+    assert torch.equal(out[:, inner], image[:, inner])
+    board = torch.from_numpy(~item)
+    board = -torch.nn.functional.max_pool2d(-board.float()[None, None], 9, stride=1, padding=4)[0, 0] > 0.5
+    changed = (out[:, board].int() - image[:, board].int()).abs().amax(0) > 12
+    assert changed.float().mean() > 0.5  # (a random colour can come close to the board's by chance in places)
+
+
+def test_no_board_means_no_replacement() -> None:
+    rng = np.random.default_rng(0)
+    full_frame = torch.from_numpy(rng.integers(90, 140, (3, 120, 160), dtype=np.uint8))  # an item filling the frame
+    assert foreground_mask(full_frame) is None
+    assert torch.equal(replace_background(full_frame, torch.Generator().manual_seed(0)), full_frame)
+    blank = torch.full((3, 120, 160), 235, dtype=torch.uint8)  # a bare board: nothing to keep
+    assert foreground_mask(blank) is None
+
+
+def test_backgrounds_are_varied_and_seeded() -> None:
+    draws = [random_background(64, 96, torch.Generator().manual_seed(s)) for s in range(8)]
+    assert all(d.shape == (3, 64, 96) and d.dtype == torch.uint8 for d in draws)
+    assert len({d.float().mean().round().item() for d in draws}) > 4
+    assert torch.equal(random_background(64, 96, torch.Generator().manual_seed(3)), draws[3])
+
+
+class Asymmetric(nn.Module):
+    """A tiny classifier that is not mirror-symmetric, so TTA changes its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), (1, 4)).flatten(1))
+
+
+def test_tta_export_is_the_mean_of_image_and_mirror(tmp_path: Path) -> None:
+    contract = PreprocessContract(height=32, width=32)
+    model = Asymmetric().eval()
+    plain = OnnxClassifier(export_onnx(model, contract, tmp_path / "plain.onnx"))
+    tta = OnnxClassifier(export_onnx(FlipAveraged(model), contract, tmp_path / "tta.onnx"))
+    x = np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    expected = (plain.probabilities(x) + plain.probabilities(np.ascontiguousarray(x[..., ::-1]))) / 2
+    got = tta.run([PROBABILITIES], x)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.abs(got - plain.probabilities(x)).max() > 1e-3  # the mirror really went through the model
+    np.testing.assert_allclose(tta.run([PROBABILITIES], x[:1])[0], expected[:1], atol=1e-6)  # batch of one
