@@ -5,7 +5,8 @@
 #   2. export it to ONNX and verify it against PyTorch on held-out images
 #   3. evaluate the committed, fully trained model(s) under models/ on the same data
 #   4. serve model_repository/ with the real tritonserver (free loopback ports) and classify
-#      the data with client/classify.py over HTTP and gRPC
+#      with client/classify.py over HTTP and gRPC: the real DATA, or without it the committed
+#      sample photos (samples/, TrashNet test-split photos the model never trained on)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -39,15 +40,21 @@ for model in models/*.onnx; do
   $PY train/evaluate.py --model "$model" --data "$DATA" --json "$OUT/$(basename "$model" .onnx).eval.json"
 done
 
-banner "4/4 serve model_repository/ on tritonserver and classify with client/classify.py"
+SERVE_DATA=$DATA
+[ "$DATA" = "$OUT/synthetic" ] && SERVE_DATA=samples
+banner "4/4 serve model_repository/ on tritonserver and classify $SERVE_DATA with client/classify.py"
 read -r HTTP GRPC METRICS < <($PY -c 'from wastesort.triton.server import free_port as f; print(f(), f(), f())')
 TRITON_HTTP_PORT=$HTTP TRITON_GRPC_PORT=$GRPC TRITON_METRICS_PORT=$METRICS $PY -m wastesort.triton.server > "$OUT/tritonserver.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null' EXIT
 $PY -m wastesort.triton.server --wait-ready --http-port "$HTTP" --pid "$SERVER_PID" || { tail -n 30 "$OUT/tritonserver.log"; exit 1; }
-$PY client/classify.py "$DATA" --url "127.0.0.1:$HTTP" --batch-size 16 --concurrency 4 --json > "$OUT/served_http.jsonl"
-$PY client/classify.py "$DATA" --url "127.0.0.1:$GRPC" --protocol grpc --top-k 3 --batch-size 16 --concurrency 4 > "$OUT/served_grpc.txt"
-head -n 5 "$OUT/served_grpc.txt"
+$PY client/classify.py "$SERVE_DATA" --url "127.0.0.1:$HTTP" --batch-size 16 --concurrency 4 --json > "$OUT/served_http.jsonl"
+$PY client/classify.py "$SERVE_DATA" --url "127.0.0.1:$GRPC" --protocol grpc --top-k 3 --batch-size 16 --concurrency 4 > "$OUT/served_grpc.txt"
+if [ "$SERVE_DATA" = samples ]; then
+  cat "$OUT/served_grpc.txt"   # each file's folder is its true class
+else
+  head -n 5 "$OUT/served_grpc.txt"
+fi
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 trap - EXIT
 

@@ -21,12 +21,12 @@ from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import op_type_ms
 from wastesort.perf.timing import fixed_batch, time_interleaved
-from wastesort.shipped import IMAGE_BYTES, IMAGES
+from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, IMAGES
 from wastesort.synthetic import make_image
 from wastesort.triton.naming import ensemble_name
 from wastesort.triton.server import TritonServer
 
-NET = "mobilenet_v3_small"
+NET = DEFAULT_NET
 ONNX = MODELS_DIR / f"{NET}.onnx"
 # a perf_analyzer 2.50 ``-f`` file as written on this machine (concurrency mode)
 PA_UNAVAILABLE = pa.unavailable_reason()  # probes the binary once

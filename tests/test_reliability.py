@@ -24,11 +24,12 @@ from wastesort.reliability import faults
 from wastesort.reliability import images as im
 from wastesort.reliability.probes import Target, matrix, run_matrix
 from wastesort.reliability.soak import soak
+from wastesort.shipped import DEFAULT_NET
 from wastesort.triton.config import ServingOptions, write_repository
 from wastesort.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, TritonServer
 from wastesort.triton.supervise import is_dead
 
-NET = "mobilenet_v3_small"
+NET = DEFAULT_NET
 LIMITS = ServingOptions(max_pixels=1_000_000, max_image_bytes=2_000_000)
 ADMIN_KEY = "test-admin-key-0123"
 

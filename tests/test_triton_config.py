@@ -15,13 +15,14 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
 from wastesort.contract import PreprocessContract
-from wastesort.paths import MODELS_DIR, REPO_ROOT
+from wastesort.paths import REPO_ROOT
+from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton import config as tc
 from wastesort.triton.server import DEFAULT_ADDRESS, server_command
 
 REPOSITORY = REPO_ROOT / "model_repository"
-ONNX = MODELS_DIR / "mobilenet_v3_small.onnx"
-NET = "mobilenet_v3_small"
+ONNX = ShippedModel().onnx
+NET = DEFAULT_NET
 CONFIG_FILES = sorted(REPOSITORY.glob("*/config.pbtxt")) + sorted(REPOSITORY.glob("*/configs/*.pbtxt"))
 
 

@@ -33,10 +33,11 @@ from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
 from wastesort.preprocess import preprocess_bytes
+from wastesort.shipped import DEFAULT_NET
 from wastesort.synthetic import make_image
 from wastesort.triton.server import TritonServer, free_port
 
-NET = "mobilenet_v3_small"
+NET = DEFAULT_NET
 ENSEMBLE, CLASSIFIER = f"ensemble_{NET}", f"{NET}_onnx"
 ATOL = 1e-4
 CLIENT = REPO_ROOT / "client" / "classify.py"

@@ -14,16 +14,19 @@ import pytest
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, scan_image_folder, stratified_split
 from wastesort.inference import OnnxClassifier
-from wastesort.paths import MODELS_DIR
 from wastesort.preprocess import preprocess_bytes
+from wastesort.shipped import FROM_SCRATCH_NET, ShippedModel
 from wastesort.triton import config as tc
+from wastesort.triton.naming import ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import ArrayCalibrationReader, calibration_tensor, select_calibration
 from wastesort.variants.ort import Int8Settings, convert_fp16, optimize_fp32, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
-ONNX = MODELS_DIR / "mobilenet_v3_small.onnx"
+# the INT8 graph rewrites are checked on the MobileNetV3 model, whose h-swish and squeeze-excite they target
+NET = FROM_SCRATCH_NET
+ONNX = ShippedModel(NET).onnx
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +172,21 @@ def test_tensorrt_settings_validate_and_skip_reason_is_one_line() -> None:
 
 def test_variants_install_with_their_ensembles(tmp_path: Path, contract) -> None:
     repo = tmp_path / "repo"
-    tc.write_repository(repo, ONNX, "mobilenet_v3_small")
-    tc.write_variant(repo, "mobilenet_v3_small", "mobilenet_v3_small_onnx_fp16", ONNX, contract, "onnxruntime", tensorrt_precision="FP16")
-    tc.write_variant(repo, "mobilenet_v3_small", "mobilenet_v3_small_trt_int8", ONNX, contract, "tensorrt")
-    cpu = tc.parse_config(repo / "mobilenet_v3_small_onnx_fp16" / "config.pbtxt")
-    gpu = tc.parse_config(repo / "mobilenet_v3_small_onnx_fp16" / "configs" / "gpu.pbtxt")
-    assert cpu.name == gpu.name == "mobilenet_v3_small_onnx_fp16" and cpu.backend == "python"
+    tc.write_repository(repo, ONNX, NET)
+    tc.write_variant(repo, NET, variant_name(NET, "onnx_fp16"), ONNX, contract, "onnxruntime", tensorrt_precision="FP16")
+    tc.write_variant(repo, NET, variant_name(NET, "trt_int8"), ONNX, contract, "tensorrt")
+    cpu = tc.parse_config(repo / variant_name(NET, "onnx_fp16") / "config.pbtxt")
+    gpu = tc.parse_config(repo / variant_name(NET, "onnx_fp16") / "configs" / "gpu.pbtxt")
+    assert cpu.name == gpu.name == variant_name(NET, "onnx_fp16") and cpu.backend == "python"
     accel = gpu.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
-    plan = tc.parse_config(repo / "mobilenet_v3_small_trt_int8" / "config.pbtxt")
+    plan = tc.parse_config(repo / variant_name(NET, "trt_int8") / "config.pbtxt")
     assert (plan.platform, plan.default_model_filename) == ("tensorrt_plan", "model.plan")
-    assert (repo / "mobilenet_v3_small_trt_int8" / "1" / "model.plan").is_file()
-    for variant in ("mobilenet_v3_small_onnx_fp16", "mobilenet_v3_small_trt_int8"):
+    assert (repo / variant_name(NET, "trt_int8") / "1" / "model.plan").is_file()
+    for variant in (variant_name(NET, "onnx_fp16"), variant_name(NET, "trt_int8")):
         ens = tc.parse_config(repo / f"ensemble_{variant}" / "config.pbtxt")
         assert [s.model_name for s in ens.ensemble_scheduling.step] == ["preprocess", variant]
         assert (repo / f"ensemble_{variant}" / "labels.txt").read_text().splitlines() == list(contract.labels)
-    tc.remove_variant(repo, "mobilenet_v3_small_trt_int8")
-    assert not (repo / "mobilenet_v3_small_trt_int8").exists() and not (repo / "ensemble_mobilenet_v3_small_trt_int8").exists()
-    assert tc.check_repository(repo, ONNX, "mobilenet_v3_small") == []  # the base models are untouched
+    tc.remove_variant(repo, variant_name(NET, "trt_int8"))
+    assert not (repo / variant_name(NET, "trt_int8")).exists() and not (repo / ensemble_of(variant_name(NET, "trt_int8"))).exists()
+    assert tc.check_repository(repo, ONNX, NET) == []  # the base models are untouched
