@@ -463,6 +463,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument(
+        "--truth-from-folder",
+        action="store_true",
+        help="each file's parent folder names its true class (ImageFolder layout): print top-1 accuracy and per-class F1 to stderr",
+    )
     tls = parser.add_argument_group("TLS (remote servers)")
     tls.add_argument("--tls", action="store_true", help="encrypt and verify the server (implied by https:// or grpcs:// URLs)")
     tls.add_argument("--ca-cert", help="PEM bundle to verify the server with (default: the system's roots)")
@@ -539,7 +544,25 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; {retried} requests retried" if retried else ""),
             file=sys.stderr,
         )
+    if args.truth_from_folder:
+        print(accuracy_report(results), file=sys.stderr)
     return EXIT_SOME_FAILED if bad else EXIT_OK
+
+
+def accuracy_report(results: list[Result]) -> str:
+    """Top-1 and per-class precision/recall/F1 of the results against their parent folder's
+    name; failed images count as wrong."""
+    truth = [Path(r.path).parent.name for r in results]
+    classes = sorted(set(truth))
+    correct = sum(r.label == t for r, t in zip(results, truth, strict=True))
+    lines = [f"top-1 {correct / max(len(results), 1):.4f} ({correct} of {len(results)} images; true class = parent folder)"]
+    for c in classes:
+        tp = sum(r.label == c and t == c for r, t in zip(results, truth, strict=True))
+        predicted, actual = sum(r.label == c for r in results), truth.count(c)
+        precision, recall = tp / max(predicted, 1), tp / max(actual, 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        lines.append(f"  {c}: precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f} ({actual} images)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
