@@ -1,6 +1,6 @@
 """Build, gate and install the precision variants of the committed model (``make build``).
 
-    python build/build.py                         # ONNX Runtime FP32/INT8/FP16; TensorRT where a GPU is
+    python build/build.py                         # ONNX Runtime FP32/INT8/FP16, the TTA model if committed; TensorRT where a GPU is
     python build/build.py --variants onnx_int8 --threshold 0.5
     python build/build.py --force                 # install even what the accuracy gate refuses
 
@@ -34,7 +34,7 @@ from wastesort.variants.calibration import calibration_tensor, select_calibratio
 from wastesort.variants.ort import Int8Settings, convert_fp16, optimize_fp32, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
-VARIANTS = ("onnx_fp32", "onnx_int8", "onnx_fp16", "trt_fp32", "trt_fp16", "trt_int8")
+VARIANTS = ("onnx_fp32", "onnx_int8", "onnx_fp16", "onnx_tta", "trt_fp32", "trt_fp16", "trt_int8")
 BUILD_DIR = REPO_ROOT / "build"
 
 
@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         name = variant_name(args.net, variant)
         backend, precision = ("onnxruntime", variant.split("_")[1]) if variant.startswith("onnx") else ("tensorrt", variant.split("_")[1])
         row = VariantRow(name, backend, precision)
+        if variant == "onnx_tta" and not model.tta_onnx.is_file():
+            row.reason = f"skipped: no {model.tta_onnx.name} (make release keeps it only when it beats the plain model on val)"
+            print(f"{name}: {row.reason}")
+            remove_variant(args.repository, name)
+            rows.append(row)
+            continue
         if backend == "tensorrt":
             settings = trt.PlanSettings(precision, contract.height, contract.width, max_batch=ServingOptions.max_batch_size)
             path = args.out / f"{name}.plan"
@@ -134,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             if precision == "fp32":
                 optimize_fp32(onnx, path)
                 row.settings = "ONNX Runtime ORT_ENABLE_EXTENDED graph optimisations, saved"
+            elif precision == "tta":
+                optimize_fp32(model.tta_onnx, path)
+                row.settings = "image and its mirror in one graph, probabilities averaged; ORT_ENABLE_EXTENDED, saved"
             elif precision == "int8":
                 int8 = Int8Settings()
                 quantize_int8(onnx, path, calibration, int8)
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         built.append((row, path))
 
     # CPU timing of the ONNX Runtime variants; FP16 is a GPU variant (CPU timing would mislead),
-    # plans are timed by perf/ on the GPU
+    # plans are timed by perf/ on the GPU; TTA runs two images per photo (about half the speed)
     timed = [(rows[0], onnx)] + [(r, p) for r, p in built if r.backend == "onnxruntime" and r.precision != "fp16"]
     timings = g.time_batches([p for _, p in timed], test_x, args.bench_batch, args.bench_iters)
     single = g.time_batches([p for _, p in timed], test_x, args.bench_batch, args.bench_iters, threads=1)
