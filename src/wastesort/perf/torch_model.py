@@ -1,7 +1,7 @@
 """The PyTorch eager baseline of an exported model, rebuilt from the ONNX file's own weights.
 
 Only the ONNX model is committed; the training checkpoint stays in ``runs/``. So the PyTorch
-row of the benchmark rebuilds the torchvision architecture and loads the exported weights into
+row of the benchmark rebuilds the torchvision (or timm EfficientNet-Lite) architecture and loads the exported weights into
 it. The exporter folded each BatchNorm into the convolution before it (the conv weight is
 ``<conv>.weight``, the folded shift ``<conv>.weight_bias``). The rebuilt model keeps every
 BatchNorm module so that eager PyTorch does the same work as an unfused model: each is set to
@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from wastesort.shipped import LOGITS
-from wastesort.training.models import TORCHVISION_MODELS, build_model
+from wastesort.training.models import LITE_MODELS, TORCHVISION_MODELS, build_model
 
 #: The exporter wraps the classifier as ``WithProbabilities.model``: every weight name starts so.
 PREFIX = "model."
@@ -46,8 +46,8 @@ def torch_from_onnx(onnx_path: str | Path, net: str, num_classes: int) -> nn.Mod
     Raises:
         RebuildError: an ONNX weight is missing, left over or of another shape.
     """
-    if net not in TORCHVISION_MODELS:
-        raise RebuildError(f"{net} is not a torchvision model ({TORCHVISION_MODELS})")
+    if net not in TORCHVISION_MODELS + LITE_MODELS:
+        raise RebuildError(f"{net} is not a torchvision or timm Lite model ({TORCHVISION_MODELS + LITE_MODELS})")
     weights = {i.name.removeprefix(PREFIX): numpy_helper.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
     model = build_model(net, num_classes).eval()
     state = model.state_dict()
