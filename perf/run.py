@@ -49,7 +49,7 @@ from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
-from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, IMAGES, ShippedModel
+from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
 from wastesort.triton.naming import installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.variants import gate as g
@@ -109,6 +109,9 @@ def candidates(
         rows += ip.at_resolution([*torch_cpu, ip.ort_candidate("ONNX Runtime", free, "fp32")], args.seed_resolution)
     rows.append(ip.preprocess_candidate(contract))
     rows.append(ip.pipeline_candidate(onnx))
+    scratch_model = ShippedModel(FROM_SCRATCH_NET).onnx
+    if net != FROM_SCRATCH_NET and scratch_model.is_file():  # the speed/accuracy trade-off, same photos, same run
+        rows.append(ip.pipeline_candidate(scratch_model, name=f"pipeline (bytes to label), {FROM_SCRATCH_NET} from scratch"))
     return rows
 
 

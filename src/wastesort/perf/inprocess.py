@@ -161,9 +161,9 @@ def preprocess_candidate(contract: PreprocessContract) -> Candidate:
     return Candidate("preprocessing", "pillow", "-", "cpu", predict, inputs="bytes", note="wastesort.preprocess.preprocess_bytes, 1 thread")
 
 
-def pipeline_candidate(onnx_path: Path, threads: int | None = None) -> Candidate:
-    """Encoded images to top-1 class indices in one process: decode pool, then ONNX Runtime
-    (spin-waiting off, as served)."""
+def pipeline_candidate(onnx_path: Path, threads: int | None = None, name: str = "pipeline (bytes to label)") -> Candidate:
+    """Encoded images to top-1 class indices in one process: decode pool (the model's own
+    preprocessing contract), then ONNX Runtime (spin-waiting off, as served)."""
     classifier = OnnxClassifier(onnx_path, spinning=False)
     workers = threads or len(os.sched_getaffinity(0))
     pool = ThreadPoolExecutor(workers)
@@ -174,7 +174,7 @@ def pipeline_candidate(onnx_path: Path, threads: int | None = None) -> Candidate
         return classifier.run([PROBABILITIES], x)[0].argmax(1)
 
     note = f"{workers} decode threads + ONNX Runtime FP32 ({onnx_path.name})"
-    return Candidate("pipeline (bytes to label)", "onnxruntime", "fp32", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)
+    return Candidate(name, "onnxruntime", "fp32", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)
 
 
 def top1(candidate: Candidate, images: np.ndarray, encoded: list[bytes], labels: np.ndarray, batch: int) -> float | None:
