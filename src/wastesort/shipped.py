@@ -16,7 +16,7 @@ from wastesort.data import DatasetError, Sample, read_manifest
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR
 
 #: The network served by default (``MODEL=...`` / ``--net`` pick another committed one).
-DEFAULT_NET = "mobilenet_v3_small"
+DEFAULT_NET = "efficientnet_lite0"
 #: The from-scratch alternative kept for comparison.
 FROM_SCRATCH_NET = "mobilenet_v3_small"
 

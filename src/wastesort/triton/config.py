@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from wastesort.shipped import IMAGE_BYTES, IMAGES, LOGITS, PROBABILITIES
-from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_of, installed_file
+from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name, ensemble_of, installed_file
 
 LABELS_FILE = "labels.txt"
 #: Custom config name (``tritonserver --model-config-name=gpu``) of the classifier's
@@ -291,12 +291,28 @@ def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOp
 
 def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[Path]:
     """Write the configs, thin ``model.py`` files, labels and warm-up data, and copy the ONNX
-    model to ``<net>_onnx/1/model.onnx``. Returns the paths written."""
+    model to ``<net>_onnx/1/model.onnx``. Models of another network (and their variants) are
+    removed: ``preprocess`` now carries this network's contract and would not feed them.
+    Returns the paths written."""
+    for stale in stale_models(repository, net):
+        shutil.rmtree(repository / stale)
     written = _write_files(repository, repository_files(onnx_path, net, opts))
     model = installed_file(repository, classifier_name(net))
     if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
         shutil.copyfile(onnx_path, model)
     return [*written, model]
+
+
+def stale_models(repository: Path, net: str) -> list[str]:
+    """Model folders in ``repository`` that belong to a network other than ``net``."""
+    if not repository.is_dir():
+        return []
+    ours = (classifier_name(net), ensemble_name(net), f"{net}_", f"{ensemble_name(net)}_")
+    return sorted(
+        d.name
+        for d in repository.iterdir()
+        if (d / "config.pbtxt").is_file() and d.name != PREPROCESS and not any(d.name == o or d.name.startswith(o) for o in ours)
+    )
 
 
 def write_variant(
