@@ -20,6 +20,7 @@ import onnx
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest
+from wastesort.paths import REPO_ROOT
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -31,6 +32,24 @@ def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) ->
     """The ``top`` largest off-diagonal cells as 'true -> predicted (n)'."""
     cells = [(matrix[i][j], classes[i], classes[j]) for i in range(len(classes)) for j in range(len(classes)) if i != j]
     return [f"{t} -> {p} ({n})" for n, t, p in sorted(cells, reverse=True)[:top] if n > 0]
+
+
+def _commands(run: Path) -> str:
+    """The run's training command, preceded by those of the runs it was initialised from."""
+    config = json.loads((run / "config.json").read_text())
+    parent = _commands(Path(config["init_from"]).parent) + "\n" if config.get("init_from") else ""
+    own = (run / "command.txt").read_text().strip() if (run / "command.txt").exists() else "(not recorded)"
+    return parent + own
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the checkout when it lies inside it (the card is read there)."""
+    path = path.resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
+def _init(config: dict) -> str:
+    return f"; continued from `{config['init_from']}`" if config.get("init_from") else ""
 
 
 def _origin(config: dict, release: dict) -> str:
@@ -60,7 +79,7 @@ def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path("."
     release = metrics.get("release", {})
     config = json.loads((run / "config.json").read_text())
     export = json.loads(onnx_path.with_suffix(".export.json").read_text())
-    command = (run / "command.txt").read_text().strip() if (run / "command.txt").exists() else "(not recorded)"
+    command = _commands(run)
     proto = onnx.load(str(onnx_path), load_external_data=False)
     contract = PreprocessContract.from_metadata({p.key: p.value for p in proto.metadata_props})
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -99,7 +118,7 @@ Waste-sorting image classifier: one photo of one item in, one of {len(classes)} 
 | **test top-1** | **{test["accuracy"]:.4f}** on {metrics["split_sizes"]["test"]} held-out photos (macro F1 {test["macro_f1"]:.4f}) |
 | val top-1 | {val["accuracy"]:.4f} on {metrics["split_sizes"]["val"]} photos (used for checkpoint selection) |
 | training | {metrics["epochs_run"]} epochs, best at epoch {metrics["best_epoch"]}, {metrics["train_minutes"]:.0f} min on {metrics["device"].upper()} ({metrics["torch_threads"]} threads{", " + release["machine"] if release else ""}) |
-| file | `{onnx_path}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
+| file | `{_shown(onnx_path)}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
 | input | `IMAGES` float32 (N, 3, {contract.height}, {contract.width}), RGB, resize `{contract.resize}` ({contract.interpolation}), mean {list(contract.mean)}, std {list(contract.std)} |
 | outputs | `LOGITS` and `PROBABILITIES` float32 (N, {len(classes)}) |
 | export check | ONNX Runtime vs PyTorch on {export["images"]} real held-out photos: top-1 agreement {export["top1_agreement"]:.0%}, max abs logit difference {export["max_abs_logit_diff"]:.1e} (tolerance {export["tolerance"]:.0e}) |
@@ -112,7 +131,7 @@ ONNX consumer) needs nothing else.
 TrashNet (Yang & Thung, MIT licence), the {sum(metrics["split_sizes"].values())} photos in `../shared/data/trashnet`
 after content-hash deduplication; photos of single items on a white/grey background, 512x384.
 Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["split"][2]:.0%}, seed {config["seed"]}, by content hash
-(file names and order do not matter). The split is committed as `{manifest}` (relative paths and sha256, no images).
+(file names and order do not matter). The split is committed as `{_shown(manifest)}` (relative paths and sha256, no images).
 
 {count_table}
 
@@ -124,7 +143,8 @@ python train/release.py --run {run}    # = make release RUN={run}: export, verif
 Training recipe (from `config.json`): AdamW lr {config["lr"]}, weight decay {config["weight_decay"]}, batch {config["batch_size"]},
 {config["warmup_epochs"]} warm-up epochs then cosine, label smoothing {config["label_smoothing"]}, MixUp α={config["mixup_alpha"]} /
 CutMix α={config["cutmix_alpha"]} on {config["mix_prob"]:.0%} of batches, random resized crop (scale ≥ {config["min_scale"]}), flips,
-rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {config["ema_decay"]}, class balance `{config["balance"]}`.
+rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {config["ema_decay"]}, class balance `{config["balance"]}`,
+background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
 {_tta_section(metrics)}## Test results (per class)

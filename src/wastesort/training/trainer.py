@@ -374,7 +374,7 @@ class Trainer:
         model.load_state_dict(best["state_dict"])
         metrics: dict = {
             "model": self.cfg.model,
-            "parameters": count_parameters(model),
+            "parameters": count_parameters(model, trainable_only=False),
             "best_epoch": best["epoch"],
             "epochs_run": self.epoch,
             "train_minutes": round(self.train_seconds / 60, 2),
