@@ -13,21 +13,22 @@ import pytest
 from PIL import Image
 from tritonclient.utils import deserialize_bytes_tensor
 
+from wastesort.contract import PreprocessContract
 from wastesort.labels import LABELS
-from wastesort.paths import MODELS_DIR
 from wastesort.perf import analyzer as pa
 from wastesort.perf import inprocess as ip
 from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import op_type_ms
 from wastesort.perf.timing import fixed_batch, time_interleaved
-from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, IMAGES
+from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, IMAGES, ShippedModel
 from wastesort.synthetic import make_image
 from wastesort.triton.naming import ensemble_name
 from wastesort.triton.server import TritonServer
 
 NET = DEFAULT_NET
-ONNX = MODELS_DIR / f"{NET}.onnx"
+ONNX = ShippedModel(NET).onnx
+SIDE = PreprocessContract.from_onnx(str(ONNX)).height
 # a perf_analyzer 2.50 ``-f`` file as written on this machine (concurrency mode)
 PA_UNAVAILABLE = pa.unavailable_reason()  # probes the binary once
 CSV_250 = (
@@ -134,7 +135,7 @@ def test_pytorch_baseline_carries_the_onnx_weights() -> None:
     """The PyTorch row times the committed model's weights: logits equal ONNX Runtime's."""
     from wastesort.perf.torch_model import RebuildError, check_against_onnx, torch_from_onnx
 
-    x = np.random.default_rng(3).standard_normal((2, 3, 160, 160)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
     model = torch_from_onnx(ONNX, NET, len(LABELS))
     assert check_against_onnx(model, ONNX, x, atol=1e-4) < 1e-4
     with pytest.raises(RebuildError):
@@ -169,7 +170,7 @@ def test_free_resolution_copy_runs_at_another_size(tmp_path: Path) -> None:
 
 
 def test_profile_sums_op_types() -> None:
-    times = op_type_ms(ONNX, np.zeros((2, 3, 160, 160), np.float32), runs=2)
+    times = op_type_ms(ONNX, np.zeros((2, 3, SIDE, SIDE), np.float32), runs=2)
     assert "Conv" in times and all(v >= 0 for v in times.values())
     assert list(times.values()) == sorted(times.values(), reverse=True)
 

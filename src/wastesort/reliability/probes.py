@@ -199,7 +199,10 @@ def _bad_image_probes() -> list[Probe]:
             lambda t: _bytes(im.with_orientation(phone, 6, "JPEG")),
             "ok",
             same_as=lambda t: _bytes(im.encode(phone, "JPEG", quality=95)),
-            atol=0.02,
+            # the rotated file is JPEG-coded in the rotated frame (other 8x8 blocks, chroma
+            # subsampling on the other axis): the pixels differ a little from the upright
+            # encoding, and EfficientNet-Lite moves up to 0.042 on them (MobileNetV3: < 0.02)
+            atol=0.05,
         ),
         Probe("tiny-1x1", "a 1x1 image", "ensemble", lambda t: _bytes(im.encode(im.photo(size=(1, 1)), "PNG")), "ok"),
         Probe("strip-1x4000", "a 1x4000 strip", "ensemble", lambda t: _bytes(im.encode(im.photo(size=(1, 4000)), "PNG")), "ok"),
