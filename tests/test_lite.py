@@ -114,3 +114,21 @@ def test_head_stage_keeps_pretrained_batchnorm_statistics(synthetic_root: Path, 
     bn_mean = next(k for k in before if k.endswith("bn1.running_mean"))
     assert not torch.equal(trainer.model.state_dict()[bn_mean], before[bn_mean])
     assert not torch.equal(trainer.model.state_dict()["conv_stem.weight"], before["conv_stem.weight"])
+
+
+@pytest.mark.parametrize("first_epochs", [1, 2])  # stopped at the stage boundary, and inside the full stage
+def test_two_stage_run_resumes(synthetic_root: Path, tmp_path: Path, first_epochs: int) -> None:
+    def config(epochs: int) -> TrainConfig:
+        return TrainConfig(
+            data=str(synthetic_root), out=str(tmp_path / "run"), model="efficientnet_lite0", input_size=64, epochs=epochs,
+            freeze_epochs=1, warmup_epochs=0, batch_size=16, mix_prob=0.0, patience=0, backbone_lr_factor=0.5,
+        )  # fmt: skip
+
+    Trainer(config(first_epochs)).fit()
+    resumed = Trainer(config(3), resume=True)
+    assert resumed.epoch == first_epochs
+    assert len(resumed.optimizer.param_groups) > 2  # the whole network's groups, not the head stage's
+    if first_epochs == 2:  # inside the full stage the saved optimiser state is restored
+        assert resumed.optimizer.state, "optimiser state was not restored"
+    resumed.fit()
+    assert resumed.epoch == 3

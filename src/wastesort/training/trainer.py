@@ -113,6 +113,11 @@ def head_only(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.strategy == "freeze_backbone" or epoch < cfg.freeze_epochs
 
 
+def stage_starts(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` begins a new stage (the whole network after the head stage)."""
+    return epoch > 0 and head_only(cfg, epoch - 1) != head_only(cfg, epoch)
+
+
 def stage_optimizer(model: nn.Module, cfg: TrainConfig, epoch: int) -> torch.optim.AdamW:
     """The AdamW of the stage that ``epoch`` belongs to.
 
@@ -266,10 +271,12 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt["ema"] is not None:
             self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best_acc, self.best_epoch = ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"]
+        self._start_stage()  # the saved optimiser belongs to the stage of the last epoch run
+        if not stage_starts(self.cfg, self.epoch):  # at the boundary train_epoch starts the new stage fresh
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
         self.history, self.train_seconds = ckpt["history"], ckpt["train_seconds"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.generator.set_state(ckpt["rng"]["generator"])
@@ -285,7 +292,7 @@ class Trainer:
         """One pass over the training cache; returns (mean loss, top-1 on the augmented batches).
         In the head stage the backbone runs in eval mode: its BatchNorm statistics stay the
         pretrained ones instead of drifting towards a frozen network's batches."""
-        if self.cfg.freeze_epochs and self.epoch == self.cfg.freeze_epochs and self.cfg.strategy != "freeze_backbone":
+        if stage_starts(self.cfg, self.epoch):
             self._start_stage()
             print(f"stage 2: whole network, backbone lr x{self.cfg.backbone_lr_factor}", flush=True)
         if head_only(self.cfg, self.epoch):
