@@ -18,18 +18,17 @@ from pathlib import Path
 
 import torch
 
-from wastesort.data import read_manifest
 from wastesort.preprocess import preprocess_files
 from wastesort.training.background import PROXY_SEED, proxy_tensor
 from wastesort.training.evaluate import predict
-from wastesort.training.export import load_checkpoint
+from wastesort.training.export import load_checkpoint, run_splits
 
 
 def scores(run: Path) -> dict:
     """Top-1 of ``run/best.pt`` on val and test, plain and with backgrounds replaced."""
     model, contract, ckpt = load_checkpoint(run / "best.pt")
     config = json.loads((run / "config.json").read_text())
-    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
+    splits = run_splits(run)
     out = {"run": str(run), **{f"{k}_p": config.get(k, 0.0) for k in ("background", "blur", "jpeg")}}
     for split in ("val", "test"):
         paths = [s.path for s in splits[split]]

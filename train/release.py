@@ -22,10 +22,9 @@ import sys
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import read_manifest
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.training.export import ExportError, export_run, held_out_images
+from wastesort.training.export import ExportError, export_run, held_out_images, run_splits
 from wastesort.training.lite import LITE_NETS
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
@@ -36,8 +35,7 @@ from model_card import write_card  # noqa: E402
 
 def tta_record(model: ShippedModel, run: Path) -> dict:
     """Plain and TTA ONNX top-1 on the run's val and test splits, and whether TTA is kept."""
-    config = json.loads((run / "config.json").read_text())
-    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
+    splits = run_splits(run)
     contract = PreprocessContract.from_onnx(str(model.onnx))
     record: dict = {}
     for split in ("val", "test"):

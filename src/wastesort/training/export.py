@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import read_manifest
+from wastesort.data import Sample, read_manifest
 from wastesort.preprocess import preprocess_files
 from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS
 from wastesort.training.models import SimpleCNNConfig, build_model
@@ -129,10 +129,15 @@ def verify_export(onnx_path: str | Path, model: nn.Module, images: np.ndarray, a
     return result
 
 
+def run_splits(run: Path) -> dict[str, list[Sample]]:
+    """A run's train/val/test samples: its ``manifest.csv`` under the data root of its ``config.json``."""
+    config = json.loads((run / "config.json").read_text())
+    return read_manifest(run / "manifest.csv", Path(config["data"]))
+
+
 def held_out_images(run: Path, limit: int) -> list[Path]:
     """The run's val + test photos (from its manifest), at most ``limit``."""
-    config = json.loads((run / "config.json").read_text())
-    splits = read_manifest(run / "manifest.csv", Path(config["data"]))
+    splits = run_splits(run)
     return [s.path for s in splits["val"] + splits["test"]][:limit]
 
 
