@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 DATA    ?=
 # MODEL: a network name (empty: the shipped default, owned by src/wastesort/shipped.py)
 MODEL   ?=
-NET_ARG  = $(if $(MODEL),$(NET_ARG))
+NET_ARG  = $(if $(MODEL),--net $(MODEL))
 RUN     ?= runs/$(or $(MODEL),latest)
 MODEL_ONNX = $(if $(MODEL),models/$(MODEL).onnx)
 TRAIN_ARGS ?=

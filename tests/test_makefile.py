@@ -1,0 +1,26 @@
+"""The Makefile's MODEL knob reaches the scripts as ``--net`` (dry run, nothing executed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("target", ["build", "perf", "perf-quick"])
+def test_model_knob_becomes_net_argument(target: str) -> None:
+    for model, expected in (("mobilenet_v3_small", "--net mobilenet_v3_small"), ("", None)):
+        out = subprocess.run(
+            ["make", "-n", "-o", "setup", "-o", ".venv/.installed", target, f"MODEL={model}"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+        line = next(x for x in out.splitlines() if "/run.py" in x or "/build.py" in x)
+        if expected:
+            assert expected in line
+        else:
+            assert "--net" not in line
