@@ -18,6 +18,7 @@ TRAIN_ARGS ?=
 BUILD_ARGS ?=
 PERF_ARGS  ?=
 RELIABILITY_ARGS ?=
+SCALE_ARGS ?=
 
 # serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
 # TRITON_ADDRESS says otherwise
@@ -25,7 +26,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train export release evaluate repository build serve perf perf-quick reliability reliability-quick clean help
+.PHONY: setup test lint demo train export release evaluate repository build serve perf perf-quick reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -42,6 +43,7 @@ help:
 	@echo "make perf-quick [DATA=dir]  the same, short (under 3 minutes on 2 cores)"
 	@echo "make reliability            bad-input matrix, 10-minute soak, injected faults; docs/reliability.md (about 15 minutes)"
 	@echo "make reliability-quick      the same with a 1-minute soak (about 6 minutes)"
+	@echo "make scale-demo             2 replicas behind HAProxy + Prometheus on loopback: failover, drain, autoscaling signal (about 6 minutes)"
 
 setup: $(STAMP)
 
@@ -98,6 +100,9 @@ reliability: setup
 
 reliability-quick: setup
 	$(PY) reliability/run.py --soak-minutes 1 $(if $(DATA),--data "$(DATA)") $(RELIABILITY_ARGS)
+
+scale-demo: setup
+	$(PY) deploy/scale_demo.py $(if $(DATA),--data "$(DATA)") $(SCALE_ARGS)
 
 clean:
 	rm -rf runs demo_out .pytest_cache .ruff_cache

@@ -56,22 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def photos(data: Path, out: Path, n: int) -> tuple[list[Path], str]:
-    """Up to ``n`` photo files: real ones from ``data`` (spread over the classes), else synthetic."""
-    real = sorted(data.rglob("*.jpg")) if data.is_dir() else []
-    if real:
-        step = max(1, len(real) // n)
-        return real[::step][:n], f"{min(n, len(real))} real TrashNet photos from {data}"
-    folder = out / "synthetic"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"photo{i:04d}.jpg"
-        path.write_bytes(im.encode(im.photo(("glass", "metal", "paper", "plastic")[i % 4], (512, 384), seed=i), "JPEG", quality=90))
-        paths.append(path)
-    return paths, f"{n} SYNTHETIC photos (no TrashNet at {data})"
-
-
 def _s(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f} s"
 
@@ -221,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or REPO_ROOT / "reliability" / "results" / host_name()
     out.mkdir(parents=True, exist_ok=True)
-    paths, source = photos(args.data, out, 256)
+    paths, source = im.photo_files(args.data, out, 256)
     payloads = [p.read_bytes() for p in paths]
     ensemble = ensemble_name(args.net)
 

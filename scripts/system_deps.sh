@@ -3,7 +3,7 @@
 # tritonclient wheel) links. Installs them when run as root with apt-get; otherwise says what
 # to install and carries on (only perf_analyzer needs them; its tests skip with the reason).
 set -euo pipefail
-PACKAGES=(libb64-0d)
+PACKAGES=(libb64-0d haproxy prometheus kubectl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -115,3 +116,19 @@ def animated_gif(img: Image.Image, frames: int = 3) -> bytes:
     """An animated GIF (the model sees the first frame)."""
     seq = [img.rotate(20 * i) for i in range(frames)]
     return encode(seq[0], "GIF", save_all=True, append_images=seq[1:], duration=100, loop=0)
+
+
+def photo_files(data: Path, out: Path, n: int) -> tuple[list[Path], str]:
+    """Up to ``n`` photo files: real ones from ``data`` (spread over the classes), else synthetic."""
+    real = sorted(data.rglob("*.jpg")) if data.is_dir() else []
+    if real:
+        step = max(1, len(real) // n)
+        return real[::step][:n], f"{min(n, len(real))} real TrashNet photos from {data}"
+    folder = out / "synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"photo{i:04d}.jpg"
+        path.write_bytes(encode(photo(("glass", "metal", "paper", "plastic")[i % 4], (512, 384), seed=i), "JPEG", quality=90))
+        paths.append(path)
+    return paths, f"{n} SYNTHETIC photos (no TrashNet at {data})"

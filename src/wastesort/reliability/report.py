@@ -78,13 +78,14 @@ def faults_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def update_doc(doc: Path, body: str) -> bool:
-    """Replace the text between the result markers of ``doc`` with ``body``; False when the
-    markers are missing."""
+def update_doc(doc: Path, body: str, markers: tuple[str, str] = (BEGIN, END)) -> bool:
+    """Replace the text between the result ``markers`` of ``doc`` with ``body``; False when
+    the markers are missing."""
+    begin, end = markers
     text = doc.read_text()
-    if BEGIN not in text or END not in text:
+    if begin not in text or end not in text:
         return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{body.strip()}\n{END}{tail}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
     return True
