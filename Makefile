@@ -51,13 +51,13 @@ $(STAMP): pyproject.toml scripts/system_deps.sh
 	bash scripts/system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,serve,variants,perf,dev]"
+	$(PY) -m pip install --quiet -e ".[train,serve,variants,perf,deploy,dev]"
 	$(PY) -c "import torch, torchvision, onnxruntime, tritonclient.grpc, wastesort; print('setup ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
 	$(PY) -m wastesort.triton.server --print-command
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check src train build client perf reliability tests
+	$(BIN)/ruff check src train build client perf reliability deploy tests
 
 test: lint
 	$(BIN)/pytest -q

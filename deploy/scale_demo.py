@@ -4,8 +4,8 @@
     python deploy/scale_demo.py                 # 2 replicas, about 6 minutes
     python deploy/scale_demo.py --replicas 3 --images 1500
 
-Writes ``deploy/results/<host>/summary.json`` and ``summary.md`` and replaces the results
-section of ``docs/scale-out.md`` (``--no-doc`` to leave it). What it runs:
+Writes ``deploy/results/<host>/summary.json`` and ``summary.md`` (the logs of the run under
+``logs/`` beside them, not committed) and replaces the results section of ``docs/scale-out.md`` (``--no-doc`` to leave it). What it runs:
 :mod:`wastesort.scale.demo`. Photos: the real TrashNet photos at ``--data`` when present,
 else synthetic ones (said in the summary).
 """
@@ -13,7 +13,7 @@ else synthetic ones (said in the summary).
 from __future__ import annotations
 
 import argparse
-import tempfile
+import shutil
 from pathlib import Path
 
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.replicas < 2:
         parser.error("--replicas must be at least 2 (one is killed, another drained)")
     out = args.out or REPO_ROOT / "deploy" / "results" / host_name()
-    with tempfile.TemporaryDirectory(prefix="scale-demo-") as tmp:
-        work = Path(tmp)
-        photos, source = photo_files(args.data, work, args.images)
-        summary = run_demo(Settings(replicas=args.replicas, images=len(photos), quick=args.quick), out, work, photos, source)
+    work = out / "logs"  # server, HAProxy, Prometheus and perf_analyzer logs, client output (not committed)
+    if work.exists():
+        shutil.rmtree(work)
+    photos, source = photo_files(args.data, work, args.images)
+    summary = run_demo(Settings(replicas=args.replicas, images=len(photos), quick=args.quick), out, work, photos, source)
     report = tables(summary)
     (out / "summary.md").write_text(report)
     print(report)

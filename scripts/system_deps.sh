@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the Python environment cannot bring: libb64-0d, which perf_analyzer (from the
-# tritonclient wheel) links. Installs them when run as root with apt-get; otherwise says what
-# to install and carries on (only perf_analyzer needs them; its tests skip with the reason).
+# tritonclient wheel) links; haproxy, prometheus (with promtool) and kubectl for the scale-out
+# manifests and `make scale-demo`. Installs them when run as root with apt-get; otherwise says
+# what to install and carries on (the tests that need them skip with the reason).
 set -euo pipefail
 PACKAGES=(libb64-0d haproxy prometheus kubectl)
 missing=()
@@ -13,5 +14,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   echo "installed ${missing[*]}"
 else
-  echo "note: perf_analyzer needs ${missing[*]} (sudo apt-get install ${missing[*]}); continuing without" >&2
+  echo "note: missing ${missing[*]} (sudo apt-get install ${missing[*]}); continuing without (perf_analyzer / scale-out tests skip)" >&2
 fi

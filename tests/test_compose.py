@@ -34,7 +34,7 @@ def test_one_release_everywhere() -> None:
         assert SERVICES[name]["build"]["args"]["RELEASE"] == RELEASE
     for dockerfile, suffix in (("tritonserver.Dockerfile", "-py3"), ("build.Dockerfile", "-py3"), ("perf.Dockerfile", "-py3-sdk")):
         text = (REPO_ROOT / "docker" / dockerfile).read_text()
-        assert f"ARG RELEASE={RELEASE}" in text and re.search(rf"^FROM nvcr\.io/nvidia/\w+:\$\{{RELEASE\}}{suffix}$", text, re.M)
+        assert f"ARG RELEASE={RELEASE}" in text and re.search(rf"^FROM nvcr\.io/nvidia/\w+:\$\{{RELEASE\}}{suffix}( AS \w+)?$", text, re.M)
     assert "tritonserver:${RELEASE}-py3-sdk" in (REPO_ROOT / "docker" / "perf.Dockerfile").read_text()
 
 

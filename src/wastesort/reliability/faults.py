@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,10 +67,8 @@ def supervisor_restart_reason(server: TritonServer) -> str | None:
 
 def metric_values(server: TritonServer, name: str) -> dict[str, float]:
     """``{labels: value}`` of one Prometheus metric family on the server's metrics endpoint."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
     out = {}
-    for line in text.splitlines():
+    for line in server.metrics_text().splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             key, _, value = line.rpartition(" ")
             out[key[len(name) :]] = float(value)

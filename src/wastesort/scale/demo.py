@@ -221,7 +221,10 @@ def signal_under_load(cluster: Cluster, concurrency: int, model: str, input_data
     if not running:
         raise RuntimeError(f"perf_analyzer stopped before the signal was read: {log.read_text()[-1500:]}")
     points = analyzer.parse_csv(log.with_suffix(".csv").read_text()) if log.with_suffix(".csv").exists() else []
-    return {"concurrency": concurrency, "queue_us_per_pod": per_pod, "infer_per_s": points[0].infer_per_s if points else None}
+    row = {"concurrency": concurrency, "queue_us_per_pod": per_pod, "infer_per_s": points[0].infer_per_s if points else None}
+    if proc.returncode != 0:  # the signal was read under load; say why the throughput is missing
+        row["perf_analyzer_error"] = log.read_text(errors="replace").strip().splitlines()[-1]
+    return row
 
 
 def hpa_view(sample: dict[str, Any], target: float, bounds: tuple[int, int], current: int) -> dict[str, Any]:
@@ -341,6 +344,8 @@ def run_demo(settings: Settings, out: Path, workdir: Path, photos: list[Path], s
     try:
         assert cluster.balancer is not None and cluster.prometheus is not None
         summary["routing"] = routing(cluster, photos[:16], settings, workdir)
+        exposed = next(iter(cluster.servers.values())).metrics_text()
+        rule_metrics = {name: f"\n{name}{{" in exposed for name in sorted(cluster.prometheus.rule.metrics())}
         cluster.prometheus.wait_evaluated(60)
         signal_rows: dict[str, Any] = {}
         if settings.quick:
@@ -383,6 +388,7 @@ def run_demo(settings: Settings, out: Path, workdir: Path, photos: list[Path], s
             "recording_rule": cluster.prometheus.rule.record,
             "manifest_target_us": hpa.target,
             "recommended_target_us": recommended,
+            "rule_metrics_on_server": rule_metrics,
             **{name: hpa_view(row, hpa.target, bounds, settings.replicas) for name, row in signal_rows.items()},
         }
         failed_over = failover(cluster, photos, settings, workdir)

@@ -75,6 +75,9 @@ defaults
     timeout client 120s
     timeout server 120s
     timeout http-request 30s
+    # an overloaded replica answers its check late but is not unhealthy; a dead one refuses
+    # the connection at once, so this does not slow the failover down
+    timeout check 3s
     # a request whose replica refused the connection or died before answering goes to another
     retries 2
     retry-on conn-failure empty-response junk-response response-timeout

@@ -9,6 +9,7 @@ agree with it and with the server.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ class RecordingRule:
     record: str
     expr: str
     interval: str
+
+    def metrics(self) -> set[str]:
+        """The Triton metric names the expression reads (``nv_...``)."""
+        return set(re.findall(r"\b(nv_[a-z_]+)\b", self.expr))
 
     def rules_file(self) -> dict[str, Any]:
         """A Prometheus rules file (``rule_files:``) holding just this rule."""

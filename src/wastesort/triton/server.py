@@ -236,6 +236,11 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def metrics_text(self) -> str:
+        """The Prometheus text the metrics endpoint serves now."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return resp.read().decode()
+
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
