@@ -177,6 +177,10 @@ def test_hpa_target_comes_from_a_measurement() -> None:
     target = m.hpa_target().target
     assert any(a["idle"]["average_us"] < target < a["overload"]["average_us"] for a in measured)
     assert any(a["recommended_target_us"] == target for a in measured), "the manifest's target is the measured recommendation"
+    # KServe scales on requests in flight per replica: the measured knee
+    predictor = m.load(m.INFERENCE_SERVICE)["spec"]["predictor"]
+    assert any(s.get("knee_concurrency") == predictor["scaleTarget"] for s in summaries)
+    assert predictor["scaleMetric"] == "concurrency"
 
 
 @pytest.mark.parametrize(

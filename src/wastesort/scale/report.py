@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wastesort.perf.machine import one_line
+from wastesort.scale.manifests import desired_replicas, hpa_target
 
 MARKERS = ("<!-- scale-demo-results:begin -->", "<!-- scale-demo-results:end -->")
 
@@ -19,9 +20,10 @@ def tables(s: dict[str, Any]) -> str:
         f"Measured by `make scale-demo` on {one_line(s['machine'])}: {s['replicas']} tritonserver replicas and "
         f"{s['balancer']} on the same cores, {s['photos']}, {s['seconds']} s in all.",
         "",
-        "**Routing** (the client through the balancer, requests per replica):",
+        "**Routing** (16 photos, one per request, through the balancer; the calls each replica served include the client's "
+        "readiness and metadata calls):",
         "",
-        "| protocol | classified | failed | requests per replica |",
+        "| protocol | classified | failed | calls per replica |",
         "|---|---|---|---|",
     ]
     for protocol, row in s["routing"].items():
@@ -35,11 +37,15 @@ def tables(s: dict[str, Any]) -> str:
             "| path | concurrency | img/s | p99 ms |",
             "|---|---|---|---|",
             f"| one replica direct | {s['knee_concurrency']} | {t['direct_one_replica_img_s']} | {t['direct_p99_ms']} |",
+            f"| balancer, the same replica alone | {s['knee_concurrency']} | {t['balancer_one_replica_img_s']} "
+            f"| {t['balancer_one_replica_p99_ms']} |",
             f"| balancer, {s['replicas']} replicas | {s['knee_concurrency']} "
             f"| {t['balancer_all_replicas_img_s']} | {t['balancer_p99_ms']} |",
             f"| balancer, gRPC | {s['knee_concurrency']} | {t['balancer_grpc_img_s']} | |",
             "",
-            f"`balancer_over_direct` = **{s['balancer_over_direct']}**. Sweep through the balancer (img/s): {sweep}; "
+            f"`balancer_over_direct` (the same replica through HAProxy over direct) = **{s['balancer_over_direct']}**; "
+            f"{s['replicas']} replicas through the balancer over one direct: {s['balancer_all_replicas_over_direct']} "
+            f"(the replicas share the same cores). Sweep through the balancer (img/s): {sweep}; "
             f"knee (90% of the best) at concurrency {s['knee_concurrency']}.",
         ]
     else:
@@ -71,15 +77,23 @@ def tables(s: dict[str, Any]) -> str:
         f"**Autoscaling signal** (`{a['recording_rule']}` from the manifests' recording rule, read from Prometheus; "
         f"the HPA's replicas for {s['replicas']} running, target {a['manifest_target_us']:.0f} µs):",
         "",
-        "| load | concurrency | img/s | queue µs per request, per replica | average | HPA asks for |",
-        "|---|---|---|---|---|---|",
+        "| load | concurrency | img/s | queue µs per request, per replica | average | HPA asks for | at the recommended target |",
+        "|---|---|---|---|---|---|---|",
     ]
+    hpa = hpa_target()
+    recommended = a.get("recommended_target_us")
     for name in ("idle", "knee", "overload"):
         if name in a:
             row = a[name]
             per = ", ".join(f"{p}: {v:.0f}" for p, v in sorted(row["queue_us_per_pod"].items()))
             ips = "" if row["infer_per_s"] is None else f"{row['infer_per_s']:.1f}"
-            lines.append(f"| {name} | {row['concurrency']} | {ips} | {per} | {row['average_us']:.0f} | {row['hpa_desired_replicas']} |")
+            at_recommended = (
+                ""
+                if recommended is None
+                else desired_replicas(s["replicas"], row["average_us"], recommended, (hpa.min_replicas, hpa.max_replicas))
+            )
+            cells = [name, row["concurrency"], ips, per, f"{row['average_us']:.0f}", row["hpa_desired_replicas"], at_recommended]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     if a.get("recommended_target_us") is not None:
         lines += ["", f"Target the measurement suggests (the knee's queue time, two figures): {a['recommended_target_us']:.0f} µs."]
     return "\n".join(lines) + "\n"
