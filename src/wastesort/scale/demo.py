@@ -396,7 +396,8 @@ def run_demo(settings: Settings, out: Path, workdir: Path, photos: list[Path], s
             }
             summary["balancer_over_direct"] = round(alone.infer_per_s / direct.infer_per_s, 3)
             summary["balancer_all_replicas_over_direct"] = round(through.infer_per_s / direct.infer_per_s, 3)
-            time.sleep(35)  # the 30 s rate window holds no load: the idle signal
+            # idle: the rule's 30 s rate window, its 10 s evaluation and a scrape all past the last load
+            time.sleep(50)
             signal_rows["idle"] = {"concurrency": 0, "queue_us_per_pod": cluster.prometheus.recorded(), "infer_per_s": 0.0}
             signal_rows["knee"] = signal_under_load(cluster, k.concurrency, model, input_data, settings, workdir / "signal-knee.log")
             signal_rows["overload"] = signal_under_load(
