@@ -63,7 +63,6 @@ class Settings:
     client_concurrency: int = 8
     #: seconds of load before the signal is read (the rule's rate window is 30 s)
     signal_load_s: float = 40.0
-    timeout_s: float = 540.0
 
 
 @dataclass
