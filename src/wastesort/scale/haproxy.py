@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wastesort.triton.server import DEFAULT_ADDRESS, free_port
+from wastesort.triton.server import DEFAULT_ADDRESS, free_port, stop_child
 
 HTTP_BACKEND, GRPC_BACKEND = "triton_http", "triton_grpc"
 #: largest request resent whole on a retry (a batch of TrashNet JPEGs is a few hundred kB)
@@ -197,14 +197,7 @@ class HAProxy:
 
     def stop(self) -> None:
         """SIGUSR1 (soft stop: finish the requests in flight), SIGKILL after 10 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGUSR1)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, signal.SIGUSR1, 10)
 
     def command(self, line: str) -> str:
         """One admin-socket command (``show stat``, ``set server b/s state drain``...)."""

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from wastesort.scale.manifests import RecordingRule
-from wastesort.triton.server import DEFAULT_ADDRESS, free_port
+from wastesort.triton.server import DEFAULT_ADDRESS, free_port, stop_child
+from wastesort.triton.supervise import http_ready
 
 JOB = "wastesort-triton"
 
@@ -87,11 +87,7 @@ class Prometheus:
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ready(f"{self.url}/-/ready")
 
     def query(self, expr: str) -> dict[str, float]:
         """An instant query: ``pod`` label (or the whole label set) -> value."""
@@ -117,14 +113,7 @@ class Prometheus:
             time.sleep(1)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, signal.SIGTERM, 15)
 
     def __enter__(self) -> Prometheus:
         return self.start()

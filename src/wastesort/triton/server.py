@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wastesort.paths import REPO_ROOT
+from wastesort.triton.supervise import http_ready
 
 #: The model repository ``make serve`` serves.
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -157,6 +158,19 @@ def supervised(cmd: list[str], ready_url: str, options: list[str] | None = None)
     return [sys.executable, "-m", "wastesort.triton.supervise", "--ready-url", ready_url, *(options or []), "--", *cmd]
 
 
+def stop_child(process: subprocess.Popen | None, signum: int, timeout_s: float) -> int | None:
+    """Stop a child we started, by its PID: ``signum`` (its graceful stop), SIGKILL after
+    ``timeout_s``; returns its exit status (None when there was no process)."""
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.send_signal(signum)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -230,11 +244,7 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         """True when the HTTP endpoint answers ``/v2/health/ready`` with 200."""
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ready(f"http://{self.http_url}/v2/health/ready")
 
     def metrics_text(self) -> str:
         """The Prometheus text the metrics endpoint serves now."""
@@ -248,14 +258,7 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM to our own child (then SIGKILL after ``timeout_s``); returns its exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_child(self.process, signal.SIGTERM, timeout_s)
 
     def __enter__(self) -> TritonServer:
         return self.start()
