@@ -64,7 +64,10 @@ def _tta_section(metrics: dict) -> str:
     if not tta:
         return ""
     verdict = "kept and served as its own variant" if tta["kept"] else "not kept: it does not beat the plain model on val"
-    rows = [["plain", f"{tta['val_plain']:.4f}", f"{tta['test_plain']:.4f}"], ["image + flip, averaged", f"{tta['val_tta']:.4f}", f"{tta['test_tta']:.4f}"]]
+    rows = [
+        ["plain", f"{tta['val_plain']:.4f}", f"{tta['test_plain']:.4f}"],
+        ["image + flip, averaged", f"{tta['val_tta']:.4f}", f"{tta['test_tta']:.4f}"],
+    ]
     return f"""## Test-time augmentation
 The flip-averaged model (one ONNX graph running the batch and its mirror) against the plain one, ONNX Runtime on the
 serving preprocessing: {verdict}.

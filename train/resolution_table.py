@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| side | val top-1 (probe) | test top-1 (probe) | ORT FP32 img/s | relative speed |",
         "|---|---|---|---|---|",
-        *[
-            f"| {r['side']} px | {r['val_top1']:.4f} | {r['test_top1']:.4f} | {r['img_s']:.0f} | {r['img_s'] / base:.2f}x |"
-            for r in rows
-        ],
+        *[f"| {r['side']} px | {r['val_top1']:.4f} | {r['test_top1']:.4f} | {r['img_s']:.0f} | {r['img_s'] / base:.2f}x |" for r in rows],
         "",
     ]
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,9 +141,7 @@ def held_out_images(run: Path, limit: int) -> list[Path]:
     return [s.path for s in splits["val"] + splits["test"]][:limit]
 
 
-def export_run(
-    run: Path, out: Path, paths: list[Path], opset: int = OPSET, atol: float = LOGIT_ATOL, tta: bool = False
-) -> dict:
+def export_run(run: Path, out: Path, paths: list[Path], opset: int = OPSET, atol: float = LOGIT_ATOL, tta: bool = False) -> dict:
     """Export ``run/best.pt`` to ``out`` (with ``tta``: as :class:`FlipAveraged`), verify it on
     ``paths`` (real photos through the serving preprocessing) and write ``<out>.export.json``.
 

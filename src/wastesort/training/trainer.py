@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,14 +23,15 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import class_weights as inverse_frequency
 from wastesort.data import (
+    Sample,
     read_manifest,
     report_skipped,
     scan_image_folder,
     stratified_split,
     write_manifest,
 )
+from wastesort.data import class_weights as inverse_frequency
 from wastesort.training import evaluate, pipeline
 from wastesort.training.models import (
     DEFAULT_INPUT_SIZE,
@@ -57,6 +59,7 @@ class TrainConfig:
     weights_file: str | None = None
     bn_momentum: float | None = None  # override BatchNorm momentum (torchvision's MobileNet/EfficientNet use 0.01)
     init_from: str | None = None  # best.pt of an earlier run (same classes): continue from its weights
+    head_dropout: float | None = None  # Lite models: dropout before the head (None: timm's default)
     strategy: str = "finetune_all"  # or freeze_backbone
     freeze_epochs: int = 0  # two-stage fine-tuning: this many head-only epochs (frozen backbone and BN statistics) first
     backbone_lr_factor: float = 1.0
@@ -69,6 +72,7 @@ class TrainConfig:
     mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0
     mix_prob: float = 0.5
+    augment: bool = True  # False: resize and normalise only (no crops, flips, colour, MixUp/CutMix)
     min_scale: float = 0.35
     rotation: float = 20.0
     background: float = 0.0  # probability of replacing the white board with a random background
@@ -148,10 +152,55 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | Non
     return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
 
 
+@dataclass
+class TrainData:
+    """The split of one dataset and its tensors under one preprocessing contract: training
+    cache (uint8), validation and test tensors exactly as served (float32)."""
+
+    classes: tuple[str, ...]
+    splits: dict[str, list[Sample]]
+    contract: PreprocessContract
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def contract_for(cfg: TrainConfig, classes: tuple[str, ...]) -> PreprocessContract:
+    """The preprocessing contract a run of ``cfg`` trains and is served with."""
+    side = cfg.input_side()
+    mean, std = normalisation(cfg.model)
+    return PreprocessContract(height=side, width=side, resize=cfg.resize, mean=mean, std=std, labels=classes)
+
+
+def load_data(cfg: TrainConfig, resume: bool = False) -> TrainData:
+    """Scan ``cfg.data``, split it (or, on resume, read ``cfg.out/manifest.csv``) and load the
+    tensors for ``cfg``'s contract."""
+    root = Path(cfg.data)
+    manifest = Path(cfg.out) / "manifest.csv"
+    if resume and manifest.exists():
+        splits = read_manifest(manifest, root)
+        classes = tuple(json.loads((Path(cfg.out) / "config.json").read_text())["classes"])
+    else:
+        scan = scan_image_folder(root)
+        report_skipped(scan.skipped)
+        classes = scan.classes
+        splits = stratified_split(scan.samples, cfg.split, cfg.seed)
+    contract = contract_for(cfg, classes)
+    x_train, y_train = pipeline.train_cache(splits["train"], contract)
+    x_val, y_val = pipeline.eval_tensor(splits["val"], contract, "val images")
+    x_test, y_test = pipeline.eval_tensor(splits["test"], contract, "test images")
+    return TrainData(classes, splits, contract, x_train, y_train, x_val, y_val, x_test, y_test)
+
+
 class Trainer:
     """Holds the data, model, optimiser and history of one run; :meth:`fit` then :meth:`report`."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, data: TrainData | None = None) -> None:
+        """``data``: the split and tensors prepared by :func:`load_data` for this configuration's
+        contract, shared by several runs (the sweep's trials); ``None`` loads them here."""
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -162,31 +211,22 @@ class Trainer:
         side = cfg.input_side()
         if cfg.model == "simplecnn" and side != cfg.simplecnn.input_size:
             cfg.simplecnn = SimpleCNNConfig(**{**asdict(cfg.simplecnn), "input_size": side})
-
-        root = Path(cfg.data)
+        self.data = data if data is not None else load_data(cfg, resume)
+        if data is not None and data.contract != contract_for(cfg, data.classes):
+            raise ValueError(f"the shared data was prepared for {data.contract}, this run needs {contract_for(cfg, data.classes)}")
+        self.classes, self.splits, self.contract = self.data.classes, self.data.splits, self.data.contract
         manifest = self.out / "manifest.csv"
-        if resume and manifest.exists():
-            splits = read_manifest(manifest, root)
-            self.classes = tuple(json.loads((self.out / "config.json").read_text())["classes"])
-        else:
-            scan = scan_image_folder(root)
-            report_skipped(scan.skipped)
-            self.classes = scan.classes
-            splits = stratified_split(scan.samples, cfg.split, cfg.seed)
-            write_manifest(manifest, splits, self.classes, root)
-        self.splits = splits
-        counts = {c: [sum(s.label == i for s in splits[k]) for k in ("train", "val", "test")] for i, c in enumerate(self.classes)}
+        if not (resume and manifest.exists()):
+            write_manifest(manifest, self.splits, self.classes, Path(cfg.data))
+        counts = {c: [sum(s.label == i for s in self.splits[k]) for k in ("train", "val", "test")] for i, c in enumerate(self.classes)}
         print("class counts (train/val/test): " + ", ".join(f"{c} {a}/{b}/{t}" for c, (a, b, t) in counts.items()))
         (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(self.classes)}, indent=2))
-
-        mean, std = normalisation(cfg.model)
-        self.contract = PreprocessContract(height=side, width=side, resize=cfg.resize, mean=mean, std=std, labels=self.classes)
-        self.x_train, self.y_train = pipeline.train_cache(splits["train"], self.contract)
-        self.x_val, self.y_val = pipeline.eval_tensor(splits["val"], self.contract, "val images")
-        self.x_test, self.y_test = pipeline.eval_tensor(splits["test"], self.contract, "test images")
+        self.x_train, self.y_train = self.data.x_train, self.data.y_train
+        self.x_val, self.y_val = self.data.x_val, self.data.y_val
+        self.x_test, self.y_test = self.data.x_test, self.data.y_test
 
         n_cls = len(self.classes)
-        self.model = build_model(cfg.model, n_cls, cfg.weights, cfg.weights_file, cfg.simplecnn).to(self.device)
+        self.model = build_model(cfg.model, n_cls, cfg.weights, cfg.weights_file, cfg.simplecnn, cfg.head_dropout).to(self.device)
         if cfg.bn_momentum is not None:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -202,13 +242,20 @@ class Trainer:
         self.epoch = 0
         self._start_stage()
         self.ema = AveragedModel(self.model, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay > 0 else None
-        weights = torch.from_numpy(inverse_frequency(splits["train"], n_cls))
+        weights = torch.from_numpy(inverse_frequency(self.splits["train"], n_cls))
         self.loss_weight = weights.to(self.device) if cfg.balance == "loss" else None
         self.sample_weights = weights[self.y_train] if cfg.balance == "sampler" else None
         self.transform = pipeline.train_transform(
-            self.contract, cfg.min_scale, cfg.rotation, background=cfg.background, blur=cfg.blur, jpeg=cfg.jpeg, seed=cfg.seed
+            self.contract,
+            cfg.min_scale,
+            cfg.rotation,
+            background=cfg.background,
+            blur=cfg.blur,
+            jpeg=cfg.jpeg,
+            seed=cfg.seed,
+            augment=cfg.augment,
         )
-        self.mixer = pipeline.batch_mixer(n_cls, cfg.mixup_alpha, cfg.cutmix_alpha)
+        self.mixer = pipeline.batch_mixer(n_cls, cfg.mixup_alpha, cfg.cutmix_alpha) if cfg.augment else None
         self.use_cuda_amp = cfg.amp and self.device == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_cuda_amp)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -334,7 +381,10 @@ class Trainer:
         loss = F.cross_entropy(logits, self.y_val).item()
         return loss, (logits.argmax(1) == self.y_val).float().mean().item()
 
-    def fit(self) -> None:
+    def fit(self, on_epoch: Callable[[int, float], None] | None = None) -> None:
+        """Train until ``cfg.epochs``, early stopping or the time limit. ``on_epoch(epoch,
+        val_acc)`` is called after every epoch (1-based) once its checkpoints are saved; an
+        exception it raises (e.g. a sweep pruning the trial) ends the run there."""
         cfg = self.cfg
         stale = self.epoch - self.best_epoch
         while self.epoch < cfg.epochs:
@@ -367,6 +417,8 @@ class Trainer:
                 f"acc {val_acc:.4f}{' *' if improved else ''} | lr {lr:.2e} | {self.train_seconds / 60:.1f} min",
                 flush=True,
             )
+            if on_epoch is not None:
+                on_epoch(self.epoch, val_acc)
             if cfg.patience and stale >= cfg.patience:
                 print(f"early stop: val accuracy has not improved for {stale} epochs (best {self.best_acc:.4f} at epoch {self.best_epoch})")
                 break

@@ -79,9 +79,7 @@ class Int8Settings:
 
     def describe(self) -> str:
         where = f", {self.percentile:g} pct" if self.method == "Percentile" else ""
-        parts = [
-            f"QDQ {'per-channel' if self.per_channel else 'per-tensor'} {self.activation[1:]}/{self.weight[1:]} {self.method}{where}"
-        ]
+        parts = [f"QDQ {'per-channel' if self.per_channel else 'per-tensor'} {self.activation[1:]}/{self.weight[1:]} {self.method}{where}"]
         if self.exclude_ops:
             parts.append(f"float {'/'.join(self.exclude_ops)}")
         if self.only_ops:
