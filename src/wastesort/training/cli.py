@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     t.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation: resize and normalise only, no MixUp/CutMix")
     t.add_argument("--rotation", type=float, default=d.rotation, help="max rotation in degrees (applied to half the images)")
     t.add_argument("--balance", choices=("none", "loss", "sampler"), default=d.balance, help="class-weighted loss or sampler")
+    t.add_argument("--train-fraction", type=float, default=d.train_fraction, help="train on this stratified share of the training split")
     t.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"))
     t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
     t.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")

@@ -84,6 +84,7 @@ class TrainConfig:
     patience: int = 20
     seed: int = 0
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    train_fraction: float = 1.0  # train on this stratified share of the training split (sweep budgets); val/test stay whole
     device: str = "auto"
     amp: bool = True  # fp16 autocast on CUDA; on CPU only when cpu_bf16 is set
     cpu_bf16: bool = False
@@ -175,6 +176,18 @@ def contract_for(cfg: TrainConfig, classes: tuple[str, ...]) -> PreprocessContra
     return PreprocessContract(height=side, width=side, resize=cfg.resize, mean=mean, std=std, labels=classes)
 
 
+def stratified_subset(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """``fraction`` of each class (at least one image per class), chosen reproducibly by ``seed``."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], not {fraction}")
+    rng = random.Random(seed)
+    keep: list[Sample] = []
+    for label in sorted({s.label for s in samples}):
+        members = [s for s in samples if s.label == label]
+        keep += rng.sample(members, max(1, round(fraction * len(members))))
+    return sorted(keep, key=lambda s: str(s.path))
+
+
 def load_data(cfg: TrainConfig, resume: bool = False) -> TrainData:
     """Scan ``cfg.data``, split it (or, on resume, read ``cfg.out/manifest.csv``) and load the
     tensors for ``cfg``'s contract."""
@@ -188,6 +201,8 @@ def load_data(cfg: TrainConfig, resume: bool = False) -> TrainData:
         report_skipped(scan.skipped)
         classes = scan.classes
         splits = stratified_split(scan.samples, cfg.split, cfg.seed)
+        if cfg.train_fraction < 1.0:  # the manifest records the subset, so a resume reads it back as it is
+            splits = {**splits, "train": stratified_subset(splits["train"], cfg.train_fraction, cfg.seed)}
     contract = contract_for(cfg, classes)
     x_train, y_train = pipeline.train_cache(splits["train"], contract)
     x_val, y_val = pipeline.eval_tensor(splits["val"], contract, "val images")
