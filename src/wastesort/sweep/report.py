@@ -95,11 +95,16 @@ def correlations(study: optuna.Study, space: SearchSpace) -> list[Correlation]:
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances over complete trials (empty with fewer than two)."""
+    """fANOVA importances over complete trials (empty with fewer than two, or when every
+    complete trial scored the same: fANOVA has no variance to explain)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}
-    return optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    try:
+        return optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    except RuntimeError as exc:
+        print(f"importances: none ({exc})")
+        return {}
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[str]:
