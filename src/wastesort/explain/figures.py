@@ -74,6 +74,7 @@ def filter_grid(weight: np.ndarray, path: Path, title: str) -> None:
 
 def feature_maps(images: np.ndarray, maps: np.ndarray, titles: list[str], path: Path, channels: int = 11) -> None:
     """Per photo (row): the photo, then its first ``channels`` first-layer feature maps."""
+    channels = min(channels, maps.shape[1])
     rows, cols = len(images), channels + 1
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.4), squeeze=False)
     for r in range(rows):
