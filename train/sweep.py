@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wastesort.data import DatasetError
+from wastesort.perf.machine import describe, one_line
 from wastesort.sweep import report, study
 from wastesort.sweep.objective import Objective
 from wastesort.sweep.space import SPACES
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         f"input: {f'{budget.input_size} px' if budget.input_size else 'searched (resolution)'}; fixed flags: `{' '.join(space.fixed)}`"
         + (f"; extra: `{a.train_args}`" if a.train_args else ""),
         f"sampler: TPE (seed {a.seed}, constant liar); storage: `{a.storage or 'sqlite (study.db in the working folder)'}`",
+        f"machine: {one_line(describe())}",
     ]
     rows = report.write_trials_csv(st, space, folder / "trials.csv")
     plots = report.write_plots(st, folder)

@@ -136,6 +136,11 @@ def write_readme(
     importance tables, the plots."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if starts and ends:
+        minutes = (max(ends) - min(starts)).total_seconds() / 60
+        budget_lines = [*budget_lines, f"wall time: {minutes:.1f} min from the first trial's start to the last one's end"]
     lines = [f"# Sweep `{study.study_name}` ({space.name} space)", "", "## Budget", "", *[f"- {b}" for b in budget_lines], ""]
     lines += ["## Trials", "", "| state | trials |", "|---|---|", *[f"| {k} | {v} |" for k, v in counts.items() if v], ""]
     lines += ["Every trial with its parameters: [`trials.csv`](trials.csv).", ""]

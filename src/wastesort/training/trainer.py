@@ -213,9 +213,11 @@ def load_data(cfg: TrainConfig, resume: bool = False) -> TrainData:
 class Trainer:
     """Holds the data, model, optimiser and history of one run; :meth:`fit` then :meth:`report`."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, data: TrainData | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, data: TrainData | None = None, model: nn.Module | None = None) -> None:
         """``data``: the split and tensors prepared by :func:`load_data` for this configuration's
-        contract, shared by several runs (the sweep's trials); ``None`` loads them here."""
+        contract, shared by several runs (the sweep's trials); ``None`` loads them here.
+        ``model``: train this module (e.g. a pruned or clustered copy of a trained ``cfg.model``)
+        instead of building one."""
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -241,12 +243,15 @@ class Trainer:
         self.x_test, self.y_test = self.data.x_test, self.data.y_test
 
         n_cls = len(self.classes)
-        self.model = build_model(cfg.model, n_cls, cfg.weights, cfg.weights_file, cfg.simplecnn, cfg.head_dropout).to(self.device)
-        if cfg.bn_momentum is not None:
+        if model is not None:
+            self.model = model.to(self.device)
+        else:
+            self.model = build_model(cfg.model, n_cls, cfg.weights, cfg.weights_file, cfg.simplecnn, cfg.head_dropout).to(self.device)
+        if cfg.bn_momentum is not None and model is None:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = cfg.bn_momentum
-        if cfg.init_from:
+        if cfg.init_from and model is None:
             ckpt = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
             if ckpt["arch"]["name"] != cfg.model or ckpt["num_classes"] != n_cls:
                 raise ValueError(f"--init-from {cfg.init_from} is a {ckpt['arch']['name']} with {ckpt['num_classes']} classes")
