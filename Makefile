@@ -19,6 +19,9 @@ BUILD_ARGS ?=
 PERF_ARGS  ?=
 RELIABILITY_ARGS ?=
 SCALE_ARGS ?=
+SWEEP_ARGS ?=
+EXPLAIN_ARGS ?=
+COMPRESS_ARGS ?=
 
 # serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
 # TRITON_ADDRESS says otherwise
@@ -26,7 +29,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train export release evaluate repository build serve perf perf-quick reliability reliability-quick scale-demo clean help
+.PHONY: setup test lint demo train sweep explain compress export release evaluate repository build serve perf perf-quick reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -34,6 +37,9 @@ help:
 	@echo "make demo [DATA=dir]        whole pipeline so far: data -> train -> export -> verify -> evaluate"
 	@echo "make train DATA=dir [MODEL=...] [TRAIN_ARGS=...]   train into runs/MODEL"
 	@echo "make export RUN=runs/name   export RUN/best.pt to RUN/model.onnx and verify it"
+	@echo "make sweep [DATA=dir] [SWEEP_ARGS=...]  Optuna TPE + Hyperband sweep (SimpleCNN, CPU budget under an hour) -> docs/sweep/<study>/"
+	@echo "make explain [MODEL=...]    Captum report (grid, filters, feature maps, Grad-CAM, guided backprop) -> docs/explain/"
+	@echo "make compress [RUN=runs/name]  sensitivity scan, pruning, k-means clustering, gate, size table -> docs/compression.md"
 	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
@@ -68,6 +74,16 @@ demo: setup
 train: setup
 	@test -n "$(DATA)" || { echo "usage: make train DATA=path/to/imagefolder [MODEL=net] [RUN=runs/name] [TRAIN_ARGS=...]"; exit 2; }
 	$(PY) train/train.py --data "$(DATA)" $(if $(MODEL),--model $(MODEL)) --out $(RUN) $(TRAIN_ARGS)
+
+sweep: setup
+	$(PY) train/sweep.py $(if $(DATA),--data "$(DATA)") $(SWEEP_ARGS)
+
+explain: setup
+	$(PY) train/explain.py $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(EXPLAIN_ARGS)
+
+# RUN only when given on the command line (its default names a training folder for make train)
+compress: setup
+	$(PY) train/compress.py $(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(DATA),--data "$(DATA)") $(COMPRESS_ARGS)
 
 release: setup
 	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }

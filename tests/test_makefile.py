@@ -24,3 +24,16 @@ def test_model_knob_becomes_net_argument(target: str) -> None:
             assert expected in line
         else:
             assert "--net" not in line
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_science_targets_reach_their_scripts() -> None:
+    def dry(*args: str) -> str:
+        return subprocess.run(
+            ["make", "-n", "-o", "setup", "-o", ".venv/.installed", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert "train/sweep.py --data \"d\" --trials 3" in dry("sweep", "DATA=d", "SWEEP_ARGS=--trials 3")
+    assert "train/explain.py --net mobilenet_v3_small" in dry("explain", "MODEL=mobilenet_v3_small")
+    assert "--run" not in dry("compress")
+    assert "train/compress.py --run runs/x" in dry("compress", "RUN=runs/x")

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wastesort.data import DatasetError
+from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.perf.machine import describe, one_line
 from wastesort.sweep import report, study
 from wastesort.sweep.objective import Objective
@@ -24,7 +25,7 @@ from wastesort.sweep.space import SPACES
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="ImageFolder dataset root")
+    p.add_argument("--data", default=str(DEFAULT_TRASHNET), help="ImageFolder dataset root")
     p.add_argument("--space", choices=sorted(SPACES), default="simplecnn", help="search space")
     p.add_argument("--budget", choices=("cpu", "gpu"), default="cpu", help="cpu: under an hour on 2 cores; gpu: the seed's 50 runs")
     p.add_argument("--study", default=None, help="study name (default: <space>-<budget>)")

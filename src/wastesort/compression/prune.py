@@ -43,7 +43,7 @@ def sensitivity(
 def choose_ratios(scan: dict[str, dict[float, float]], baseline: float, max_drop: float) -> dict[str, float]:
     """Per layer, the largest ratio whose accuracy stays within ``max_drop`` (a fraction, e.g.
     0.01) of ``baseline``; layers that tolerate no ratio are left dense (ratio 0)."""
-    return {name: max((r for r, acc in accs.items() if baseline - acc <= max_drop), default=0.0) for name, accs in scan.items()}
+    return {name: max((r for r, acc in accs.items() if baseline - acc <= max_drop + 1e-9), default=0.0) for name, accs in scan.items()}
 
 
 def apply(layers: dict[str, nn.Module], ratios: dict[str, float]) -> None:
