@@ -57,6 +57,20 @@ def markdown(result: Result, machine: str, plot_name: str | None, command: str) 
         "- Size reduction: dense ONNX bytes / the variant's compressed bytes. " + " ".join(SIZE_DOC.split("\n\n")[1].split()),
         f"- Timing: ONNX Runtime on this CPU, batch {result.timing_batch}, median of 10, the three models interleaved in one run.",
         "",
+    ]
+    refused = [st.name for st in result.stages[1:] if not st.passed]
+    if refused:
+        lines += [
+            "## Outcome",
+            "",
+            f"Refused by the gate: {', '.join(refused)}. The per-layer ratios are chosen one layer at a time on "
+            f"{result.scan_photos} validation photos (one photo is {100 / max(result.scan_photos, 1):.1f} points), so a scan "
+            "too coarse to see a layer's cost can prune it hard; the losses add up, and the fine-tuning did not recover them. "
+            "To trade less accuracy: a stricter `--max-drop`, more `--scan-images`, more `--finetune-epochs` (a GPU makes "
+            "that cheap). ONNX Runtime's dense kernels gain nothing from the zeros or the shared values either way.",
+            "",
+        ]
+    lines += [
         "## Settings",
         "",
         f"- sensitivity scan: every conv/linear layer with at least {s.min_weights:,} weights pruned alone at "
