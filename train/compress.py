@@ -13,7 +13,6 @@ and ``<net>_onnx_clustered`` (with their ensembles) when the run is the source o
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -46,15 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def source_run(net: str) -> Path | None:
-    """The run the committed ``models/<net>.onnx`` was exported from (its export record)."""
-    record = ShippedModel(net).export_record
-    return REPO_ROOT / json.loads(record.read_text())["source_run"] if record.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    shipped_run = source_run(DEFAULT_NET)
+    shipped_run = ShippedModel(DEFAULT_NET).source_run
     run = a.run or shipped_run
     if run is None or not (run / "best.pt").is_file():
         print(f"error: no training run with best.pt at {run} (--run runs/<name>)", file=sys.stderr)

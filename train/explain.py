@@ -16,7 +16,7 @@ from pathlib import Path
 
 from wastesort.data import SPLITS, DatasetError, read_manifest
 from wastesort.explain.report import Subject, write_report
-from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
+from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 
 
@@ -44,8 +44,7 @@ def subject_and_photos(a: argparse.Namespace):
         manifest = a.manifest or a.onnx.with_suffix(".manifest.csv")
         return Subject.from_onnx(a.onnx), read_manifest(manifest, data)[a.split]
     shipped = ShippedModel(a.net)
-    source = json.loads(shipped.export_record.read_text())["source_run"] if shipped.export_record.is_file() else None
-    checkpoint = REPO_ROOT / source / "best.pt" if source else None
+    checkpoint = shipped.source_run / "best.pt" if shipped.source_run else None
     if checkpoint and checkpoint.is_file():
         subject = Subject.from_checkpoint(checkpoint)
     else:

@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from wastesort.data import DatasetError, Sample, read_manifest
-from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR
+from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
 
 #: The network served by default (``MODEL=...`` / ``--net`` pick another committed one).
 DEFAULT_NET = "efficientnet_lite0"
@@ -62,6 +63,14 @@ class ShippedModel:
     @property
     def export_record(self) -> Path:
         return self.file(".export.json")
+
+    @property
+    def source_run(self) -> Path | None:
+        """The training run the ONNX file was exported from (its export record), if recorded;
+        the folder may be absent (runs are not committed)."""
+        if not self.export_record.is_file():
+            return None
+        return REPO_ROOT / json.loads(self.export_record.read_text())["source_run"]
 
     @property
     def confusion(self) -> Path:
