@@ -41,6 +41,7 @@ help:
 	@echo "make explain [MODEL=...]    Captum report (grid, filters, feature maps, Grad-CAM, guided backprop) -> docs/explain/"
 	@echo "make compress [RUN=runs/name]  sensitivity scan, pruning, k-means clustering, gate, size table -> docs/compression.md"
 	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
+	@echo "                            RELEASE_ARGS=\"--decoder turbo\": serve a Pillow-trained model through libjpeg-turbo + OpenCV"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
 	@echo "make build [DATA=dir]       precision variants of models/MODEL.onnx, accuracy gate, report, install the passing ones"
@@ -87,7 +88,7 @@ compress: setup
 
 release: setup
 	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }
-	$(PY) train/release.py --run $(RUN)
+	$(PY) train/release.py --run $(RUN) $(RELEASE_ARGS)
 
 export: setup
 	$(PY) train/export.py --run $(RUN) --out $(RUN)/model.onnx

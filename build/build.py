@@ -31,7 +31,7 @@ from wastesort.triton.naming import classifier_name, ensemble_name, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.ort import Int8Settings, convert_fp16, optimize_fp32, quantize_int8
+from wastesort.variants.ort import convert_fp16, int8_settings, optimize_fp32, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
 VARIANTS = ("onnx_fp32", "onnx_int8", "onnx_fp16", "onnx_tta", "trt_fp32", "trt_fp16", "trt_int8")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 optimize_fp32(model.tta_onnx, path)
                 row.settings = "image and its mirror in one graph, probabilities averaged; ORT_ENABLE_EXTENDED, saved"
             elif precision == "int8":
-                int8 = Int8Settings()
+                int8 = int8_settings(args.net)
                 quantize_int8(onnx, path, calibration, int8)
                 row.settings = int8.describe() + f", {args.calibration_images} calibration images"
             else:

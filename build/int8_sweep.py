@@ -3,7 +3,7 @@ committed model, step by step, each compared with FP32 on the validation split (
 settings are chosen: logit error and top-1 agreement) and on the test split (what the gate
 reports), and all timed side by side with FP32 in one interleaved run.
 
-    python build/int8_sweep.py [--data ../shared/data/trashnet]   # writes build/int8_sweep.md
+    python build/int8_sweep.py [--net NET] [--data ../shared/data/trashnet]   # writes build/int8_sweep_<net>.md
 """
 
 from __future__ import annotations
@@ -16,27 +16,54 @@ from pathlib import Path
 from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
-from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
+from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, LOGITS, ShippedModel
 from wastesort.variants import gate as g
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.ort import Int8Settings, quantize_int8
+from wastesort.variants.ort import MOBILENET_V3_INT8, Int8Settings, int8_settings, quantize_int8
 
-DEFAULT = Int8Settings()
-PLAIN = Int8Settings(percentile=99.999, integer_hard_sigmoid=False, global_pool=False, float_prefix_convs=0)
-CANDIDATES = {
-    "before: float h-swish": replace(PLAIN, exclude_ops=("HardSigmoid", "Mul")),
-    "plain quantize_static, all ops": PLAIN,
-    "+ integer HardSigmoid": replace(PLAIN, integer_hard_sigmoid=True),
-    "+ pools as GlobalAveragePool": replace(PLAIN, integer_hard_sigmoid=True, global_pool=True),
-    "+ stem conv in float": replace(DEFAULT, percentile=99.999, float_prefix_convs=1),
-    "+ stem and block 1 in float": replace(DEFAULT, percentile=99.999, float_prefix_convs=5),
-    "+ stem and blocks 1-2 in float": replace(DEFAULT, percentile=99.999),
-    "percentile 99.99": replace(DEFAULT, percentile=99.99),
-    "default (percentile 99.95)": DEFAULT,
-    "percentile 99.9": replace(DEFAULT, percentile=99.9),
-    "MinMax": replace(DEFAULT, method="MinMax"),
-    "default, S8S8": replace(DEFAULT, activation="QInt8"),
+MOBILENET = MOBILENET_V3_INT8
+MOBILENET_PLAIN = Int8Settings(method="Percentile", percentile=99.999)
+#: MobileNetV3-Small: the rewrites one at a time, then the calibration.
+MOBILENET_CANDIDATES = {
+    "before: float h-swish": replace(MOBILENET_PLAIN, exclude_ops=("HardSigmoid", "Mul")),
+    "plain quantize_static, all ops": MOBILENET_PLAIN,
+    "+ integer HardSigmoid": replace(MOBILENET_PLAIN, integer_hard_sigmoid=True),
+    "+ pools as GlobalAveragePool": replace(MOBILENET_PLAIN, integer_hard_sigmoid=True, global_pool=True),
+    "+ stem conv in float": replace(MOBILENET, percentile=99.999, float_prefix_convs=1),
+    "+ stem and block 1 in float": replace(MOBILENET, percentile=99.999, float_prefix_convs=5),
+    "+ stem and blocks 1-2 in float": replace(MOBILENET, percentile=99.999),
+    "percentile 99.99": replace(MOBILENET, percentile=99.99),
+    "chosen (percentile 99.95)": MOBILENET,
+    "percentile 99.9": replace(MOBILENET, percentile=99.9),
+    "MinMax": replace(MOBILENET, method="MinMax"),
+    "chosen, S8S8": replace(MOBILENET, activation="QInt8"),
 }
+PLAIN = Int8Settings()
+#: Conv + ReLU6 networks (EfficientNet-Lite): is any MobileNet rewrite still worth it, and
+#: which calibration keeps the accuracy.
+LITE_CANDIDATES = {
+    "plain quantize_static (MinMax)": PLAIN,
+    "+ pool as GlobalAveragePool": replace(PLAIN, global_pool=True),
+    "+ stem conv in float": replace(PLAIN, float_prefix_convs=1),
+    "Entropy": replace(PLAIN, method="Entropy"),
+    "percentile 99.999": replace(PLAIN, method="Percentile", percentile=99.999),
+    "percentile 99.99": replace(PLAIN, method="Percentile", percentile=99.99),
+    "percentile 99.9": replace(PLAIN, method="Percentile", percentile=99.9),
+    "per-tensor weights": replace(PLAIN, per_channel=False),
+    "U8U8 (unsigned weights)": replace(PLAIN, weight="QUInt8"),
+    "MobileNetV3's settings": MOBILENET,
+}
+
+
+def candidates(net: str) -> dict[str, Int8Settings]:
+    """The settings compared for ``net``, its chosen ones included."""
+    rows = MOBILENET_CANDIDATES if net == FROM_SCRATCH_NET else LITE_CANDIDATES
+    chosen = int8_settings(net)
+    return rows if chosen in rows.values() else {**rows, "chosen": chosen}
+
+
+def _bold(text: str, bold: bool) -> str:
+    return f"**{text}**" if bold else text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     ref_val = OnnxClassifier(onnx).batched(LOGITS, val_x)
     args.out.mkdir(parents=True, exist_ok=True)
     paths, rows = [onnx], [(reference, 0.0, 1.0)]
-    for i, settings in enumerate(CANDIDATES.values()):
+    chosen = int8_settings(args.net)
+    compared = candidates(args.net)
+    for i, settings in enumerate(compared.values()):
         path = quantize_int8(onnx, args.out / f"int8_{i}.onnx", calibration, settings)
         val = OnnxClassifier(path).batched(LOGITS, val_x)
         mse = float(((val - ref_val) ** 2).mean())
@@ -76,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "| img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    names = ["FP32 (committed)", *(f"{k}: {v.describe()}" for k, v in CANDIDATES.items())]
+    names = ["FP32 (committed)", *(_bold(f"{k}: {v.describe()}", v == chosen) for k, v in compared.items())]
     for name, (evaluation, mse, val_agree), timing, one in zip(names, rows, timings, single, strict=True):
         drop = (evaluation.top1 - reference.top1) * 100
         lines.append(
@@ -85,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{one.img_s:.0f} | {one.img_s / single[0].img_s:.2f}x |"
         )
     text = "\n".join(lines) + "\n"
-    (REPO_ROOT / "build" / "int8_sweep.md").write_text(text)
+    (REPO_ROOT / "build" / f"int8_sweep_{args.net}.md").write_text(text)
     print(text)
 
 

@@ -1,13 +1,17 @@
 """Benchmark: encoded photo -> model input tensor, per core, side by side in one run.
 
-    python perf/preprocess_bench.py [--data ../shared/data/trashnet] [--images 400] [--repeat 3]
+    python perf/preprocess_bench.py [--data ../shared/data/trashnet] [--batch 64] [--iters 20]
 
-Rows (same photos, same machine, same run; best of ``--repeat`` passes):
-  plain PIL   Image.open, exif_transpose, convert("RGB"), resize, normalise (no DCT downscale)
-  decode/resize rows: where the time of one image goes
-  wastesort   wastesort.preprocess.preprocess_bytes (Image.draft + the same steps): what the
-              Triton ``preprocess`` model runs per image
-  ...threads  the same on a thread pool of N threads (the model's decode pool), img/s in total
+Every row is timed with :func:`wastesort.perf.timing.time_interleaved` (round-robin, warm-up,
+median), on the same photos in the same run:
+
+* ``served``: ``preprocess_bytes`` with the model's contract on a pool of one thread per core,
+  as the Triton ``preprocess`` model runs a batch; img/s per core is the total over the cores.
+* ``Pillow (previous decoder)``: the same with the contract's Pillow decoder and resize
+  (``interpolation="bilinear"``, full-size decode unless a 1/2, 1/4, 1/8 draft stays above the
+  target): what the service ran before.
+* one-thread steps: where one image's time goes (decode, resize, normalise), so that a change
+  can be judged by the step it speeds up.
 
 Without ``--data`` (or if the folder is missing) it uses synthetic 512x384 JPEGs and says so.
 """
@@ -17,25 +21,20 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from wastesort.contract import PreprocessContract
+from wastesort.contract import LEGACY_JPEG_DRAFT_FLOOR, PreprocessContract
 from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET
-from wastesort.preprocess import decode, draft_size, load_rgb, normalize, preprocess_bytes
+from wastesort.perf.machine import describe, one_line
+from wastesort.perf.timing import time_interleaved
+from wastesort.preprocess import decode_for, draft_size, load_rgb, normalize, preprocess_bytes, resize
 from wastesort.shipped import ShippedModel
-
-
-def plain_pil(data: bytes, contract: PreprocessContract) -> np.ndarray:
-    """The textbook path: full-size decode, then resize."""
-    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    return normalize(np.asarray(img.resize((contract.width, contract.height), Image.Resampling.BILINEAR)), contract)
 
 
 def load_photos(data_dir: Path | None, n: int) -> tuple[list[bytes], str]:
@@ -54,48 +53,41 @@ def load_photos(data_dir: Path | None, n: int) -> tuple[list[bytes], str]:
     return out, f"{n} SYNTHETIC 512x384 JPEGs (no --data folder found)"
 
 
-def rate(fn: Callable[[bytes], object], photos: list[bytes], threads: int, repeat: int) -> float:
-    """Best images/second over ``repeat`` passes."""
-    best = 0.0
-    for _ in range(repeat):
-        start = time.perf_counter()
-        if threads == 1:
-            for data in photos:
-                fn(data)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(fn, photos))
-        best = max(best, len(photos) / (time.perf_counter() - start))
-    return best
+def pooled(fn: Callable[[bytes], object], photos: list[bytes], pool: ThreadPoolExecutor) -> Callable[[], object]:
+    """One step: every photo through ``fn`` on ``pool``, stacked as the model's batch."""
+    return lambda: np.stack(list(pool.map(fn, photos)))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET)
     parser.add_argument("--model", type=Path, default=ShippedModel().onnx, help="whose preprocessing contract to use")
-    parser.add_argument("--images", type=int, default=400)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64, help="photos per timed step")
+    parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
     contract = PreprocessContract.from_onnx(str(args.model))
-    photos, what = load_photos(args.data, args.images)
+    pillow = replace(contract, interpolation="bilinear", jpeg_draft_floor=LEGACY_JPEG_DRAFT_FLOOR)
+    photos, what = load_photos(args.data, args.batch)
     cores = len(os.sched_getaffinity(0))
-    print(f"{what}; contract {contract.width}x{contract.height} {contract.resize}; {cores} cores available")
-    plain = rate(lambda d: plain_pil(d, contract), photos, 1, args.repeat)
+    print(f"{one_line(describe())}\n{what}; contract {contract.width}x{contract.height} {contract.resize} {contract.interpolation}")
     size = draft_size(contract)
-    rows = [
-        ("plain PIL (no draft), 1 thread", plain),
-        ("  of which: decode only, no draft", rate(lambda d: decode(d, None), photos, 1, args.repeat)),
-        ("  wastesort: decode only, with draft", rate(lambda d: decode(d, size), photos, 1, args.repeat)),
-        ("  wastesort: decode + resize (load_rgb)", rate(lambda d: load_rgb(d, contract), photos, 1, args.repeat)),
-        ("wastesort preprocess_bytes, 1 thread", rate(lambda d: preprocess_bytes(d, contract), photos, 1, args.repeat)),
-    ]
-    if cores > 1:
-        rows.append(
-            (f"wastesort preprocess_bytes, {cores} threads", rate(lambda d: preprocess_bytes(d, contract), photos, cores, args.repeat))
-        )
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:8.0f} img/s   x{value / plain:4.2f} vs plain PIL")
+    decoded = [decode_for(d, contract, size) for d in photos]
+    resized = np.stack([resize(a, contract) for a in decoded])
+    with ThreadPoolExecutor(cores, thread_name_prefix="decode") as pool:
+        rows: list[tuple[str, int, Callable[[], object]]] = [
+            (f"served: preprocess_bytes, {cores} threads", cores, pooled(lambda d: preprocess_bytes(d, contract), photos, pool)),
+            (f"Pillow (previous decoder), {cores} threads", cores, pooled(lambda d: preprocess_bytes(d, pillow), photos, pool)),
+            ("1 thread: preprocess_bytes", 1, lambda: [preprocess_bytes(d, contract) for d in photos]),
+            ("1 thread:   decode (DCT-scaled)", 1, lambda: [decode_for(d, contract, size) for d in photos]),
+            ("1 thread:   resize", 1, lambda: [resize(a, contract) for a in decoded]),
+            ("1 thread:   normalise", 1, lambda: normalize(resized, contract)),
+            ("1 thread: Pillow decode + resize", 1, lambda: [load_rgb(d, pillow) for d in photos]),
+        ]
+        timings = time_interleaved([step for _, _, step in rows], len(photos), args.iters, warmup=2)
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'':<{width}}  {'img/s':>8}  {'per core':>8}  {'ms/img':>7}")
+    for (name, threads, _), t in zip(rows, timings, strict=True):
+        print(f"{name:<{width}}  {t.img_s:8.0f}  {t.img_s / threads:8.0f}  {threads * 1000 / t.img_s:7.3f}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@
    real test-split images through the serving preprocessing, the same batch (``--batch``,
    default 64), warm-up, ``--iters`` timed iterations interleaved round-robin, host tensor in
    and host result out (GPU rows synchronise inside every iteration). Rows: PyTorch eager
-   (CPU, and CUDA when present), ONNX Runtime FP32 and INT8 (CPU), FP32/FP16 (CUDA), the
-   TensorRT plans, the preprocessing alone (bytes to tensor on one thread: img/s per core) and
-   the whole pipeline in one process (bytes to label). Each row carries its top-1 on the test
+   (CPU, and CUDA when present), ONNX Runtime FP32 and INT8 (CPU: all cores and one thread),
+   OpenVINO FP32 and INT8 (the same ONNX files), FP32/FP16 (CUDA), the TensorRT plans, the
+   preprocessing alone (bytes to tensor on a pool of one thread per core, as the server
+   decodes: img/s per core; and the previous Pillow decoder) and the whole pipeline in one
+   process (bytes to label, FP32 and INT8: what the ensembles are compared with). Each row carries its top-1 on the test
    split. Rows that cannot run here say why.
 2. An ONNX Runtime op-type profile of FP32 and INT8 (``profile.md``): where the time goes.
 3. Served rows: the harness starts ``tritonserver`` on the project's repository (127.0.0.1,
@@ -40,7 +42,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tqdm import tqdm
 
-from wastesort.contract import PreprocessContract
+from wastesort.contract import LEGACY_JPEG_DRAFT_FLOOR, PreprocessContract
 from wastesort.data import DatasetError, Sample
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.perf import analyzer as pa
@@ -50,7 +52,7 @@ from wastesort.perf import report as rep
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
-from wastesort.triton.naming import installed_file, variant_name
+from wastesort.triton.naming import ensemble_name, ensemble_of, installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.variants import gate as g
 
@@ -76,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
     parser.add_argument("--measurement-ms", type=int, default=None, help="perf_analyzer window (default 2000, quick 1000)")
     parser.add_argument(
-        "--models", nargs="*", default=None, help="served models (default: every ready one; quick: the base ensemble and classifier)"
+        "--models", nargs="*", default=None, help="served models (default: every ready one; quick: the FP32 and INT8 ensembles)"
     )
     parser.add_argument("--server", default=None, help="drive this running server (host) instead of starting one, e.g. the compose service")
     parser.add_argument("--http-port", type=int, default=8000, help="with --server")
@@ -96,9 +98,14 @@ def candidates(
     args: argparse.Namespace, contract: PreprocessContract, onnx: Path, check: np.ndarray, scratch: Path
 ) -> list[ip.Candidate | ip.Skipped]:
     repo, net = args.repository, args.net
+    int8 = installed_file(repo, variant_name(net, "onnx_int8"))
     rows: list[ip.Candidate | ip.Skipped] = [*ip.torch_candidates(onnx, net, len(contract.labels), check)]
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32"))
-    rows.append(ip.ort_candidate("ONNX Runtime", installed_file(repo, variant_name(net, "onnx_int8")), "int8"))
+    rows.append(ip.ort_candidate("ONNX Runtime", int8, "int8"))
+    rows.append(ip.ort_candidate("ONNX Runtime, 1 thread", onnx, "fp32", threads=1))
+    rows.append(ip.ort_candidate("ONNX Runtime, 1 thread", int8, "int8", threads=1))
+    rows.append(ip.openvino_candidate("OpenVINO", onnx, "fp32"))
+    rows.append(ip.openvino_candidate("OpenVINO", int8, "int8"))
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32", "cuda"))
     rows.append(ip.ort_candidate("ONNX Runtime", installed_file(repo, variant_name(net, "onnx_fp16")), "fp16", "cuda"))
     for precision in ("fp32", "fp16", "int8"):
@@ -108,7 +115,12 @@ def candidates(
         torch_cpu = [replace(r) for r in rows if isinstance(r, ip.Candidate) and (r.backend, r.device) == ("pytorch", "cpu")]
         rows += ip.at_resolution([*torch_cpu, ip.ort_candidate("ONNX Runtime", free, "fp32")], args.seed_resolution)
     rows.append(ip.preprocess_candidate(contract))
+    if contract.interpolation != "bilinear":  # what the service decoded with before
+        pillow = replace(contract, interpolation="bilinear", jpeg_draft_floor=LEGACY_JPEG_DRAFT_FLOOR)
+        rows.append(ip.preprocess_candidate(pillow, name="preprocessing, previous decoder"))
     rows.append(ip.pipeline_candidate(onnx))
+    if int8.exists():
+        rows.append(ip.pipeline_candidate(int8, "int8"))
     scratch_model = ShippedModel(FROM_SCRATCH_NET).onnx
     if net != FROM_SCRATCH_NET and scratch_model.is_file():  # the speed/accuracy trade-off, same photos, same run
         rows.append(ip.pipeline_candidate(scratch_model, name=f"pipeline (bytes to label), {FROM_SCRATCH_NET} from scratch"))
@@ -144,13 +156,19 @@ def run_inprocess(
         t = timings[id(c)]
         latency = {"median_ms": round(t.median_ms, 2), "p90_ms": round(t.p90_ms, 2), "p99_ms": round(t.p99_ms, 2)}
         row = rep.InprocessRow(c.name, c.backend, c.precision, c.device, t.batch, c.resolution, len(t.samples_ms), **latency)
+        row.threads = c.threads
         row.img_s, row.top1, row.note = round(t.img_s, 1), accuracy[id(c)], c.note
         rows.append(row)
     for r in rows:
         base = rep.find_row(rows, *BASELINE, resolution=r.resolution)
-        if base and r.img_s and r.backend != "pillow":
+        if base and r.img_s and r.backend != ip.PREPROCESS_BACKEND:
             r.speedup = round(r.img_s / base.img_s, 2)
     return rows
+
+
+def served_ensembles(net: str) -> dict[str, str]:
+    """The ensembles compared with the in-process pipelines, by classifier precision."""
+    return {"fp32": ensemble_name(net), "int8": ensemble_of(variant_name(net, "onnx_int8"))}
 
 
 def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> list[tuple[str, str]]:
@@ -158,7 +176,7 @@ def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> 
     variants are GPU variants: on a server without a GPU they are left out (and say so)."""
     client = httpclient.InferenceServerClient(server.http_url)
     ready = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
-    wanted = args.models if args.models is not None else ([f"ensemble_{args.net}", f"{args.net}_onnx"] if args.quick else ready)
+    wanted = args.models if args.models is not None else (list(served_ensembles(args.net).values()) if args.quick else ready)
     chosen = []
     for name in ready:
         if name not in wanted or name == "preprocess":
@@ -277,7 +295,7 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
         print(served)
     machine["tritonserver"] = served_note
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "scratch"}
-    summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms, ensemble=f"ensemble_{args.net}")
+    summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms, ensembles=served_ensembles(args.net))
     rep.write_json(args.out / "summary.json", summary)
     rep.write_json(args.out / "machine.json", machine)
     plots = [p for p in [rep.plot_inprocess(rows, args.out), *rep.plot_served(sweeps, args.out, args.budget_ms)] if p]

@@ -181,8 +181,12 @@ def _rows() -> list[rep.InprocessRow]:
         rep.InprocessRow("ONNX Runtime", "onnxruntime", "fp32", "cpu", 64, None, 5, 20.0, 21.0, 22.0, 3200.0, 5.0, 0.80),
         rep.InprocessRow("ONNX Runtime", "onnxruntime", "int8", "cpu", 64, None, 5, 16.0, 17.0, 18.0, 4000.0, 6.25, 0.79),
         rep.InprocessRow("TensorRT", "tensorrt", "fp16", "cuda", skipped="no GPU"),
-        rep.InprocessRow("preprocessing", "pillow", "-", "cpu", 64, None, 5, 80.0, 81.0, 82.0, 800.0),
+        rep.InprocessRow("ONNX Runtime, 1 thread", "onnxruntime", "fp32", "cpu", 64, None, 5, 40.0, 41.0, 42.0, 1600.0, threads=1),
+        rep.InprocessRow("ONNX Runtime, 1 thread", "onnxruntime", "int8", "cpu", 64, None, 5, 20.0, 21.0, 22.0, 3300.0, threads=1),
+        rep.InprocessRow("OpenVINO", "openvino", "int8", "cpu", 64, None, 5, 14.0, 15.0, 16.0, 4500.0, 7.0, 0.79),
+        rep.InprocessRow("preprocessing", "preprocess", "-", "cpu", 64, None, 5, 40.0, 41.0, 42.0, 1600.0, threads=2),
         rep.InprocessRow("pipeline (bytes to label)", "onnxruntime", "fp32", "cpu", 64, None, 5, 100.0, 101.0, 102.0, 640.0, 1.0, 0.80),
+        rep.InprocessRow("pipeline (bytes to label)", "onnxruntime", "int8", "cpu", 64, None, 5, 80.0, 81.0, 82.0, 800.0, 1.0, 0.79),
     ]
 
 
@@ -195,13 +199,17 @@ def _sweeps() -> list[rep.ServedSweep]:
 
 
 def test_summary_holds_rows_ratios_and_targets() -> None:
-    summary = json.loads(json.dumps(rep.summary({"cpu": "x"}, {"batch": 64}, _rows(), _sweeps(), 100.0), default=str))
+    ensembles = {"fp32": ensemble_name(NET), "int8": f"{ensemble_name(NET)}_int8"}
+    summary = json.loads(json.dumps(rep.summary({"cpu": "x"}, {"batch": 64}, _rows(), _sweeps(), 100.0, ensembles), default=str))
     ratios = summary["ratios"]
     assert ratios["ort_fp32_over_torch"] == pytest.approx(5.0)
     assert ratios["int8_over_fp32"] == pytest.approx(1.25)
-    assert ratios["preprocess_img_s_per_core"] == pytest.approx(800.0)
-    assert ratios["served_over_inprocess"] == pytest.approx(230.205 / 640.0, abs=1e-3)
-    assert summary["targets"]["ort_fp32_over_torch"]["met"] is True
+    assert ratios["int8_over_fp32_1_thread"] == pytest.approx(3300 / 1600, abs=1e-3)
+    assert ratios["best_cpu_over_torch"] == pytest.approx(4500 / 640, abs=1e-3)  # OpenVINO INT8, not a 1-thread row
+    assert ratios["preprocess_img_s_per_core"] == pytest.approx(800.0)  # 1600 img/s on 2 threads
+    # the INT8 ensemble did not run: the FP32 pair stands in
+    assert ratios["served_over_inprocess"] == ratios["served_over_inprocess_fp32"] == pytest.approx(230.205 / 640.0, abs=1e-3)
+    assert summary["targets"]["int8_over_fp32_1_thread"]["met"] is True
     assert summary["targets"]["int8_over_fp32"]["met"] is False
     assert {r["name"] for r in summary["inprocess"]} >= {"PyTorch eager", "TensorRT"}
     served = {(s["model"], s["protocol"]): s for s in summary["served"]}
@@ -209,13 +217,17 @@ def test_summary_holds_rows_ratios_and_targets() -> None:
     assert served[(f"{NET}_onnx", "http")]["img_s"] is None and "99" in served[(f"{NET}_onnx", "http")]["error"]
     lines = rep.target_lines(ratios)
     assert any("int8_over_fp32 = 1.25" in line and "MISSED" in line for line in lines)
+    int8_sweep = rep.ServedSweep(ensembles["int8"], "ensemble", "grpc", 1, pa.parse_csv(CSV_250))
+    both = rep.ratios(_rows(), [*_sweeps(), int8_sweep], 100.0, ensembles)
+    assert both["served_over_inprocess"] == pytest.approx(230.205 / 800.0, abs=1e-3)  # INT8 ensemble / INT8 pipeline
 
 
 def test_tables_show_every_row_and_the_skip_reasons() -> None:
     machine = {"cpu": "Test CPU", "usable_cores": 2, "cpu_flags": "avx2", "gpus": []}
     table = rep.inprocess_table(_rows(), machine, "PyTorch eager FP32 on CPU", 160)
-    assert table.count("\n| ") == 7  # header and six rows
+    assert table.count("\n| ") == 11  # header and ten rows
     assert "skipped: no GPU" in table and "| 3200 |" in table and "Test CPU, 2 cores" in table
+    assert "FP32: ONNX Runtime (onnxruntime, 3200 img/s); INT8: OpenVINO (openvino, 4500 img/s)" in table
     served = rep.served_table(_sweeps(), 100.0, machine)
     assert "| 230 |" in served and "perf_analyzer exited with 99" in served
 

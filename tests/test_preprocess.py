@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from wastesort.contract import PreprocessContract
-from wastesort.preprocess import ImageDecodeError, decode, load_rgb, normalize, preprocess_bytes
+from wastesort.preprocess import ImageDecodeError, decode, decode_array, load_rgb, normalize, preprocess_bytes
 
 
 def _encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -134,3 +134,86 @@ def test_byte_limit_and_decompression_bomb_are_refused_before_decoding() -> None
     for limit in (1_000_000, 10**12):  # ours, then PIL's own guard (which fires first above 2x its limit)
         with pytest.raises(ImageDecodeError, match="400000000 pixels.*above the limit"):
             decode(bomb, max_pixels=limit)
+
+
+# --- the libjpeg-turbo decoder (contracts with ``interpolation="area"``) ---
+
+
+def _asymmetric(size=(120, 80)) -> Image.Image:
+    """A landscape image whose every flip and rotation looks different (a bright corner and
+    a coloured band)."""
+    arr = np.full((size[1], size[0], 3), 40, np.uint8)
+    arr[: size[1] // 3, : size[0] // 4] = (250, 250, 250)
+    arr[:, -size[0] // 5 :] = (0, 0, 230)
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_decoder_applies_exif_orientation_like_pillow(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(_asymmetric(), quality=95, exif=exif.tobytes())
+    fast = decode_array(data, (120, 120), floor=1.0)
+    upright = np.asarray(decode(data))
+    assert fast.shape == upright.shape and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - upright).mean() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("size", "floor", "expected"),
+    [
+        ((384, 512), 0.75, (256, 192)),  # a TrashNet photo for 224x224: 1/2 (192 >= 0.75 * 224)
+        ((384, 512), 1.0, (512, 384)),  # 1/2 would be below the target: full size
+        ((4000, 3000), 1.0, (375, 500)),  # a phone photo: 1/8 stays above 224
+        ((100, 60), 0.75, (60, 100)),  # smaller than the target: never reduced
+    ],
+)
+def test_fast_decoder_reduces_by_powers_of_two_down_to_the_floor(size, floor, expected) -> None:
+    data = _encode(Image.new("RGB", size, (90, 120, 150)), quality=80)
+    assert decode_array(data, (224, 224), floor).shape == (*expected, 3)
+
+
+def test_fast_decoder_converts_cmyk_and_keeps_pillows_errors() -> None:
+    cmyk = _encode(Image.new("CMYK", (64, 48), (0, 255, 255, 0)))  # red
+    rgb = decode_array(cmyk, (64, 48), 1.0)
+    assert rgb.shape == (48, 64, 3) and np.abs(rgb[10, 10].astype(int) - (255, 0, 0)).max() <= 3
+    data = _encode(_half_and_half((800, 600)))
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        decode_array(data[: len(data) // 2], (224, 224), 0.75)
+    with pytest.raises(ImageDecodeError, match="above the limit of 1000"):
+        decode_array(data, (224, 224), 0.75, max_pixels=1000)
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_array(b"\xff\xd8\xff" + b"garbage" * 10, (224, 224), 0.75)
+
+
+@pytest.mark.parametrize("policy", ["squash", "center_crop"])
+def test_area_contract_agrees_with_pillow_bilinear(policy: str) -> None:
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).resize((512, 384), Image.Resampling.BICUBIC)
+    data = _encode(base, quality=95)
+    fast = load_rgb(data, PreprocessContract(height=96, width=128, resize=policy))
+    slow = load_rgb(data, PreprocessContract(height=96, width=128, resize=policy, interpolation="bilinear", jpeg_draft_floor=1.0))
+    assert fast.shape == slow.shape == (96, 128, 3)
+    assert np.abs(fast.astype(int) - slow).mean() < 4.0
+
+
+def test_contracts_without_a_draft_floor_keep_full_size_decoding() -> None:
+    import json
+
+    meta = PreprocessContract(interpolation="bilinear").to_metadata()
+    body = json.loads(meta["preprocessing"])
+    del body["jpeg_draft_floor"]  # as written before the field existed
+    old = PreprocessContract.from_metadata({**meta, "preprocessing": json.dumps(body)})
+    assert old.jpeg_draft_floor == 1.0 and old.interpolation == "bilinear"
+    with pytest.raises(ValueError, match="interpolation"):
+        PreprocessContract(interpolation="lanczos")
+    with pytest.raises(ValueError, match="jpeg_draft_floor"):
+        PreprocessContract(jpeg_draft_floor=0.0)
+
+
+def test_normalize_batch_equals_each_image() -> None:
+    c = PreprocessContract()
+    batch = np.random.default_rng(2).integers(0, 256, (3, 16, 12, 3), dtype=np.uint8)
+    out = normalize(batch, c)
+    assert out.shape == (3, 3, 16, 12) and out.dtype == np.float32
+    assert all(np.array_equal(out[i], normalize(batch[i], c)) for i in range(3))

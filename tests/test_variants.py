@@ -5,6 +5,7 @@ variant installation into a model repository."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from wastesort.triton.naming import ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import ArrayCalibrationReader, calibration_tensor, select_calibration
-from wastesort.variants.ort import Int8Settings, convert_fp16, optimize_fp32, quantize_int8
+from wastesort.variants.ort import Int8Settings, convert_fp16, int8_settings, optimize_fp32, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
 # the INT8 graph rewrites are checked on the MobileNetV3 model, whose h-swish and squeeze-excite they target
@@ -78,7 +79,7 @@ def test_ort_variants_keep_interface_metadata_and_accuracy(tmp_path: Path, contr
     x = calibration[:8]
     reference = _probs(ONNX, x)
     fp32 = optimize_fp32(ONNX, tmp_path / "fp32.onnx")
-    int8 = quantize_int8(ONNX, tmp_path / "int8.onnx", calibration, Int8Settings(calibration_batch=20))
+    int8 = quantize_int8(ONNX, tmp_path / "int8.onnx", calibration, replace(int8_settings(NET), calibration_batch=20))
     fp16 = convert_fp16(ONNX, tmp_path / "fp16.onnx")
     for path in (fp32, int8, fp16):
         model = onnx.load(str(path))
@@ -95,18 +96,20 @@ def test_ort_variants_keep_interface_metadata_and_accuracy(tmp_path: Path, contr
     # HardSigmoid survives only in the float stem (no DequantizeLinear feeding it)
     assert all(producer.get(n.input[0]) != "DequantizeLinear" for n in graph.node if n.op_type == "HardSigmoid")
     first_quantized = next(i for i, n in enumerate(graph.node) if n.op_type == "QuantizeLinear" and n.input[0] != "IMAGES")
-    assert sum(n.op_type == "Conv" for n in graph.node[:first_quantized]) == Int8Settings().float_prefix_convs
+    assert sum(n.op_type == "Conv" for n in graph.node[:first_quantized]) == int8_settings(NET).float_prefix_convs
     assert np.abs(_probs(int8, x) - reference).max() < 0.5  # quantised, not broken
     assert int8.stat().st_size < ONNX.stat().st_size / 2
 
 
 def test_int8_settings_describe_themselves() -> None:
-    assert Int8Settings().describe() == (
+    assert int8_settings(FROM_SCRATCH_NET).describe() == (
         "QDQ per-channel UInt8/Int8 Percentile, 99.95 pct, integer HardSigmoid, pool as GlobalAveragePool, first 8 convs in float"
     )
-    plain = Int8Settings(exclude_ops=("Mul",), integer_hard_sigmoid=False, float_prefix_convs=0)
+    assert Int8Settings().describe() == "QDQ per-channel UInt8/Int8 MinMax"
+    plain = Int8Settings(method="Percentile", percentile=99.95, exclude_ops=("Mul",), global_pool=True)
     assert plain.describe().endswith("99.95 pct, float Mul, pool as GlobalAveragePool")
     assert "per-tensor" in Int8Settings(per_channel=False).describe()
+    assert int8_settings("a_net_with_no_choice") == Int8Settings()
 
 
 def test_gate_refuses_a_drop_beyond_the_threshold() -> None:

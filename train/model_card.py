@@ -77,6 +77,28 @@ serving preprocessing: {verdict}.
 """
 
 
+def _decoder_section(metrics: dict) -> str:
+    dec = metrics.get("decoder")
+    if not dec:
+        return ""
+    rows = [
+        [f"trained: Pillow, `{dec['trained']}`", f"{dec['val_trained']:.4f}", f"{dec['test_trained']:.4f}"],
+        [
+            f"served: libjpeg-turbo (1/2-1/8 DCT scaling down to {dec['jpeg_draft_floor']:g} of the input), OpenCV `{dec['served']}`",
+            f"{dec['val_served']:.4f}",
+            f"{dec['test_served']:.4f}",
+        ],
+    ]
+    return f"""## Decoder
+This model was trained on Pillow's decoding and resize and is served through the faster decoder
+(`train/release.py --decoder turbo`). The checkpoint (PyTorch, the same weights) through both; the release
+is refused if the test top-1 drops. The test figures above are the training run's (Pillow).
+
+{_table(["preprocessing", "val top-1", "test top-1"], rows)}
+
+"""
+
+
 def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path(".")) -> str:
     metrics = json.loads(onnx_path.with_suffix(".metrics.json").read_text())
     release = metrics.get("release", {})
@@ -150,7 +172,7 @@ rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {co
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_tta_section(metrics)}## Test results (per class)
+{_tta_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
 {_table(["class", "precision", "recall", "F1", "support", "val F1"], per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):

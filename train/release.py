@@ -7,6 +7,10 @@ it as ``models/<net>.tta.onnx`` only if it beats the plain model on the validati
 (both figures are recorded either way); regenerates ``MODEL_CARD.md``; and, when ``net`` is
 the default network, regenerates ``model_repository/``.
 
+``--decoder turbo`` serves a model trained with Pillow's decoder through libjpeg-turbo and
+OpenCV (:func:`wastesort.training.export.with_decoder`): the model's val and test top-1 are
+measured through both and recorded; the release is refused if the test top-1 drops.
+
 Example:
     python train/release.py --run runs/lite0_bg
 """
@@ -24,7 +28,7 @@ from pathlib import Path
 from wastesort.contract import PreprocessContract
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.training.export import ExportError, export_run, held_out_images, run_splits
+from wastesort.training.export import DECODERS, ExportError, export_run, held_out_images, load_checkpoint, run_splits, with_decoder
 from wastesort.training.lite import LITE_NETS
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
@@ -46,18 +50,46 @@ def tta_record(model: ShippedModel, run: Path) -> dict:
     return record
 
 
+def decoder_record(run: Path, trained: PreprocessContract, served: PreprocessContract) -> dict:
+    """Val and test top-1 of the run's checkpoint through the trained and the served
+    preprocessing (PyTorch on CPU, the same weights), and whether serving may switch."""
+    import torch
+
+    model = load_checkpoint(run / "best.pt")[0]
+    splits = run_splits(run)
+    record: dict = {"trained": trained.interpolation, "served": served.interpolation, "jpeg_draft_floor": served.jpeg_draft_floor}
+    for name, contract in (("trained", trained), ("served", served)):
+        for split in ("val", "test"):
+            x, y = g.test_tensors(splits[split], contract)
+            with torch.inference_mode():
+                pred = torch.cat([model(torch.from_numpy(x[i : i + 64])).argmax(1) for i in range(0, len(x), 64)]).numpy()
+            record[f"{split}_{name}"] = float((pred == y).mean())
+    record["accepted"] = record["test_served"] >= record["test_trained"]
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run folder (best.pt, config.json, manifest.csv, metrics.json)")
     p.add_argument("--card", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
     p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
+    p.add_argument("--decoder", choices=DECODERS, default=DECODERS[0], help="the preprocessing the release is served with")
     a = p.parse_args(argv)
     config = json.loads((a.run / "config.json").read_text())
     model = ShippedModel(config["model"])
     held_out = held_out_images(a.run, 1000)
+    trained = load_checkpoint(a.run / "best.pt")[1]
+    contract = with_decoder(trained, a.decoder)
+    decoder = None
+    if contract != trained:
+        decoder = decoder_record(a.run, trained, contract)
+        print(f"decoder {trained.interpolation} -> {contract.interpolation}: " + ", ".join(f"{k} {v}" for k, v in decoder.items()))
+        if not decoder["accepted"]:
+            print(f"error: test top-1 drops through the {a.decoder} decoder; release refused", file=sys.stderr)
+            return 1
     try:
-        export = export_run(a.run, model.onnx, held_out)
-        export_run(a.run, model.tta_onnx, held_out, tta=True)
+        export = export_run(a.run, model.onnx, held_out, contract=contract)
+        export_run(a.run, model.tta_onnx, held_out, tta=True, contract=contract)
     except ExportError as exc:
         print(f"error: export verification failed: {exc}", file=sys.stderr)
         return 1
@@ -72,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         model.tta_onnx.with_suffix(".export.json").unlink()
     metrics = json.loads((a.run / "metrics.json").read_text())
     metrics["tta"] = tta
+    if decoder:
+        metrics["decoder"] = decoder
     metrics["release"] = {
         "run": str(a.run),
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",

@@ -26,6 +26,9 @@ from wastesort.inference import OnnxClassifier
 from wastesort.preprocess import preprocess_bytes
 from wastesort.shipped import IMAGES, LOGITS, PROBABILITIES
 
+#: The ``backend`` of the preprocessing row (bytes to tensor, no model).
+PREPROCESS_BACKEND = "preprocess"
+
 
 @dataclass
 class Candidate:
@@ -41,6 +44,7 @@ class Candidate:
     resolution: int | None = None  # input side when it differs from the model's own
     note: str = ""
     close: Callable[[], None] = field(default=lambda: None)
+    threads: int | None = None  # cores the row may use, where it sets them
 
 
 @dataclass(frozen=True)
@@ -88,15 +92,16 @@ def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: 
     return rows
 
 
-def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu") -> Candidate | Skipped:
+def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu", threads: int = 0) -> Candidate | Skipped:
     """ONNX Runtime on CPU (the project's session settings, worker spin-waiting off as the server
     runs it: with spinning workers the rows of an interleaved run take cores from each other,
     and the INT8 model, with more and shorter kernels, suffered most) or CUDA."""
     if not path.exists():
         return Skipped(name, "onnxruntime", precision, device, f"{path} not built (make build)")
     if device == "cpu":
-        classifier = OnnxClassifier(path, spinning=False)
-        return Candidate(name, "onnxruntime", precision, device, lambda x: classifier.run([LOGITS], x)[0], note=str(path))
+        classifier = OnnxClassifier(path, threads=threads, spinning=False)
+        run = lambda x: classifier.run([LOGITS], x)[0]  # noqa: E731
+        return Candidate(name, "onnxruntime", precision, device, run, note=str(path), threads=threads or None)
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -106,6 +111,31 @@ def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu") ->
     session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
     input_name = session.get_inputs()[0].name
     return Candidate(name, "onnxruntime", precision, device, lambda x: session.run([LOGITS], {input_name: x})[0], note=str(path))
+
+
+def openvino_candidate(name: str, path: Path, precision: str, threads: int = 0) -> Candidate | Skipped:
+    """OpenVINO on the CPU reading the same ONNX file (an INT8 QDQ file runs as OpenVINO's own
+    low-precision graph), float32 inference precision pinned so FP32 means FP32, the
+    throughput hint (one batch fills the cores) and ``threads`` inference threads (0: all)."""
+    if not path.exists():
+        return Skipped(name, "openvino", precision, "cpu", f"{path} not built (make build)")
+    try:
+        import openvino as ov
+    except ImportError:
+        return Skipped(name, "openvino", precision, "cpu", "openvino is not installed (pip install -e .[perf])")
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    logits = compiled.output(LOGITS)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: x})[logits])
+
+    note = f"OpenVINO {ov.get_version().split('-')[0]}: {path}"
+    return Candidate(name, "openvino", precision, "cpu", predict, note=note, threads=threads or None)
 
 
 def tensorrt_candidate(name: str, plan: Path, precision: str) -> Candidate | Skipped:
@@ -152,16 +182,30 @@ def at_resolution(rows: list[Candidate | Skipped], side: int) -> list[Candidate 
     return rows
 
 
-def preprocess_candidate(contract: PreprocessContract) -> Candidate:
-    """Encoded images to the model's input tensor on one thread (img/s per core)."""
+def preprocess_candidate(contract: PreprocessContract, threads: int | None = None, name: str = "preprocessing") -> Candidate:
+    """Encoded images to the model's input tensor on a pool of ``threads`` (default: one per
+    core, as the Triton ``preprocess`` model decodes a batch); per core = img/s / ``threads``."""
+    workers = threads or len(os.sched_getaffinity(0))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    decode = partial(preprocess_bytes, contract=contract)
 
     def predict(encoded: list[bytes]) -> np.ndarray:
-        return np.stack([preprocess_bytes(b, contract) for b in encoded])
+        return np.stack(list(pool.map(decode, encoded)))
 
-    return Candidate("preprocessing", "pillow", "-", "cpu", predict, inputs="bytes", note="wastesort.preprocess.preprocess_bytes, 1 thread")
+    note = f"wastesort.preprocess.preprocess_bytes, {decoder_name(contract)}, {workers} threads"
+    return Candidate(name, PREPROCESS_BACKEND, "-", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown, threads=workers)
 
 
-def pipeline_candidate(onnx_path: Path, threads: int | None = None, name: str = "pipeline (bytes to label)") -> Candidate:
+def decoder_name(contract: PreprocessContract) -> str:
+    """The decoder a contract selects, in words."""
+    if contract.interpolation == "area":
+        return f"libjpeg-turbo (simplejpeg, DCT scaling to {contract.jpeg_draft_floor:g} of the input) + OpenCV INTER_AREA"
+    return f"Pillow decode + {contract.interpolation} resize"
+
+
+def pipeline_candidate(
+    onnx_path: Path, precision: str = "fp32", threads: int | None = None, name: str = "pipeline (bytes to label)"
+) -> Candidate:
     """Encoded images to top-1 class indices in one process: decode pool (the model's own
     preprocessing contract), then ONNX Runtime (spin-waiting off, as served)."""
     classifier = OnnxClassifier(onnx_path, spinning=False)
@@ -173,13 +217,13 @@ def pipeline_candidate(onnx_path: Path, threads: int | None = None, name: str = 
         x = np.stack(list(pool.map(decode, encoded)))
         return classifier.run([PROBABILITIES], x)[0].argmax(1)
 
-    note = f"{workers} decode threads + ONNX Runtime FP32 ({onnx_path.name})"
-    return Candidate(name, "onnxruntime", "fp32", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)
+    note = f"{workers} decode threads + ONNX Runtime {precision.upper()} ({onnx_path.name})"
+    return Candidate(name, "onnxruntime", precision, "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)
 
 
 def top1(candidate: Candidate, images: np.ndarray, encoded: list[bytes], labels: np.ndarray, batch: int) -> float | None:
     """Top-1 of a model or pipeline candidate over the whole test split (None for preprocessing)."""
-    if candidate.backend == "pillow":
+    if candidate.backend == PREPROCESS_BACKEND:
         return None
     preds = []
     for i in range(0, len(labels), batch):

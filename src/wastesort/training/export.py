@@ -11,6 +11,7 @@ ONNX contract:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,22 @@ def verify_export(onnx_path: str | Path, model: nn.Module, images: np.ndarray, a
     return result
 
 
+#: ``--decoder`` choices of ``train/release.py``: the checkpoint's own preprocessing, or the
+#: libjpeg-turbo + OpenCV decoder (the contract's defaults for ``interpolation`` and
+#: ``jpeg_draft_floor``, the same geometry and normalisation).
+DECODERS = ("as-trained", "turbo")
+
+
+def with_decoder(contract: PreprocessContract, decoder: str) -> PreprocessContract:
+    """``contract`` served with ``decoder`` (one of :data:`DECODERS`)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+    if decoder == "as-trained":
+        return contract
+    default = PreprocessContract()
+    return replace(contract, interpolation=default.interpolation, jpeg_draft_floor=default.jpeg_draft_floor)
+
+
 def run_splits(run: Path) -> dict[str, list[Sample]]:
     """A run's train/val/test samples: its ``manifest.csv`` under the data root of its ``config.json``."""
     config = json.loads((run / "config.json").read_text())
@@ -141,14 +158,25 @@ def held_out_images(run: Path, limit: int) -> list[Path]:
     return [s.path for s in splits["val"] + splits["test"]][:limit]
 
 
-def export_run(run: Path, out: Path, paths: list[Path], opset: int = OPSET, atol: float = LOGIT_ATOL, tta: bool = False) -> dict:
+def export_run(
+    run: Path,
+    out: Path,
+    paths: list[Path],
+    opset: int = OPSET,
+    atol: float = LOGIT_ATOL,
+    tta: bool = False,
+    contract: PreprocessContract | None = None,
+) -> dict:
     """Export ``run/best.pt`` to ``out`` (with ``tta``: as :class:`FlipAveraged`), verify it on
     ``paths`` (real photos through the serving preprocessing) and write ``<out>.export.json``.
+    ``contract``: the one the file carries and is served with (default: the checkpoint's own,
+    as trained; see :func:`with_decoder`).
 
     Returns the verification record. Raises:
         ExportError: the export does not reproduce PyTorch (``out`` is removed).
     """
-    model, contract, ckpt = load_checkpoint(run / "best.pt")
+    model, trained, ckpt = load_checkpoint(run / "best.pt")
+    contract = contract or trained
     if tta:
         model = FlipAveraged(model).eval()
     what = "flip-averaged (TTA) " if tta else ""

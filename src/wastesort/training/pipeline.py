@@ -2,7 +2,7 @@
 
 * Evaluation images go through exactly the serving preprocessing
   (:func:`wastesort.preprocess.preprocess_bytes`), once, and are kept as one float32 tensor.
-* Training images are decoded once (same decoder, ``Image.draft``) into a uint8 cache a
+* Training images are decoded once (the contract's decoder and interpolation) into a uint8 cache a
   little larger than the model input, so an epoch costs no JPEG decoding; augmentation
   (torchvision ``transforms.v2``) then runs on the small cached tensors.
 """
@@ -14,13 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample
-from wastesort.preprocess import decode, preprocess_files
+from wastesort.preprocess import decode_for, preprocess_files, resize_to
 from wastesort.training.background import ReplaceBackground
 
 #: Training cache side relative to the model input (room for zoom-in crops).
@@ -33,19 +32,18 @@ def eval_tensor(samples: list[Sample], contract: PreprocessContract, desc: str =
     return x, torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
-def _load_cache(sample: Sample, size: tuple[int, int]) -> np.ndarray:
+def _load_cache(sample: Sample, size: tuple[int, int], contract: PreprocessContract) -> np.ndarray:
     with open(sample.path, "rb") as fh:
-        img = decode(fh.read(), draft_size=size)
-    return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
+        img = decode_for(fh.read(), contract, size)
+    return resize_to(img, size, contract.interpolation).transpose(2, 0, 1)
 
 
 def train_cache(samples: list[Sample], contract: PreprocessContract) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``(N, 3, h, w)`` with ``h, w = CACHE_SCALE * input`` (whole image, squashed), labels."""
     size = (round(contract.width * CACHE_SCALE), round(contract.height * CACHE_SCALE))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        arrays = list(
-            tqdm(pool.map(lambda s: _load_cache(s, size), samples), total=len(samples), desc="train images", leave=False, disable=None)
-        )
+        jobs = pool.map(lambda s: _load_cache(s, size, contract), samples)
+        arrays = list(tqdm(jobs, total=len(samples), desc="train images", leave=False, disable=None))
     return torch.from_numpy(np.stack(arrays)), torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+from wastesort.shipped import FROM_SCRATCH_NET
 from wastesort.variants import int8_graph
 from wastesort.variants.calibration import ArrayCalibrationReader
 
@@ -52,30 +53,27 @@ class Int8Settings:
     """Static INT8 quantisation settings (``onnxruntime.quantization.quantize_static`` plus the
     rewrites of :mod:`wastesort.variants.int8_graph`).
 
-    Defaults come from ``build/int8_sweep.py`` on this project's model and CPU (AVX-512 VNNI;
-    figures in ``build/int8_sweep.md``): QDQ, per-channel weights, unsigned 8-bit activations
-    with signed 8-bit weights (U8S8, VNNI's native pair), percentile calibration at 99.95 (the
-    lowest logit error against FP32 on the validation split), h-swish and squeeze-excite run as
-    integer ops (``integer_hard_sigmoid``, ``global_pool``), and the stem plus the first two
-    blocks (the first 8 convolutions, at 80x80 and 40x40) left in float. Without these
-    rewrites ONNX Runtime's INT8 model is slower than FP32 on this CPU (0.6-0.7x): it converts
-    the activations to float and back around every h-swish and pool.
+    The defaults are plain ``quantize_static``: QDQ, per-channel signed 8-bit weights, unsigned
+    8-bit activations (U8S8, the pair ONNX Runtime's x86 kernels want), every op quantised.
+    That suits networks of Conv + ReLU6 + Add such as EfficientNet-Lite, whose activations fold
+    into the integer convolution. Per-network choices are in :data:`INT8_BY_NET`, each picked
+    by ``build/int8_sweep.py`` on the validation split (``docs/int8.md``).
     """
 
     per_channel: bool = True
     activation: str = "QUInt8"
     weight: str = "QInt8"
-    method: str = "Percentile"
-    percentile: float = 99.95
+    method: str = "MinMax"
+    percentile: float = 99.999
     calibration_batch: int = 20
     exclude_ops: tuple[str, ...] = ()
     only_ops: tuple[str, ...] = ()
     #: Leading convolutions (and every node before them) kept in float.
-    float_prefix_convs: int = 8
+    float_prefix_convs: int = 0
     #: Run ``HardSigmoid`` as an integer ``QLinearMul`` (:func:`~wastesort.variants.int8_graph.hard_sigmoid_as_requantize`).
-    integer_hard_sigmoid: bool = True
+    integer_hard_sigmoid: bool = False
     #: Spatial ``ReduceMean`` as ``GlobalAveragePool`` (integer ``QLinearGlobalAveragePool``).
-    global_pool: bool = True
+    global_pool: bool = False
 
     def describe(self) -> str:
         where = f", {self.percentile:g} pct" if self.method == "Percentile" else ""
@@ -92,6 +90,21 @@ class Int8Settings:
             convs = "conv" if self.float_prefix_convs == 1 else f"{self.float_prefix_convs} convs"
             parts.append(f"first {convs} in float")
         return ", ".join(parts)
+
+
+#: MobileNetV3-Small: h-swish and squeeze-excite run as integer ops, the stem and the first two
+#: blocks (8 convolutions at 80x80 and 40x40) stay in float, percentile 99.95 calibration.
+#: Without these rewrites its INT8 model is slower than FP32 (0.6-0.7x): ONNX Runtime converts
+#: the activations to float and back around every h-swish and pool.
+MOBILENET_V3_INT8 = Int8Settings(method="Percentile", percentile=99.95, float_prefix_convs=8, integer_hard_sigmoid=True, global_pool=True)
+
+#: The settings ``make build`` quantises each network with; others get :class:`Int8Settings`'s defaults.
+INT8_BY_NET: dict[str, Int8Settings] = {FROM_SCRATCH_NET: MOBILENET_V3_INT8}
+
+
+def int8_settings(net: str) -> Int8Settings:
+    """The INT8 settings chosen for ``net``."""
+    return INT8_BY_NET.get(net, Int8Settings())
 
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8Settings = Int8Settings()) -> Path:
