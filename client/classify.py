@@ -59,9 +59,9 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from wastesort.shipped import DEFAULT_NET, PROBABILITIES
-from wastesort.triton.naming import ensemble_name
+from wastesort.triton.naming import default_ensembles
 
-DEFAULT_MODEL = ensemble_name(DEFAULT_NET)
+DEFAULT_MODELS = default_ensembles(DEFAULT_NET)
 #: Files picked up when walking a directory (files named explicitly are always sent).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -263,7 +263,7 @@ class Classifier:
         self,
         proto: Protocol,
         url: str,
-        model: str,
+        model: str | None,
         top_k: int,
         timeout_s: float,
         tls: Tls = Tls(),
@@ -293,6 +293,9 @@ class Classifier:
             raise ClientError(f"cannot reach {where}: {_message(exc)}. {hint}") from exc
         if not ready:
             raise ClientError(f"{where} is up but not ready (models still loading, or one failed to load: see the server log)")
+        if self.model is None:  # the INT8 ensemble when make build installed it, else FP32
+            ready_flags = [await self.client.is_model_ready(name, **kw) for name in DEFAULT_MODELS]
+            self.model = next((name for name, ok in zip(DEFAULT_MODELS, ready_flags, strict=True) if ok), DEFAULT_MODELS[-1])
         if not await self.client.is_model_ready(self.model, **kw):
             try:
                 index = await self.client.get_model_repository_index(**kw, **self.proto.json_kw())
@@ -397,6 +400,7 @@ async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> tuple[l
     classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout, args.tls, retry, args.headers)
     try:
         info = await classifier.connect()
+        args.model = classifier.model  # the default resolved against the server
         batch_size = args.batch_size
         if info.max_batch_size == 0:
             batch_size = 1
@@ -437,7 +441,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="host:port (default 127.0.0.1:$TRITON_HTTP_PORT or :8000 for http, :$TRITON_GRPC_PORT or :8001 for grpc)",
     )
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="http")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model taking encoded image bytes (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"model taking encoded image bytes (default: {DEFAULT_MODELS[0]} when make build installed it, else {DEFAULT_MODELS[1]})",
+    )
     parser.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")

@@ -17,7 +17,10 @@ def test_model_knob_becomes_net_argument(target: str) -> None:
     for model, expected in (("mobilenet_v3_small", "--net mobilenet_v3_small"), ("", None)):
         out = subprocess.run(
             ["make", "-n", "-o", "setup", "-o", ".venv/.installed", target, f"MODEL={model}"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         line = next(x for x in out.splitlines() if "/run.py" in x or "/build.py" in x)
         if expected:
@@ -33,7 +36,7 @@ def test_science_targets_reach_their_scripts() -> None:
             ["make", "-n", "-o", "setup", "-o", ".venv/.installed", *args], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout
 
-    assert "train/sweep.py --data \"d\" --trials 3" in dry("sweep", "DATA=d", "SWEEP_ARGS=--trials 3")
+    assert 'train/sweep.py --data "d" --trials 3' in dry("sweep", "DATA=d", "SWEEP_ARGS=--trials 3")
     assert "train/explain.py --net mobilenet_v3_small" in dry("explain", "MODEL=mobilenet_v3_small")
     assert "--run" not in dry("compress")
     assert "train/compress.py --run runs/x" in dry("compress", "RUN=runs/x")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,8 @@ def test_client_cli_classifies_a_folder(server: TritonServer, reference: OnnxCla
         _url(server, protocol),
         "--protocol",
         protocol,
+        "--model",  # an INT8 ensemble built here earlier would otherwise be the default
+        ENSEMBLE,
         "--json",
         "--top-k",
         "2",
@@ -320,18 +323,31 @@ def test_make_serve_entry_point_stops_cleanly_on_signals(tmp_path: Path) -> None
             log.close()
 
 
-def test_a_built_variant_is_served_through_its_own_ensemble(tmp_path: Path, reference: OnnxClassifier) -> None:
-    """What `make build` installs: a variant model plus `ensemble_<variant>`, next to the base ones."""
+def test_a_built_variant_is_served_through_its_own_ensemble(tmp_path: Path, reference: OnnxClassifier, photo_dir: Path) -> None:
+    """What `make build` installs: a variant model plus `ensemble_<variant>`, next to the base
+    ones; once an INT8 variant is installed, the client uses its ensemble unless told otherwise."""
     from wastesort.triton.config import write_repository, write_variant
-    from wastesort.variants.ort import optimize_fp32
+    from wastesort.triton.naming import default_ensembles
+    from wastesort.variants.ort import int8_settings, optimize_fp32, quantize_int8
 
     repo = tmp_path / "repo"
-    write_repository(repo, MODELS_DIR / f"{NET}.onnx", NET)
+    onnx = MODELS_DIR / f"{NET}.onnx"
+    write_repository(repo, onnx, NET)
     variant = f"{NET}_onnx_fp32"
-    write_variant(repo, NET, variant, optimize_fp32(MODELS_DIR / f"{NET}.onnx", tmp_path / "fp32.onnx"), reference.contract, "onnxruntime")
+    write_variant(repo, NET, variant, optimize_fp32(onnx, tmp_path / "fp32.onnx"), reference.contract, "onnxruntime")
+    calibration = np.stack([preprocess_bytes(b, reference.contract) for b in encoded_images(8, seed=5)])
+    int8 = quantize_int8(onnx, tmp_path / "int8.onnx", calibration, replace(int8_settings(NET), calibration_batch=4))
+    write_variant(repo, NET, f"{NET}_onnx_int8", int8, reference.contract, "onnxruntime")
     images = encoded_images(4, seed=31)
     with TritonServer(repo, log_path=tmp_path / "server.log") as srv:
         client = httpclient.InferenceServerClient(srv.http_url)
         assert client.is_model_ready(variant) and client.is_model_ready(f"ensemble_{variant}") and client.is_model_ready(ENSEMBLE)
         served = client.infer(f"ensemble_{variant}", [_bytes_input(httpclient, images)]).as_numpy("PROBABILITIES")
+        result = _run_client(str(photo_dir), "--url", _url(srv, "http"), "--protocol", "http", "--json")
     np.testing.assert_allclose(served, _expected(reference, images), atol=ATOL, rtol=0)
+    assert result.returncode == 0, result.stderr
+    assert f"with {default_ensembles(NET)[0]} over http" in result.stderr
+    paths = sorted(p for p in photo_dir.rglob("*") if p.is_file())
+    in_process = OnnxClassifier(int8).probabilities(np.stack([preprocess_bytes(p.read_bytes(), reference.contract) for p in paths]))
+    by_path = {r["path"]: r["label"] for r in map(json.loads, result.stdout.splitlines())}
+    assert [by_path[str(p)] for p in paths] == [reference.labels[k] for k in in_process.argmax(1)]

@@ -5,6 +5,9 @@
 * ``<net>_<variant>``: a precision or TTA variant (``onnx_int8``, ``onnx_tta``, ``trt_fp16``...).
 * ``ensemble_<net>`` serves the base classifier and ``ensemble_<net>_<variant>`` a variant:
   bytes in, probabilities out.
+* The service's default, in order of preference (:func:`default_ensembles`): the INT8
+  ensemble, which ``make build`` installs only when it passes the accuracy gate, then the
+  FP32 one (always in the committed repository, and always kept).
 """
 
 from __future__ import annotations
@@ -36,3 +39,8 @@ def ensemble_name(net: str) -> str:
 def installed_file(repository: Path, model: str, file: str = "model.onnx") -> Path:
     """Where model ``model``'s version-1 file lies in ``repository``."""
     return repository / model / "1" / file
+
+
+def default_ensembles(net: str) -> tuple[str, ...]:
+    """The ensembles a client uses for ``net`` when none is named, the first ready one wins."""
+    return ensemble_of(variant_name(net, "onnx_int8")), ensemble_name(net)
