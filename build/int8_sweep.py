@@ -38,19 +38,21 @@ MOBILENET_CANDIDATES = {
     "MinMax": replace(MOBILENET, method="MinMax"),
     "chosen, S8S8": replace(MOBILENET, activation="QInt8"),
 }
-PLAIN = Int8Settings()
+PLAIN = Int8Settings(float_prefix_convs=0)
 #: Conv + ReLU6 networks (EfficientNet-Lite): is any MobileNet rewrite still worth it, and
 #: which calibration keeps the accuracy.
 LITE_CANDIDATES = {
     "plain quantize_static (MinMax)": PLAIN,
     "+ pool as GlobalAveragePool": replace(PLAIN, global_pool=True),
-    "+ stem conv in float": replace(PLAIN, float_prefix_convs=1),
+    "+ stem conv in float": Int8Settings(),
     "Entropy": replace(PLAIN, method="Entropy"),
     "percentile 99.999": replace(PLAIN, method="Percentile", percentile=99.999),
     "percentile 99.99": replace(PLAIN, method="Percentile", percentile=99.99),
     "percentile 99.9": replace(PLAIN, method="Percentile", percentile=99.9),
     "per-tensor weights": replace(PLAIN, per_channel=False),
     "U8U8 (unsigned weights)": replace(PLAIN, weight="QUInt8"),
+    "7-bit weights (reduce_range)": replace(PLAIN, reduce_range=True),
+    "7-bit weights, stem conv in float": replace(Int8Settings(), reduce_range=True),
     "MobileNetV3's settings": MOBILENET,
 }
 

@@ -105,8 +105,9 @@ def test_int8_settings_describe_themselves() -> None:
     assert int8_settings(FROM_SCRATCH_NET).describe() == (
         "QDQ per-channel UInt8/Int8 Percentile, 99.95 pct, integer HardSigmoid, pool as GlobalAveragePool, first 8 convs in float"
     )
-    assert Int8Settings().describe() == "QDQ per-channel UInt8/Int8 MinMax"
-    plain = Int8Settings(method="Percentile", percentile=99.95, exclude_ops=("Mul",), global_pool=True)
+    assert Int8Settings().describe() == "QDQ per-channel UInt8/Int8 MinMax, first conv in float"
+    assert "UInt8/Int8 (7-bit) MinMax" in Int8Settings(reduce_range=True).describe()
+    plain = Int8Settings(method="Percentile", percentile=99.95, exclude_ops=("Mul",), global_pool=True, float_prefix_convs=0)
     assert plain.describe().endswith("99.95 pct, float Mul, pool as GlobalAveragePool")
     assert "per-tensor" in Int8Settings(per_channel=False).describe()
     assert int8_settings("a_net_with_no_choice") == Int8Settings()

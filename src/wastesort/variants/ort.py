@@ -53,11 +53,13 @@ class Int8Settings:
     """Static INT8 quantisation settings (``onnxruntime.quantization.quantize_static`` plus the
     rewrites of :mod:`wastesort.variants.int8_graph`).
 
-    The defaults are plain ``quantize_static``: QDQ, per-channel signed 8-bit weights, unsigned
-    8-bit activations (U8S8, the pair ONNX Runtime's x86 kernels want), every op quantised.
-    That suits networks of Conv + ReLU6 + Add such as EfficientNet-Lite, whose activations fold
-    into the integer convolution. Per-network choices are in :data:`INT8_BY_NET`, each picked
-    by ``build/int8_sweep.py`` on the validation split (``docs/int8.md``).
+    The defaults are ``quantize_static``'s own (QDQ, per-channel signed 8-bit weights, unsigned
+    8-bit activations: U8S8, the pair ONNX Runtime's x86 kernels want, MinMax calibration) with
+    the stem convolution kept in float. That suits networks of Conv + ReLU6 + Add such as
+    EfficientNet-Lite, whose activations fold into the integer convolution; on AVX2 CPUs the
+    stem, which sees the raw image, lost most of plain quantisation's 4 points (val logit error
+    against FP32 a third of plain's). Per-network choices are in :data:`INT8_BY_NET`, each
+    picked by ``build/int8_sweep.py`` on the validation split (``docs/int8.md``).
     """
 
     per_channel: bool = True
@@ -68,8 +70,12 @@ class Int8Settings:
     calibration_batch: int = 20
     exclude_ops: tuple[str, ...] = ()
     only_ops: tuple[str, ...] = ()
+    #: 7-bit weights: on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's U8S8 kernels add
+    #: pairs of products in 16 bits (``vpmaddubsw``), which saturates with full 8-bit ranges
+    #: (ONNX Runtime's quantisation docs); one bit less keeps the sums in range.
+    reduce_range: bool = False
     #: Leading convolutions (and every node before them) kept in float.
-    float_prefix_convs: int = 0
+    float_prefix_convs: int = 1
     #: Run ``HardSigmoid`` as an integer ``QLinearMul`` (:func:`~wastesort.variants.int8_graph.hard_sigmoid_as_requantize`).
     integer_hard_sigmoid: bool = False
     #: Spatial ``ReduceMean`` as ``GlobalAveragePool`` (integer ``QLinearGlobalAveragePool``).
@@ -77,7 +83,8 @@ class Int8Settings:
 
     def describe(self) -> str:
         where = f", {self.percentile:g} pct" if self.method == "Percentile" else ""
-        parts = [f"QDQ {'per-channel' if self.per_channel else 'per-tensor'} {self.activation[1:]}/{self.weight[1:]} {self.method}{where}"]
+        weights = f"{self.weight[1:]}{' (7-bit)' if self.reduce_range else ''}"
+        parts = [f"QDQ {'per-channel' if self.per_channel else 'per-tensor'} {self.activation[1:]}/{weights} {self.method}{where}"]
         if self.exclude_ops:
             parts.append(f"float {'/'.join(self.exclude_ops)}")
         if self.only_ops:
@@ -134,6 +141,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8S
             weight_type=getattr(QuantType, settings.weight),
             calibrate_method=getattr(CalibrationMethod, settings.method),
             nodes_to_exclude=sorted(set(excluded)),
+            reduce_range=settings.reduce_range,
             op_types_to_quantize=list(settings.only_ops) or None,
             extra_options=extra,
         )
