@@ -217,3 +217,18 @@ def test_normalize_batch_equals_each_image() -> None:
     out = normalize(batch, c)
     assert out.shape == (3, 3, 16, 12) and out.dtype == np.float32
     assert all(np.array_equal(out[i], normalize(batch[i], c)) for i in range(3))
+
+
+def test_preprocess_batch_fills_slots_and_reports_each_error() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wastesort.preprocess import preprocess_batch
+
+    c = PreprocessContract(height=32, width=48)
+    good = [_encode(_asymmetric()), _encode(_half_and_half(), "PNG")]
+    with ThreadPoolExecutor(2) as pool:
+        batch, errors = preprocess_batch([good[0], b"not an image", good[1]], c, pool)
+    assert batch.shape == (3, 3, 32, 48) and batch.dtype == np.float32
+    assert errors[0] is None and errors[2] is None and isinstance(errors[1], ImageDecodeError)
+    np.testing.assert_array_equal(batch[0], preprocess_bytes(good[0], c))
+    np.testing.assert_array_equal(batch[2], preprocess_bytes(good[1], c))

@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from sklearn.metrics import accuracy_score
 
 from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
-from wastesort.preprocess import preprocess_bytes
+from wastesort.preprocess import preprocess_batch
 from wastesort.shipped import IMAGES, LOGITS, PROBABILITIES
 
 #: The ``backend`` of the preprocessing row (bytes to tensor, no model).
@@ -182,17 +181,25 @@ def at_resolution(rows: list[Candidate | Skipped], side: int) -> list[Candidate 
     return rows
 
 
+def _decoded(batch: tuple[np.ndarray, list[BaseException | None]]) -> np.ndarray:
+    """The batch of :func:`preprocess_batch`, or the first image's error."""
+    images, errors = batch
+    for error in errors:
+        if error is not None:
+            raise error
+    return images
+
+
 def preprocess_candidate(contract: PreprocessContract, threads: int | None = None, name: str = "preprocessing") -> Candidate:
     """Encoded images to the model's input tensor on a pool of ``threads`` (default: one per
     core, as the Triton ``preprocess`` model decodes a batch); per core = img/s / ``threads``."""
     workers = threads or len(os.sched_getaffinity(0))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
-    decode = partial(preprocess_bytes, contract=contract)
 
     def predict(encoded: list[bytes]) -> np.ndarray:
-        return np.stack(list(pool.map(decode, encoded)))
+        return _decoded(preprocess_batch(encoded, contract, pool))
 
-    note = f"wastesort.preprocess.preprocess_bytes, {decoder_name(contract)}, {workers} threads"
+    note = f"wastesort.preprocess.preprocess_batch (as the preprocess model), {decoder_name(contract)}, {workers} threads"
     return Candidate(name, PREPROCESS_BACKEND, "-", "cpu", predict, inputs="bytes", note=note, close=pool.shutdown, threads=workers)
 
 
@@ -211,10 +218,9 @@ def pipeline_candidate(
     classifier = OnnxClassifier(onnx_path, spinning=False)
     workers = threads or len(os.sched_getaffinity(0))
     pool = ThreadPoolExecutor(workers)
-    decode = partial(preprocess_bytes, contract=classifier.contract)
 
     def predict(encoded: list[bytes]) -> np.ndarray:
-        x = np.stack(list(pool.map(decode, encoded)))
+        x = _decoded(preprocess_batch(encoded, classifier.contract, pool))
         return classifier.run([PROBABILITIES], x)[0].argmax(1)
 
     note = f"{workers} decode threads + ONNX Runtime {precision.upper()} ({onnx_path.name})"
