@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--net", default=DEFAULT_NET, help="committed model under models/ (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifest's paths are relative to")
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>")
+    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host> (quick: <host>-quick)")
     parser.add_argument("--quick", action="store_true", help="a short version (under 3 minutes on 2 cores)")
     parser.add_argument("--batch", type=int, default=64, help="in-process batch size")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 20, quick 8)")
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.iters = args.iters or (8 if args.quick else 20)
     args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16])
     args.measurement_ms = args.measurement_ms or (1000 if args.quick else 2000)
-    args.out = args.out or REPO_ROOT / "perf" / "results" / mach.host_name()
+    args.out = args.out or REPO_ROOT / "perf" / "results" / (mach.host_name() + ("-quick" if args.quick else ""))
     return args
 
 
