@@ -5,8 +5,9 @@
 Every row is timed with :func:`wastesort.perf.timing.time_interleaved` (round-robin, warm-up,
 median), on the same photos in the same run:
 
-* ``served``: ``preprocess_bytes`` with the model's contract on a pool of one thread per core,
-  as the Triton ``preprocess`` model runs a batch; img/s per core is the total over the cores.
+* ``served``: ``preprocess_batch`` with the model's contract on a pool of one thread per core,
+  each image written into its slot of the batch, as the Triton ``preprocess`` model runs a
+  batch; img/s per core is the total over the cores.
 * ``Pillow (previous decoder)``: the same with the contract's Pillow decoder and resize
   (``interpolation="bilinear"``, full-size decode unless a 1/2, 1/4, 1/8 draft stays above the
   target): what the service ran before.
@@ -33,7 +34,7 @@ from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.perf.machine import describe, one_line
 from wastesort.perf.timing import time_interleaved
-from wastesort.preprocess import decode_for, draft_size, load_rgb, normalize, preprocess_bytes, resize
+from wastesort.preprocess import decode_for, draft_size, load_rgb, normalize, preprocess_batch, preprocess_bytes, resize
 from wastesort.shipped import ShippedModel
 
 
@@ -53,9 +54,9 @@ def load_photos(data_dir: Path | None, n: int) -> tuple[list[bytes], str]:
     return out, f"{n} SYNTHETIC 512x384 JPEGs (no --data folder found)"
 
 
-def pooled(fn: Callable[[bytes], object], photos: list[bytes], pool: ThreadPoolExecutor) -> Callable[[], object]:
-    """One step: every photo through ``fn`` on ``pool``, stacked as the model's batch."""
-    return lambda: np.stack(list(pool.map(fn, photos)))
+def pooled(contract: PreprocessContract, photos: list[bytes], pool: ThreadPoolExecutor) -> Callable[[], object]:
+    """One step: every photo through :func:`preprocess_batch` on ``pool``."""
+    return lambda: preprocess_batch(photos, contract, pool)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     resized = np.stack([resize(a, contract) for a in decoded])
     with ThreadPoolExecutor(cores, thread_name_prefix="decode") as pool:
         rows: list[tuple[str, int, Callable[[], object]]] = [
-            (f"served: preprocess_bytes, {cores} threads", cores, pooled(lambda d: preprocess_bytes(d, contract), photos, pool)),
-            (f"Pillow (previous decoder), {cores} threads", cores, pooled(lambda d: preprocess_bytes(d, pillow), photos, pool)),
+            (f"served: preprocess_batch, {cores} threads", cores, pooled(contract, photos, pool)),
+            (f"Pillow (previous decoder), {cores} threads", cores, pooled(pillow, photos, pool)),
             ("1 thread: preprocess_bytes", 1, lambda: [preprocess_bytes(d, contract) for d in photos]),
             ("1 thread:   decode (DCT-scaled)", 1, lambda: [decode_for(d, contract, size) for d in photos]),
             ("1 thread:   resize", 1, lambda: [resize(a, contract) for a in decoded]),
