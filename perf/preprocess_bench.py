@@ -24,12 +24,11 @@ import io
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from wastesort.contract import LEGACY_JPEG_DRAFT_FLOOR, PreprocessContract
+from wastesort.contract import PreprocessContract
 from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.perf.machine import describe, one_line
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
     contract = PreprocessContract.from_onnx(str(args.model))
-    pillow = replace(contract, interpolation="bilinear", jpeg_draft_floor=LEGACY_JPEG_DRAFT_FLOOR)
+    pillow = contract.with_pillow_decoder()
     photos, what = load_photos(args.data, args.batch)
     cores = len(os.sched_getaffinity(0))
     print(f"{one_line(describe())}\n{what}; contract {contract.width}x{contract.height} {contract.resize} {contract.interpolation}")

@@ -42,7 +42,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tqdm import tqdm
 
-from wastesort.contract import LEGACY_JPEG_DRAFT_FLOOR, PreprocessContract
+from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError, Sample
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.perf import analyzer as pa
@@ -52,7 +52,7 @@ from wastesort.perf import report as rep
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
-from wastesort.triton.naming import ensemble_name, ensemble_of, installed_file, variant_name
+from wastesort.triton.naming import default_ensembles, installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.variants import gate as g
 
@@ -116,7 +116,7 @@ def candidates(
         rows += ip.at_resolution([*torch_cpu, ip.ort_candidate("ONNX Runtime", free, "fp32")], args.seed_resolution)
     rows.append(ip.preprocess_candidate(contract))
     if contract.interpolation != "bilinear":  # what the service decoded with before
-        pillow = replace(contract, interpolation="bilinear", jpeg_draft_floor=LEGACY_JPEG_DRAFT_FLOOR)
+        pillow = contract.with_pillow_decoder()
         rows.append(ip.preprocess_candidate(pillow, name="preprocessing, previous decoder"))
     rows.append(ip.pipeline_candidate(onnx))
     if int8.exists():
@@ -167,8 +167,10 @@ def run_inprocess(
 
 
 def served_ensembles(net: str) -> dict[str, str]:
-    """The ensembles compared with the in-process pipelines, by classifier precision."""
-    return {"fp32": ensemble_name(net), "int8": ensemble_of(variant_name(net, "onnx_int8"))}
+    """The ensembles compared with the in-process pipelines, by classifier precision (the
+    service's defaults: INT8 first, then FP32)."""
+    int8, fp32 = default_ensembles(net)
+    return {"fp32": fp32, "int8": int8}
 
 
 def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ values ``(pixel / 255 - mean) / std`` per channel, spatial size ``height x width
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from wastesort.labels import LABELS
 
@@ -79,6 +79,11 @@ class PreprocessContract:
         if self.resize == "squash":
             return self.width, self.height
         return (round(self.width / self.crop_fraction), round(self.height / self.crop_fraction))
+
+    def with_pillow_decoder(self) -> PreprocessContract:
+        """The same geometry and normalisation through Pillow's decoder and bilinear resize
+        (what models trained before ``area`` decode with): the benchmarks' comparison row."""
+        return replace(self, interpolation="bilinear", jpeg_draft_floor=LEGACY_JPEG_DRAFT_FLOOR)
 
     def to_metadata(self) -> dict[str, str]:
         """ONNX ``metadata_props`` entries (str -> str) that carry this contract."""
