@@ -21,6 +21,7 @@ import onnx
 from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest
 from wastesort.paths import REPO_ROOT
+from wastesort.training.export import run_lineage
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -35,11 +36,10 @@ def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) ->
 
 
 def _commands(run: Path) -> str:
-    """The run's training command, preceded by those of the runs it was initialised from."""
-    config = json.loads((run / "config.json").read_text())
-    parent = _commands(Path(config["init_from"]).parent) + "\n" if config.get("init_from") else ""
-    own = (run / "command.txt").read_text().strip() if (run / "command.txt").exists() else "(not recorded)"
-    return parent + own
+    """The training commands of the run and of the runs it was initialised from, first run first."""
+    return "\n".join(
+        (r / "command.txt").read_text().strip() if (r / "command.txt").exists() else "(not recorded)" for r, _ in run_lineage(run)
+    )
 
 
 def _shown(path: Path) -> Path:
@@ -52,11 +52,27 @@ def _init(config: dict) -> str:
     return f"; continued from `{config['init_from']}`" if config.get("init_from") else ""
 
 
-def _origin(config: dict, release: dict) -> str:
-    if config.get("weights") == "imagenet":
-        stages = f"two-stage fine-tuning ({config.get('freeze_epochs', 0)} head-only epochs, then the whole network)"
-        return f", **ImageNet-pretrained**: {release.get('weights', 'ImageNet weights')}; {stages}"
-    return ", trained **from scratch** (no pretrained weights)"
+def _origin(run: Path, release: dict) -> str:
+    """Where the weights began: the first run of the lineage (``--init-from`` followed back)."""
+    lineage = run_lineage(run)
+    first = lineage[0][1]
+    if first.get("weights") != "imagenet":
+        return ", trained **from scratch** (no pretrained weights)"
+    stages = f"two-stage fine-tuning ({first.get('freeze_epochs', 0)} head-only epochs, then the whole network)"
+    then = f", then {len(lineage) - 1} continued run(s)" if len(lineage) > 1 else ""
+    return f", **ImageNet-pretrained**: {release.get('weights', 'ImageNet weights')}; {stages}{then}"
+
+
+def _training(metrics: dict, release: dict) -> str:
+    """Epochs and minutes of every run of the lineage (the release record), else of this run."""
+    stages = release.get("lineage") or [
+        {"epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
+    ]
+    runs = " + ".join(f"{s['epochs']} epochs" for s in stages)
+    minutes = sum(s["train_minutes"] for s in stages)
+    devices = "/".join(sorted({s["device"].upper() for s in stages}))
+    where = f"{metrics['torch_threads']} threads{', ' + release['machine'] if release else ''}"
+    return f"{runs} (best of the last at epoch {metrics['best_epoch']}), {minutes:.0f} min in all on {devices} ({where})"
 
 
 def _tta_section(metrics: dict) -> str:
@@ -138,11 +154,11 @@ Waste-sorting image classifier: one photo of one item in, one of {len(classes)} 
 ## Summary
 | | |
 |---|---|
-| architecture | {metrics["model"]} (`wastesort.training.models`){_origin(config, release)} |
+| architecture | {metrics["model"]} (`wastesort.training.models`){_origin(run, release)} |
 | parameters | {metrics["parameters"]:,} |
 | **test top-1** | **{test["accuracy"]:.4f}** on {metrics["split_sizes"]["test"]} held-out photos (macro F1 {test["macro_f1"]:.4f}) |
 | val top-1 | {val["accuracy"]:.4f} on {metrics["split_sizes"]["val"]} photos (used for checkpoint selection) |
-| training | {metrics["epochs_run"]} epochs, best at epoch {metrics["best_epoch"]}, {metrics["train_minutes"]:.0f} min on {metrics["device"].upper()} ({metrics["torch_threads"]} threads{", " + release["machine"] if release else ""}) |
+| training | {_training(metrics, release)} |
 | file | `{_shown(onnx_path)}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
 | input | `IMAGES` float32 (N, 3, {contract.height}, {contract.width}), RGB, resize `{contract.resize}` ({contract.interpolation}), mean {list(contract.mean)}, std {list(contract.std)} |
 | outputs | `LOGITS` and `PROBABILITIES` float32 (N, {len(classes)}) |

