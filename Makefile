@@ -29,7 +29,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train sweep explain compress export release evaluate repository build serve perf perf-quick reliability reliability-quick scale-demo clean help
+.PHONY: setup test lint demo train sweep explain compress export release evaluate repository build serve perf perf-quick model-analyzer reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -46,6 +46,7 @@ help:
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
 	@echo "make build [DATA=dir]       precision variants of models/MODEL.onnx, accuracy gate, report, install the passing ones"
 	@echo "make serve                  tritonserver on model_repository/, foreground, 127.0.0.1:8000 (http) 8001 (grpc) 8002 (metrics)"
+	@echo "make model-analyzer [DATA=dir]  Triton Model Analyzer (own venv) on the default ensemble, vs the hand-tuned config"
 	@echo "make perf [DATA=dir]        throughput table: in-process rows + perf_analyzer sweep, into perf/results/<host>/"
 	@echo "make perf-quick [DATA=dir]  the same, short (under 3 minutes on 2 cores)"
 	@echo "make reliability            bad-input matrix, 10-minute soak, injected faults; docs/reliability.md (about 15 minutes)"
@@ -111,6 +112,15 @@ perf: setup
 
 perf-quick: setup
 	$(PY) perf/run.py --quick $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
+
+# Model Analyzer pins its own dependencies (optuna 3.6, tritonclient 2.73): its own environment
+ANALYZER_VENV ?= .venv-analyzer
+$(ANALYZER_VENV)/bin/model-analyzer:
+	$(PYTHON) -m venv $(ANALYZER_VENV)
+	$(ANALYZER_VENV)/bin/pip install -q "$$($(PY) -c 'from wastesort.perf.model_analyzer import ANALYZER_PACKAGE; print(ANALYZER_PACKAGE)')"
+
+model-analyzer: setup $(ANALYZER_VENV)/bin/model-analyzer
+	$(PY) perf/model_analyzer.py $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(MA_ARGS)
 
 reliability: setup
 	$(PY) reliability/run.py $(if $(DATA),--data "$(DATA)") $(RELIABILITY_ARGS)

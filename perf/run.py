@@ -226,22 +226,11 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
             for sweep in jobs:
                 url = server.grpc_url if sweep.protocol == "grpc" else server.http_url
                 run_settings = pa.SweepSettings(batch=sweep.request_batch, measurement_ms=args.measurement_ms)
-                for level in args.concurrency:
-                    stem = f"{sweep.model}_{sweep.protocol}_b{sweep.request_batch}_c{level}"
-                    csv_path = raw / f"{stem}.csv"
-                    cmd = pa.command(sweep.model, url, sweep.protocol, level, csv_path, inputs[sweep.kind], run_settings)
-                    bar.set_postfix_str(stem)
-                    try:
-                        pa.run(cmd, raw / f"{stem}.log")
-                        sweep.points += pa.parse_csv(csv_path.read_text())
-                    except (pa.AnalyzerError, OSError) as exc:
-                        sweep.error = str(exc).splitlines()[0]
-                        print(f"{stem}: {exc}", file=sys.stderr)
-                    bar.update(1)
-                    last = sweep.points[-1] if sweep.points else None
-                    if last and last.p99_ms > 3 * args.budget_ms:  # far past the knee: higher levels only queue longer
-                        bar.update(len(args.concurrency) - args.concurrency.index(level) - 1)
-                        break
+                sweep.points, sweep.error = pa.sweep(
+                    sweep.model, url, sweep.protocol, args.concurrency, inputs[sweep.kind], run_settings, raw,
+                    stop_past_ms=3 * args.budget_ms, on_level=lambda stem: (bar.set_postfix_str(stem), bar.update(1)),
+                )  # fmt: skip
+                bar.update(len(args.concurrency) - len(sweep.points) - bool(sweep.error))
                 sweeps.append(sweep)
     return sweeps, server_version
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,3 +217,34 @@ def run(cmd: list[str], log_path: Path, timeout_s: float = 600.0) -> None:
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise AnalyzerError(f"perf_analyzer exited with {proc.returncode}:\n{tail}")
+
+
+def sweep(
+    model: str,
+    url: str,
+    protocol: str,
+    levels: list[int],
+    input_data: Path,
+    settings: SweepSettings,
+    raw: Path,
+    stop_past_ms: float,
+    on_level: Callable[[str], None] = lambda stem: None,
+) -> tuple[list[ServedPoint], str]:
+    """One perf_analyzer run per concurrency level (CSV and log under ``raw``), lowest first;
+    stops early once p99 passes ``stop_past_ms`` (far past the knee, higher levels only queue
+    longer). Returns the points and the first error line ('' when none); ``on_level`` is
+    called with each run's file stem, for progress bars."""
+    points: list[ServedPoint] = []
+    for level in levels:
+        stem = f"{model}_{protocol}_b{settings.batch}_c{level}"
+        csv_path = raw / f"{stem}.csv"
+        on_level(stem)
+        try:
+            run(command(model, url, protocol, level, csv_path, input_data, settings), raw / f"{stem}.log")
+            points += parse_csv(csv_path.read_text())
+        except (AnalyzerError, OSError) as exc:
+            print(f"{stem}: {exc}", file=sys.stderr)
+            return points, str(exc).splitlines()[0]
+        if points and points[-1].p99_ms > stop_past_ms:
+            break
+    return points, ""

@@ -1,0 +1,332 @@
+"""Triton Model Analyzer driving this project's CPU server: its tool environment, its input
+repository, its config, and its results.
+
+Model Analyzer (``triton-model-analyzer`` on PyPI) pins its own dependencies (optuna 3.6,
+tritonclient 2.73, whose perf_analyzer needs glibc 2.38), so it lives in its own environment
+(:data:`ANALYZER_VENV`) and is pointed at the tools of the project's: the ``tritonserver`` of
+nvidia-pytriton (``local`` launch mode: Model Analyzer starts and stops it per configuration,
+with :func:`wastesort.triton.server.server_env`'s environment) and the project's
+perf_analyzer 2.50 (with :func:`wastesort.perf.analyzer.analyzer_env`'s library path).
+
+It profiles one ensemble with every composing model on the CPU (``cpu_only``), varying the
+composing models' instance counts, ``max_batch_size`` and dynamic batching, and measures each
+configuration over a concurrency sweep with real JPEG bytes (``--input-data``). Its own pick
+is the configuration of highest throughput within the p99 budget (its ``constraints``).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from wastesort.paths import REPO_ROOT
+from wastesort.perf.analyzer import ServedPoint, SweepSettings, analyzer_env, best_within, sweep
+from wastesort.triton.config import parse_config
+from wastesort.triton.server import TritonServer, backend_directory, server_env, tritonserver_binary
+
+#: The tool environment (gitignored) and what ``make model-analyzer`` installs into it.
+ANALYZER_VENV = REPO_ROOT / ".venv-analyzer"
+ANALYZER_PACKAGE = "triton-model-analyzer==1.58.0"
+#: Model Analyzer's table of every measured configuration, under its export path.
+INFERENCE_CSV = Path("results") / "metrics-model-inference.csv"
+#: Suffix Model Analyzer gives the unchanged configuration it measures first.
+DEFAULT_CONFIG_SUFFIX = "_config_default"
+
+
+class ModelAnalyzerError(RuntimeError):
+    """Model Analyzer is not installed or a run failed; the message says how and where."""
+
+
+def binary() -> Path:
+    """The ``model-analyzer`` entry point of :data:`ANALYZER_VENV`."""
+    return ANALYZER_VENV / "bin" / "model-analyzer"
+
+
+def unavailable_reason() -> str | None:
+    """None when Model Analyzer runs here, else one line saying what to install."""
+    if not binary().is_file():
+        return f"Model Analyzer is not installed in {ANALYZER_VENV} (make model-analyzer creates it: pip install {ANALYZER_PACKAGE})"
+    return None
+
+
+def composing_models(repository: Path, ensemble: str) -> list[str]:
+    """The models the ensemble's steps call, in step order."""
+    cfg = parse_config(repository / ensemble / "config.pbtxt")
+    return list(dict.fromkeys(step.model_name for step in cfg.ensemble_scheduling.step))
+
+
+def prepare_repository(source: Path, target: Path, ensemble: str) -> list[str]:
+    """Copy ``ensemble`` and its composing models from ``source`` to ``target`` (replaced) for
+    Model Analyzer, which sets ``max_batch_size`` as low as 1: warm-up samples larger than
+    batch 1 are dropped from the copies (Triton refuses to load a model whose warm-up exceeds
+    its ``max_batch_size``). Everything else is copied as served. Returns the composing models.
+    """
+    composing = composing_models(source, ensemble)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for model in [ensemble, *composing]:
+        shutil.copytree(source / model, target / model, symlinks=False)
+        path = target / model / "config.pbtxt"
+        cfg = parse_config(path)
+        kept = [w for w in cfg.model_warmup if w.batch_size <= 1]
+        del cfg.model_warmup[:]
+        cfg.model_warmup.extend(kept)
+        path.write_text(text_format.MessageToString(cfg))
+    return composing
+
+
+@dataclass(frozen=True)
+class Search:
+    """Model Analyzer's search: ``quick`` (its hill climb over the composing models) within
+    these bounds, each measurement ``duration_s`` long, picks within ``p99_budget_ms``."""
+
+    mode: str = "quick"
+    max_instances: int = 2
+    max_batch_size: int = 64
+    max_concurrency: int = 32
+    p99_budget_ms: float = 100.0
+    top: int = 3
+
+
+def analyzer_config(
+    repository: Path, ensemble: str, composing: list[str], workdir: Path, input_data: Path, ports: dict[str, int], search: Search
+) -> dict:
+    """Model Analyzer's YAML config (as a dict) for profiling ``ensemble`` on this CPU server."""
+    # Model Analyzer gives this environment to the server and to perf_analyzer alike: the
+    # server's libraries, and perf_analyzer's libcudart (no GPU is used)
+    env = analyzer_env(server_env())
+    return {
+        "model_repository": str(repository),
+        "output_model_repository_path": str(workdir / "output_repository"),
+        "override_output_model_repository": True,
+        "export_path": str(workdir / "export"),
+        "checkpoint_directory": str(workdir / "checkpoints"),
+        "triton_launch_mode": "local",
+        "triton_server_path": str(tritonserver_binary()),
+        "triton_http_endpoint": f"127.0.0.1:{ports['http']}",
+        "triton_grpc_endpoint": f"127.0.0.1:{ports['grpc']}",
+        "triton_metrics_url": f"http://127.0.0.1:{ports['metrics']}/metrics",
+        "triton_server_flags": {
+            "backend-directory": str(backend_directory()),
+            "http-address": "127.0.0.1",
+            "grpc-address": "127.0.0.1",
+            "metrics-address": "127.0.0.1",
+            "pinned-memory-pool-byte-size": 0,
+            "cuda-memory-pool-byte-size": "0:0",
+        },
+        "triton_server_environment": {"PATH": env["PATH"], "LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"]},
+        "perf_analyzer_path": str(Path(sys.executable).parent / "perf_analyzer"),
+        "perf_analyzer_flags": {"input-data": str(input_data)},
+        "gpus": [],
+        "run_config_search_mode": search.mode,
+        "run_config_search_max_instance_count": search.max_instances,
+        "run_config_search_max_model_batch_size": search.max_batch_size,
+        "run_config_search_max_concurrency": search.max_concurrency,
+        "num_top_model_configs": search.top,
+        "objectives": ["perf_throughput"],
+        "constraints": {"perf_latency_p99": {"max": search.p99_budget_ms}},
+        "profile_models": {ensemble: {"cpu_only": True}},
+        "cpu_only_composing_models": composing,
+    }
+
+
+def run(args: list[str], log: Path, env: dict[str, str], timeout_s: float) -> None:
+    """Run ``model-analyzer <args>``, its output to ``log``; :class:`ModelAnalyzerError` with
+    the end of the log when it fails or runs past ``timeout_s``."""
+    cmd = [str(binary()), *args]
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = f"a timeout after {timeout_s:.0f} s"
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise ModelAnalyzerError(f"model-analyzer {args[0]} ended with {code}:\n{tail}")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One row of Model Analyzer's inference table: a configuration at one concurrency.
+    ``config`` is the ensemble's configuration, ``composing`` those of its models (in the
+    ensemble's step order, as are ``instances`` and ``max_batch_sizes``)."""
+
+    config: str
+    composing: tuple[str, ...]
+    instances: str
+    max_batch_sizes: str
+    concurrency: int
+    throughput: float
+    p99_ms: float
+
+    @property
+    def is_default(self) -> bool:
+        return self.config.endswith(DEFAULT_CONFIG_SUFFIX)
+
+
+def read_results(export_path: Path) -> list[Measured]:
+    """Model Analyzer's inference table (``results/metrics-model-inference.csv``)."""
+    path = export_path / INFERENCE_CSV
+    if not path.is_file():
+        raise ModelAnalyzerError(f"Model Analyzer wrote no results table at {path}")
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            config, _, composing = row["Model Config Path"].partition(":")
+            rows.append(
+                Measured(
+                    config=config.strip(),
+                    composing=tuple(c.strip() for c in composing.split(",") if c.strip()),
+                    instances=row["Instance Group"],
+                    max_batch_sizes=row["Max Batch Size"],
+                    concurrency=int(float(row["Concurrency"])),
+                    throughput=float(row["Throughput (infer/sec)"]),
+                    p99_ms=float(row["p99 Latency (ms)"]),
+                )
+            )
+    return rows
+
+
+def best_per_config(rows: list[Measured], p99_budget_ms: float) -> list[Measured]:
+    """Each configuration's highest-throughput row within the budget, fastest first (Model
+    Analyzer's own ranking for a throughput objective under a p99 constraint)."""
+    best: dict[str, Measured] = {}
+    for row in rows:
+        if row.p99_ms <= p99_budget_ms and (row.config not in best or row.throughput > best[row.config].throughput):
+            best[row.config] = row
+    return sorted(best.values(), key=lambda r: r.throughput, reverse=True)
+
+
+def pick_repository(prepared: Path, output_repository: Path, pick: Measured, ensemble: str, target: Path) -> None:
+    """``prepared`` (as :func:`prepare_repository` wrote it) with the ensemble's and composing
+    models' configs replaced by those of Model Analyzer's ``pick`` (its output repository
+    names each ``<model>_config_<n>``; the model's own name is inside)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(prepared, target)
+    for folder in [pick.config, *pick.composing]:
+        cfg = parse_config(output_repository / folder / "config.pbtxt")
+        if not (target / cfg.name).is_dir():
+            raise ModelAnalyzerError(f"{folder} configures {cfg.name!r}, which is not in {prepared} (ensemble {ensemble})")
+        (target / cfg.name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+
+
+def describe(pick: Measured) -> str:
+    """'preprocess_config_0 + x_config_1: instances 1,2, max_batch_size 1,1' (step order)."""
+    instances = ",".join(i.split(":")[0] for i in pick.instances.split(","))
+    return f"{' + '.join(pick.composing)}: instances {instances}, max_batch_size {pick.max_batch_sizes}"
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One configuration's best point within the budget in one round of the side-by-side run."""
+
+    label: str
+    protocol: str
+    round: int
+    point: ServedPoint | None
+    error: str = ""
+
+
+def compare(
+    repositories: dict[str, Path],
+    ensemble: str,
+    input_data: Path,
+    levels: list[int],
+    settings: SweepSettings,
+    p99_budget_ms: float,
+    rounds: int,
+    raw: Path,
+    protocols: tuple[str, ...] = ("http", "grpc"),
+) -> list[Compared]:
+    """Serve each repository in turn (a fresh tritonserver on free loopback ports each time,
+    ``rounds`` times, alternating, so that the machine's drift falls on both) and sweep the
+    ensemble with perf_analyzer over ``levels`` on each protocol."""
+    results = []
+    for n in range(rounds):
+        for label, repository in repositories.items():
+            folder = raw / f"round{n}_{label.replace(' ', '_')}"
+            folder.mkdir(parents=True, exist_ok=True)
+            with TritonServer(repository, log_path=folder / "tritonserver.log") as server:
+                for protocol in protocols:
+                    url = server.grpc_url if protocol == "grpc" else server.http_url
+                    points, error = sweep(ensemble, url, protocol, levels, input_data, settings, folder, stop_past_ms=3 * p99_budget_ms)
+                    results.append(Compared(label, protocol, n, best_within(points, p99_budget_ms), error))
+    return results
+
+
+def medians(results: list[Compared]) -> dict[tuple[str, str], float]:
+    """Median over rounds of the best throughput within the budget, per (label, protocol);
+    a round without a point within the budget counts as 0."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        groups.setdefault((r.label, r.protocol), []).append(r.point.infer_per_s if r.point else 0.0)
+    return {key: float(statistics.median(values)) for key, values in groups.items()}
+
+
+def render(
+    machine_line: str, ensemble: str, search: Search, ranked: list[Measured], pick: Measured | None, results: list[Compared], kept: str
+) -> str:
+    """``model_analyzer.md``: Model Analyzer's ranking, its pick against the hand-tuned
+    configuration measured side by side, and which one the project keeps."""
+    lines = [
+        f"# Model Analyzer on `{ensemble}`",
+        "",
+        f"Machine: {machine_line}. Written by `perf/model_analyzer.py` (`make model-analyzer`).",
+        "",
+        f"Model Analyzer ({ANALYZER_PACKAGE}, its own environment `.venv-analyzer`) in `{search.mode}` search mode, local launch",
+        "of the project's tritonserver, every composing model on the CPU: instance counts up to",
+        f"{search.max_instances}, `max_batch_size` up to {search.max_batch_size} with dynamic batching, concurrency up to",
+        f"{search.max_concurrency}, real TrashNet JPEG bytes; objective throughput, constraint p99 within {search.p99_budget_ms:g} ms.",
+        "Its summary report is `result_summary.html`, every measurement `metrics-model-inference.csv`.",
+        "",
+        "## Its ranking (each configuration's best point within the budget)",
+        "",
+        "| configuration | composing models | img/s | p99 ms | concurrency |",
+        "|---|---|---|---|---|",
+    ]
+    for row in ranked:
+        name = f"{row.config} (hand-tuned)" if row.is_default else row.config
+        lines.append(f"| {name} | {describe(row)} | {row.throughput:.1f} | {row.p99_ms:.1f} | {row.concurrency} |")
+    lines += ["", "## Its pick against the hand-tuned configuration, side by side", ""]
+    if pick is None:
+        lines.append("Model Analyzer's best configuration within the budget is the hand-tuned one: nothing to compare.")
+    else:
+        table = medians(results)
+        rounds = 1 + max(r.round for r in results)
+        lines += [
+            f"The hand-tuned repository (`ServingOptions`) and Model Analyzer's pick ({describe(pick)}), each served by a fresh",
+            f"tritonserver, alternating, {rounds} rounds; perf_analyzer sweeps on each protocol; the median of the",
+            f"rounds' best throughput within p99 {search.p99_budget_ms:g} ms.",
+            "",
+            "| protocol | hand-tuned img/s | Model Analyzer's pick img/s | pick / hand-tuned |",
+            "|---|---|---|---|",
+        ]
+        for protocol in sorted({r.protocol for r in results}):
+            hand, ma = table[("hand-tuned", protocol)], table[("Model Analyzer", protocol)]
+            lines.append(f"| {protocol} | {hand:.1f} | {ma:.1f} | {ma / hand:.3f} |" if hand else f"| {protocol} | 0 | {ma:.1f} | - |")
+        errors = [f"{r.label} {r.protocol} round {r.round}: {r.error}" for r in results if r.error]
+        lines += [f"- error: {e}" for e in errors]
+    lines += ["", f"**Kept: {kept}.**", ""]
+    return "\n".join(lines)
+
+
+def verdict(results: list[Compared], margin: float = 0.03) -> str:
+    """Which configuration the project keeps: Model Analyzer's pick only when it is faster than
+    the hand-tuned one by more than ``margin`` on every protocol (run-to-run noise on this
+    machine is a few percent), else the hand-tuned one."""
+    table = medians(results)
+    protocols = {r.protocol for r in results}
+    if all(table[("Model Analyzer", p)] > (1 + margin) * table[("hand-tuned", p)] for p in protocols):
+        return "Model Analyzer's pick (faster on every protocol by more than the noise): put its settings in ServingOptions"
+    return f"the hand-tuned configuration (Model Analyzer's pick is not faster by more than {margin:.0%} on every protocol)"

@@ -1,0 +1,133 @@
+"""Model Analyzer's side: the repository it is given (the ensemble and its composing models,
+warm-ups it cannot break), the config that points it at this project's tritonserver and
+perf_analyzer on the CPU, the reading and ranking of its results table, the repository of its
+pick, and the rule that keeps a configuration. The profile run itself takes minutes and its
+own environment (``make model-analyzer``); its committed output is in perf/results/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from google.protobuf import text_format
+
+from wastesort.perf import model_analyzer as ma
+from wastesort.perf.analyzer import ServedPoint
+from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.triton import config as tc
+from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name
+
+ENSEMBLE = ensemble_name(DEFAULT_NET)
+CLASSIFIER = classifier_name(DEFAULT_NET)
+# Model Analyzer 1.58's results/metrics-model-inference.csv, rows as it wrote them here
+HEADER = (
+    "Model,Batch,Concurrency,Model Config Path,Instance Group,Max Batch Size,Satisfies Constraints,Throughput (infer/sec),p99 Latency (ms)"
+)
+DEFAULT = f"{ENSEMBLE}_config_default: preprocess_config_default, {CLASSIFIER}_config_default"
+ROWS = [
+    f'{ENSEMBLE},1,4,"{ENSEMBLE}_config_1: preprocess_config_0, {CLASSIFIER}_config_1","1:CPU,2:CPU","1,1",Yes,187.5,30.4',
+    f'{ENSEMBLE},1,8,"{ENSEMBLE}_config_1: preprocess_config_0, {CLASSIFIER}_config_1","1:CPU,2:CPU","1,1",Yes,176.1,64.6',
+    f'{ENSEMBLE},1,8,"{DEFAULT}","1:CPU,1:CPU","64,64",Yes,183.3,60.9',
+    f'{ENSEMBLE},1,128,"{DEFAULT}","1:CPU,1:CPU","64,64",No,191.7,705.0',
+    f'{ENSEMBLE},1,2,"{ENSEMBLE}_config_0: preprocess_config_0, {CLASSIFIER}_config_0","1:CPU,1:CPU","1,1",Yes,180.3,16.7',
+]
+
+
+def _repository(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    tc.write_repository(repo, ShippedModel().onnx, DEFAULT_NET)
+    return repo
+
+
+def test_prepared_repository_is_the_ensemble_without_warmups_above_batch_1(tmp_path: Path) -> None:
+    repo = _repository(tmp_path)
+    assert any(w.batch_size > 1 for w in tc.parse_config(repo / CLASSIFIER / "config.pbtxt").model_warmup)
+    prepared = tmp_path / "prepared"
+    composing = ma.prepare_repository(repo, prepared, ENSEMBLE)
+    assert composing == [PREPROCESS, CLASSIFIER]
+    assert sorted(p.name for p in prepared.iterdir()) == sorted([ENSEMBLE, PREPROCESS, CLASSIFIER])
+    for model in composing:
+        original, copied = (tc.parse_config(r / model / "config.pbtxt") for r in (repo, prepared))
+        assert [w.batch_size for w in copied.model_warmup] == [1]
+        del original.model_warmup[:], copied.model_warmup[:]
+        assert copied == original  # nothing else changed
+    assert (prepared / CLASSIFIER / "1" / "model.onnx").read_bytes() == ShippedModel().onnx.read_bytes()
+
+
+def test_config_drives_this_tritonserver_and_perf_analyzer_on_the_cpu(tmp_path: Path) -> None:
+    ports = {"http": 18010, "grpc": 18011, "metrics": 18012}
+    cfg = ma.analyzer_config(tmp_path / "r", ENSEMBLE, [PREPROCESS, CLASSIFIER], tmp_path, tmp_path / "in.json", ports, ma.Search())
+    cfg = yaml.safe_load(yaml.safe_dump(cfg))  # what Model Analyzer reads
+    assert cfg["triton_launch_mode"] == "local" and Path(cfg["triton_server_path"]).is_file()
+    assert (Path(cfg["triton_server_flags"]["backend-directory"]) / "python").is_dir()
+    assert all(cfg["triton_server_flags"][f"{k}-address"] == "127.0.0.1" for k in ("http", "grpc", "metrics"))
+    assert cfg["triton_http_endpoint"] == "127.0.0.1:18010" and cfg["triton_metrics_url"].startswith("http://127.0.0.1:18012")
+    libs = cfg["triton_server_environment"]["LD_LIBRARY_PATH"].split(":")
+    assert any(p.endswith("nvidia_pytriton.libs") for p in libs)  # the server's
+    assert any((Path(p) / "libcudart.so.12").exists() for p in libs)  # perf_analyzer's, same environment
+    assert cfg["profile_models"] == {ENSEMBLE: {"cpu_only": True}}
+    assert cfg["cpu_only_composing_models"] == [PREPROCESS, CLASSIFIER] and cfg["gpus"] == []
+    assert cfg["constraints"] == {"perf_latency_p99": {"max": 100.0}} and cfg["objectives"] == ["perf_throughput"]
+    assert cfg["perf_analyzer_flags"]["input-data"] == str(tmp_path / "in.json")
+
+
+def test_results_are_ranked_by_throughput_within_the_budget(tmp_path: Path) -> None:
+    (tmp_path / ma.INFERENCE_CSV).parent.mkdir(parents=True)
+    (tmp_path / ma.INFERENCE_CSV).write_text("\n".join([HEADER, *ROWS]) + "\n")
+    rows = ma.read_results(tmp_path)
+    assert len(rows) == len(ROWS) and rows[0].composing == ("preprocess_config_0", f"{CLASSIFIER}_config_1")
+    ranked = ma.best_per_config(rows, 100.0)
+    assert [(r.config.rsplit("_", 1)[-1], r.throughput) for r in ranked] == [("1", 187.5), ("default", 183.3), ("0", 180.3)]
+    assert ranked[1].is_default and not ranked[0].is_default
+    assert ma.describe(ranked[0]) == f"preprocess_config_0 + {CLASSIFIER}_config_1: instances 1,2, max_batch_size 1,1"
+    assert ma.best_per_config(rows, 1000.0)[0].throughput == 191.7  # the 705 ms point, when allowed
+
+
+def test_pick_repository_serves_the_picks_configs(tmp_path: Path) -> None:
+    prepared = tmp_path / "prepared"
+    ma.prepare_repository(_repository(tmp_path), prepared, ENSEMBLE)
+    output = tmp_path / "output"
+    for model, folder in ((ENSEMBLE, f"{ENSEMBLE}_config_1"), (PREPROCESS, "preprocess_config_0"), (CLASSIFIER, f"{CLASSIFIER}_config_1")):
+        cfg = tc.parse_config(prepared / model / "config.pbtxt")
+        cfg.max_batch_size = 1
+        if cfg.instance_group:
+            cfg.instance_group[0].count = 2
+        (output / folder).mkdir(parents=True)
+        (output / folder / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    (tmp_path / ma.INFERENCE_CSV).parent.mkdir(parents=True)
+    (tmp_path / ma.INFERENCE_CSV).write_text("\n".join([HEADER, *ROWS]) + "\n")
+    pick = ma.best_per_config(ma.read_results(tmp_path), 100.0)[0]
+    target = tmp_path / "picked"
+    ma.pick_repository(prepared, output, pick, ENSEMBLE, target)
+    picked = tc.parse_config(target / CLASSIFIER / "config.pbtxt")
+    assert picked.name == CLASSIFIER and picked.max_batch_size == 1 and picked.instance_group[0].count == 2
+    assert tc.parse_config(target / ENSEMBLE / "config.pbtxt").max_batch_size == 1
+    assert tc.parse_config(prepared / CLASSIFIER / "config.pbtxt").max_batch_size == 64  # the hand-tuned copy is untouched
+    shutil.rmtree(prepared / CLASSIFIER)
+    try:
+        ma.pick_repository(prepared, output, pick, ENSEMBLE, target)
+    except ma.ModelAnalyzerError as exc:
+        assert CLASSIFIER in str(exc)
+    else:
+        raise AssertionError("a pick configuring a model the repository lacks must be refused")
+
+
+def _point(img_s: float) -> ServedPoint:
+    return ServedPoint(4, img_s, *([0.0] * 7), 1.0, 1.0, 1.0, 30_000.0)
+
+
+def test_the_pick_is_kept_only_when_faster_beyond_the_noise_on_every_protocol() -> None:
+    def results(hand: float, pick_http: float, pick_grpc: float) -> list[ma.Compared]:
+        return [
+            ma.Compared("hand-tuned", "http", 0, _point(hand)),
+            ma.Compared("hand-tuned", "grpc", 0, _point(hand)),
+            ma.Compared("Model Analyzer", "http", 0, _point(pick_http)),
+            ma.Compared("Model Analyzer", "grpc", 0, _point(pick_grpc)),
+        ]
+
+    assert ma.verdict(results(100.0, 110.0, 110.0)).startswith("Model Analyzer's pick")
+    assert ma.verdict(results(100.0, 102.0, 110.0)).startswith("the hand-tuned")
+    assert ma.verdict(results(100.0, 90.0, 90.0)).startswith("the hand-tuned")
+    missed = [ma.Compared("hand-tuned", "http", 0, None), ma.Compared("Model Analyzer", "http", 0, _point(50.0))]
+    assert ma.medians(missed) == {("hand-tuned", "http"): 0.0, ("Model Analyzer", "http"): 50.0}
