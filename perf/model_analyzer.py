@@ -95,16 +95,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no configuration met p99 <= {args.budget_ms:g} ms", file=sys.stderr)
             return 1
         pick = None if ranked[0].is_default else ranked[0]
-        results, kept = [], "the hand-tuned configuration (Model Analyzer's best is the hand-tuned one)"
+        results, kept = [], f"the {ma.HAND_TUNED} configuration (Model Analyzer's best is the {ma.HAND_TUNED} one)"
         if pick is not None:
-            print(f"Model Analyzer's pick: {ma.describe(pick)}; serving it against the hand-tuned configuration")
-            picked = work / "picked"
-            ma.pick_repository(prepared, Path(config["output_model_repository_path"]), pick, ensemble, picked)
+            print(f"{ma.PICK}: {ma.describe(pick)}; serving it against the {ma.HAND_TUNED} configuration")
+            repositories = {ma.HAND_TUNED: prepared, ma.PICK: work / "picked", ma.PICK_INSTANCES: work / "pick_instances"}
+            ma.pick_repository(prepared, Path(config["output_model_repository_path"]), pick, ensemble, repositories[ma.PICK])
+            ma.with_instances(prepared, repositories[ma.PICK], repositories[ma.PICK_INSTANCES])
+            capacity = {label: ma.batch_capacity(repo, ensemble) for label, repo in repositories.items()}
             settings = pa.SweepSettings(measurement_ms=args.measurement_ms)
-            raw = work / "compare"
-            repositories = {"hand-tuned": prepared, "Model Analyzer": picked}
-            results = ma.compare(repositories, ensemble, input_data, args.concurrency, settings, args.budget_ms, args.rounds, raw)
-            kept = ma.verdict(results)
+            results = ma.compare(
+                repositories, ensemble, input_data, args.concurrency, settings, args.budget_ms, args.rounds, work / "compare"
+            )
+            kept = ma.verdict(results, capacity)
     text = ma.render(mach.one_line(machine), ensemble, search, ranked, pick, results, kept)
     (out / "model_analyzer.md").write_text(text)
     print(text)

@@ -40,6 +40,14 @@ INFERENCE_CSV = Path("results") / "metrics-model-inference.csv"
 DEFAULT_CONFIG_SUFFIX = "_config_default"
 
 
+#: The configurations served side by side: the project's, Model Analyzer's pick, and the
+#: project's batching with the pick's instance counts (the pick may cap the ensemble's
+#: ``max_batch_size``, which would refuse the multi-image requests the service takes).
+HAND_TUNED = "hand-tuned"
+PICK = "Model Analyzer's pick"
+PICK_INSTANCES = "hand-tuned + pick's instances"
+
+
 class ModelAnalyzerError(RuntimeError):
     """Model Analyzer is not installed or a run failed; the message says how and where."""
 
@@ -221,6 +229,25 @@ def pick_repository(prepared: Path, output_repository: Path, pick: Measured, ens
         (target / cfg.name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
 
 
+def with_instances(prepared: Path, picked: Path, target: Path) -> None:
+    """``prepared`` with each model's instance counts taken from ``picked`` (everything else,
+    ``max_batch_size`` included, as hand-tuned)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(prepared, target)
+    for folder in target.iterdir():
+        cfg = parse_config(folder / "config.pbtxt")
+        source = parse_config(picked / folder.name / "config.pbtxt")
+        del cfg.instance_group[:]
+        cfg.instance_group.extend(source.instance_group)
+        (folder / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+
+
+def batch_capacity(repository: Path, ensemble: str) -> int:
+    """The largest request (images) the ensemble of ``repository`` accepts."""
+    return parse_config(repository / ensemble / "config.pbtxt").max_batch_size
+
+
 def describe(pick: Measured) -> str:
     """'preprocess_config_0 + x_config_1: instances 1,2, max_batch_size 1,1' (step order)."""
     instances = ",".join(i.split(":")[0] for i in pick.instances.split(","))
@@ -296,7 +323,7 @@ def render(
         "|---|---|---|---|---|",
     ]
     for row in ranked:
-        name = f"{row.config} (hand-tuned)" if row.is_default else row.config
+        name = f"{row.config} ({HAND_TUNED})" if row.is_default else row.config
         lines.append(f"| {name} | {describe(row)} | {row.throughput:.1f} | {row.p99_ms:.1f} | {row.concurrency} |")
     lines += ["", "## Its pick against the hand-tuned configuration, side by side", ""]
     if pick is None:
@@ -304,29 +331,43 @@ def render(
     else:
         table = medians(results)
         rounds = 1 + max(r.round for r in results)
+        labels = list(dict.fromkeys(r.label for r in results))
         lines += [
-            f"The hand-tuned repository (`ServingOptions`) and Model Analyzer's pick ({describe(pick)}), each served by a fresh",
-            f"tritonserver, alternating, {rounds} rounds; perf_analyzer sweeps on each protocol; the median of the",
-            f"rounds' best throughput within p99 {search.p99_budget_ms:g} ms.",
+            f"Each configuration served by a fresh tritonserver, in turn, {rounds} rounds; perf_analyzer sweeps on each",
+            f"protocol; the median of the rounds' best throughput within p99 {search.p99_budget_ms:g} ms. {PICK}: {describe(pick)}.",
+            f"{PICK_INSTANCES}: the hand-tuned batching with the pick's instance counts.",
             "",
-            "| protocol | hand-tuned img/s | Model Analyzer's pick img/s | pick / hand-tuned |",
-            "|---|---|---|---|",
+            "| protocol | "
+            + " | ".join(f"{label} img/s" for label in labels)
+            + " | "
+            + " | ".join(f"{label} / hand-tuned" for label in labels[1:])
+            + " |",
+            "|---" * (2 * len(labels)) + "|",
         ]
         for protocol in sorted({r.protocol for r in results}):
-            hand, ma = table[("hand-tuned", protocol)], table[("Model Analyzer", protocol)]
-            lines.append(f"| {protocol} | {hand:.1f} | {ma:.1f} | {ma / hand:.3f} |" if hand else f"| {protocol} | 0 | {ma:.1f} | - |")
+            values = [table[(label, protocol)] for label in labels]
+            ratios = [f"{v / values[0]:.3f}" if values[0] else "-" for v in values[1:]]
+            lines.append(f"| {protocol} | " + " | ".join(f"{v:.1f}" for v in values) + " | " + " | ".join(ratios) + " |")
         errors = [f"{r.label} {r.protocol} round {r.round}: {r.error}" for r in results if r.error]
         lines += [f"- error: {e}" for e in errors]
     lines += ["", f"**Kept: {kept}.**", ""]
     return "\n".join(lines)
 
 
-def verdict(results: list[Compared], margin: float = 0.03) -> str:
-    """Which configuration the project keeps: Model Analyzer's pick only when it is faster than
-    the hand-tuned one by more than ``margin`` on every protocol (run-to-run noise on this
-    machine is a few percent), else the hand-tuned one."""
+def verdict(results: list[Compared], capacity: dict[str, int], margin: float = 0.03) -> str:
+    """Which configuration the project keeps: the fastest of those that accept the requests the
+    hand-tuned one accepts (``capacity``: images per request), when it beats the hand-tuned one
+    by more than ``margin`` on every protocol (run-to-run noise on this machine is a few
+    percent); else the hand-tuned one."""
     table = medians(results)
-    protocols = {r.protocol for r in results}
-    if all(table[("Model Analyzer", p)] > (1 + margin) * table[("hand-tuned", p)] for p in protocols):
-        return "Model Analyzer's pick (faster on every protocol by more than the noise): put its settings in ServingOptions"
-    return f"the hand-tuned configuration (Model Analyzer's pick is not faster by more than {margin:.0%} on every protocol)"
+    protocols = sorted({r.protocol for r in results})
+    labels = [label for label in dict.fromkeys(r.label for r in results) if label != HAND_TUNED]
+    keeps = [label for label in labels if capacity[label] >= capacity[HAND_TUNED]]
+    better = [label for label in keeps if all(table[(label, p)] > (1 + margin) * table[(HAND_TUNED, p)] for p in protocols)]
+    capped = [f"{label} caps requests at {capacity[label]} image(s)" for label in labels if label not in keeps]
+    note = f" ({'; '.join(capped)}: not kept whatever its speed)" if capped else ""
+    beyond = f"by more than {margin:.0%} on every protocol"
+    if better:
+        best = max(better, key=lambda label: min(table[(label, p)] / table[(HAND_TUNED, p)] for p in protocols))
+        return f"{best}, faster than the hand-tuned configuration {beyond}{note}"
+    return f"the hand-tuned configuration: no configuration that accepts its requests is faster {beyond}{note}"
