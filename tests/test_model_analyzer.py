@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import text_format
 
 from wastesort.perf import model_analyzer as ma
-from wastesort.perf.analyzer import ServedPoint
+from wastesort.perf.analyzer import ServedPoint, perf_analyzer_binary
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton import config as tc
 from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name
@@ -70,6 +70,7 @@ def test_config_drives_this_tritonserver_and_perf_analyzer_on_the_cpu(tmp_path: 
     assert cfg["cpu_only_composing_models"] == [PREPROCESS, CLASSIFIER] and cfg["gpus"] == []
     assert cfg["constraints"] == {"perf_latency_p99": {"max": 100.0}} and cfg["objectives"] == ["perf_throughput"]
     assert cfg["perf_analyzer_flags"]["input-data"] == str(tmp_path / "in.json")
+    assert cfg["perf_analyzer_path"] == str(perf_analyzer_binary())  # the project's 2.50, not Model Analyzer's own
 
 
 def test_results_are_ranked_by_throughput_within_the_budget(tmp_path: Path) -> None:

@@ -20,14 +20,13 @@ import csv
 import shutil
 import statistics
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from wastesort.paths import REPO_ROOT
-from wastesort.perf.analyzer import ServedPoint, SweepSettings, analyzer_env, best_within, sweep
+from wastesort.perf.analyzer import ServedPoint, SweepSettings, analyzer_env, best_within, perf_analyzer_binary, sweep
 from wastesort.triton.config import parse_config
 from wastesort.triton.server import TritonServer, backend_directory, server_env, tritonserver_binary
 
@@ -131,7 +130,7 @@ def analyzer_config(
             "cuda-memory-pool-byte-size": "0:0",
         },
         "triton_server_environment": {"PATH": env["PATH"], "LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"]},
-        "perf_analyzer_path": str(Path(sys.executable).parent / "perf_analyzer"),
+        "perf_analyzer_path": str(perf_analyzer_binary() or "perf_analyzer"),
         "perf_analyzer_flags": {"input-data": str(input_data)},
         "gpus": [],
         "run_config_search_mode": search.mode,
