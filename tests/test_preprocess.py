@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from wastesort.contract import PreprocessContract
-from wastesort.preprocess import ImageDecodeError, decode, decode_array, load_rgb, normalize, preprocess_bytes
+from wastesort.preprocess import (
+    ImageDecodeError,
+    _has_exif_segment,
+    _jpeg_orientation,
+    decode,
+    decode_array,
+    load_rgb,
+    normalize,
+    preprocess_bytes,
+)
 
 
 def _encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -157,6 +166,20 @@ def test_fast_decoder_applies_exif_orientation_like_pillow(orientation: int) -> 
     upright = np.asarray(decode(data))
     assert fast.shape == upright.shape and fast.dtype == np.uint8
     assert np.abs(fast.astype(int) - upright).mean() < 1.0
+
+
+def test_exif_segment_is_found_by_walking_the_header_segments() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = _asymmetric()
+    # Exif after the JFIF, ICC (APP2) and comment segments; a comment that merely contains
+    # the Exif signature is not an Exif segment
+    with_exif = _encode(img, exif=exif.tobytes(), icc_profile=b"\0" * 300, comment=b"Exif\x00\x00 in a comment")
+    without = _encode(img, icc_profile=b"\0" * 300, comment=b"Exif\x00\x00 in a comment")
+    assert _has_exif_segment(with_exif) and _jpeg_orientation(with_exif) == 6
+    assert not _has_exif_segment(without) and _jpeg_orientation(without) is None
+    assert not _has_exif_segment(with_exif[:3])  # truncated header: no Exif, no exception
+    assert not _has_exif_segment(b"\xff\xd8\xff\xe1\xff\xff")  # a length past the end
 
 
 @pytest.mark.parametrize(

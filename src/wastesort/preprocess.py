@@ -47,6 +47,13 @@ _EXIF_ORIENTATION = 0x0112
 #: slower than a full decode)
 _DCT_SCALES = (1, 2, 4, 8)
 _JPEG_MAGIC = b"\xff\xd8\xff"
+#: JPEG markers: start of scan (entropy-coded data follows), APP1 (Exif), the range of markers
+#: that may come before the scan (SOFn, DHT, DQT, DRI, APPn, COM), and within it those that
+#: carry no length (RSTn, SOI, EOI)
+_SOS, _APP1 = 0xDA, 0xE1
+_HEADER_MARKERS = (0xC0, 0xFE)
+_STANDALONE_MARKERS = (0xD0, 0xD9)
+_EXIF_HEADER = b"Exif\x00\x00"
 
 # the preprocessing pools give each image one thread; OpenCV must not start its own
 cv2.setNumThreads(1)
@@ -138,9 +145,31 @@ def _orient(rgb: np.ndarray, orientation: int | None) -> np.ndarray:
     return np.ascontiguousarray(transforms[orientation](rgb)) if orientation in transforms else rgb
 
 
+def _has_exif_segment(data: bytes) -> bool:
+    """Whether a JPEG's header segments (those before the scan) include an ``APP1 Exif`` one.
+
+    Walks the segment lengths from the start of the file, a few steps for a camera photo,
+    instead of searching the whole file (a tenth of the image's decode time before)."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if _STANDALONE_MARKERS[0] <= marker <= _STANDALONE_MARKERS[1]:  # RSTn, SOI, EOI: no length
+            pos += 2
+            continue
+        if marker == _SOS or not _HEADER_MARKERS[0] <= marker <= _HEADER_MARKERS[1]:
+            return False
+        if marker == _APP1 and data[pos + 4 : pos + 10] == _EXIF_HEADER:
+            return True
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
 def _jpeg_orientation(data: bytes) -> int | None:
     """The EXIF orientation of a JPEG, read only when it has an Exif segment."""
-    if b"Exif\x00\x00" not in data[:65536]:
+    if not _has_exif_segment(data):
         return None
     return Image.open(io.BytesIO(data)).getexif().get(_EXIF_ORIENTATION)
 
