@@ -123,7 +123,8 @@ def candidates(
         rows.append(ip.pipeline_candidate(int8, "int8"))
     scratch_model = ShippedModel(FROM_SCRATCH_NET).onnx
     if net != FROM_SCRATCH_NET and scratch_model.is_file():  # the speed/accuracy trade-off, same photos, same run
-        rows.append(ip.pipeline_candidate(scratch_model, name=f"pipeline (bytes to label), {FROM_SCRATCH_NET} from scratch"))
+        name = f"pipeline (bytes to label), {FROM_SCRATCH_NET} from scratch"
+        rows.append(ip.pipeline_candidate(scratch_model, name=name, model_side=contract.height))
     return rows
 
 

@@ -21,7 +21,7 @@ from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import op_type_ms
 from wastesort.perf.timing import fixed_batch, time_interleaved
-from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, IMAGES, ShippedModel
+from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
 from wastesort.synthetic import make_image
 from wastesort.triton.naming import ensemble_name
 from wastesort.triton.server import TritonServer
@@ -159,6 +159,22 @@ def test_pipeline_and_model_rows_agree_on_the_labels() -> None:
     assert ip.top1(ip.preprocess_candidate(contract), x, encoded, labels, batch=4) is None
     pipeline.close()
     assert isinstance(ip.ort_candidate("ONNX Runtime", Path("/nonexistent.onnx"), "int8"), ip.Skipped)
+
+
+def test_another_models_pipeline_row_carries_its_own_input_side() -> None:
+    """The from-scratch model's pipeline row, timed beside the default model, says its own
+    input side (so the table shows it and no speed-up is taken against another side)."""
+    scratch = ShippedModel(FROM_SCRATCH_NET).onnx
+    side = PreprocessContract.from_onnx(str(scratch)).height
+    assert side != SIDE
+    row = ip.pipeline_candidate(scratch, threads=1, model_side=SIDE)
+    same = ip.pipeline_candidate(ONNX, threads=1, model_side=SIDE)
+    assert (row.resolution, same.resolution) == (side, None)
+    rows = [rep.InprocessRow(row.name, row.backend, "fp32", "cpu", 64, row.resolution, 1, 100.0, 110.0, 120.0, img_s=640.0)]
+    machine = {"cpu": "Test CPU", "usable_cores": 2, "cpu_flags": "avx2", "gpus": []}
+    assert f"| {side}px |" in rep.inprocess_table(rows, machine, "PyTorch", SIDE)
+    row.close()
+    same.close()
 
 
 def test_free_resolution_copy_runs_at_another_size(tmp_path: Path) -> None:

@@ -211,11 +211,18 @@ def decoder_name(contract: PreprocessContract) -> str:
 
 
 def pipeline_candidate(
-    onnx_path: Path, precision: str = "fp32", threads: int | None = None, name: str = "pipeline (bytes to label)"
+    onnx_path: Path,
+    precision: str = "fp32",
+    threads: int | None = None,
+    name: str = "pipeline (bytes to label)",
+    model_side: int | None = None,
 ) -> Candidate:
     """Encoded images to top-1 class indices in one process: decode pool (the model's own
-    preprocessing contract), then ONNX Runtime (spin-waiting off, as served)."""
+    preprocessing contract), then ONNX Runtime (spin-waiting off, as served). When
+    ``model_side`` is given and this ONNX file's input side differs (another model in the
+    same run), the row's ``resolution`` says its own side."""
     classifier = OnnxClassifier(onnx_path, spinning=False)
+    side = classifier.contract.height
     workers = threads or len(os.sched_getaffinity(0))
     pool = ThreadPoolExecutor(workers)
 
@@ -224,7 +231,8 @@ def pipeline_candidate(
         return classifier.run([PROBABILITIES], x)[0].argmax(1)
 
     note = f"{workers} decode threads + ONNX Runtime {precision.upper()} ({onnx_path.name})"
-    return Candidate(name, "onnxruntime", precision, "cpu", predict, inputs="bytes", note=note, close=pool.shutdown)
+    resolution = side if model_side is not None and side != model_side else None
+    return Candidate(name, "onnxruntime", precision, "cpu", predict, inputs="bytes", resolution=resolution, note=note, close=pool.shutdown)
 
 
 def top1(candidate: Candidate, images: np.ndarray, encoded: list[bytes], labels: np.ndarray, batch: int) -> float | None:
