@@ -33,6 +33,12 @@ from wastesort.reliability import images as im
 from wastesort.shipped import IMAGE_BYTES, IMAGES, PROBABILITIES
 from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name
 
+# Two JPEG codings of the same picture (CMYK against RGB; the rotated frame, with other 8x8
+# blocks and chroma subsampling on the other axis, against the upright one) differ a little
+# in their pixels. The released EfficientNet-Lite0 moves up to 0.057 on them (MobileNetV3:
+# < 0.02); ignoring the EXIF tag moves it by 0.29 on the same photos.
+JPEG_RECODE_ATOL = 0.1
+
 CLIENTS = {"http": httpclient, "grpc": grpcclient}
 #: statuses that mean "your request was bad" (HTTP and gRPC spellings)
 INVALID_STATUSES = {"400", "StatusCode.INVALID_ARGUMENT"}
@@ -178,7 +184,7 @@ def _bad_image_probes() -> list[Probe]:
             lambda t: _bytes(im.cmyk_jpeg(phone)),
             "ok",
             same_as=lambda t: _bytes(im.encode(phone, "JPEG", quality=95)),
-            atol=0.05,
+            atol=JPEG_RECODE_ATOL,
         ),
         Probe("png-16bit", "16-bit greyscale PNG", "ensemble", lambda t: _bytes(wide), "ok", same_as=lambda t: _bytes(narrow)),
         *(
@@ -199,10 +205,7 @@ def _bad_image_probes() -> list[Probe]:
             lambda t: _bytes(im.with_orientation(phone, 6, "JPEG")),
             "ok",
             same_as=lambda t: _bytes(im.encode(phone, "JPEG", quality=95)),
-            # the rotated file is JPEG-coded in the rotated frame (other 8x8 blocks, chroma
-            # subsampling on the other axis): the pixels differ a little from the upright
-            # encoding, and EfficientNet-Lite moves up to 0.042 on them (MobileNetV3: < 0.02)
-            atol=0.05,
+            atol=JPEG_RECODE_ATOL,
         ),
         Probe("tiny-1x1", "a 1x1 image", "ensemble", lambda t: _bytes(im.encode(im.photo(size=(1, 1)), "PNG")), "ok"),
         Probe("strip-1x4000", "a 1x4000 strip", "ensemble", lambda t: _bytes(im.encode(im.photo(size=(1, 4000)), "PNG")), "ok"),
