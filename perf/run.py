@@ -133,10 +133,11 @@ def run_inprocess(
 ) -> list[rep.InprocessRow]:
     found = candidates(args, contract, onnx, test_x, args.scratch)
     ran = [c for c in found if isinstance(c, ip.Candidate)]
-    sides = {c.resolution for c in ran if c.resolution}
+    # tensors at another side only for the rows fed tensors (a bytes row decodes with its own contract)
+    sides = {c.resolution for c in ran if c.resolution and c.inputs == "tensor"}
     tensors = {None: test_x} | {side: g.test_tensors(test, replace(contract, height=side, width=side))[0] for side in sides}
     accuracy = {
-        id(c): ip.top1(c, tensors[c.resolution], encoded, test_y, args.batch)
+        id(c): ip.top1(c, tensors[c.resolution if c.inputs == "tensor" else None], encoded, test_y, args.batch)
         for c in tqdm(ran, desc="accuracy on the test split", unit="row")
     }
     batches = {side: fixed_batch(x, args.batch) for side, x in tensors.items()}

@@ -29,8 +29,9 @@ from wastesort.triton.server import TritonServer
 NET = DEFAULT_NET
 ONNX = ShippedModel(NET).onnx
 SIDE = PreprocessContract.from_onnx(str(ONNX)).height
-# a perf_analyzer 2.50 ``-f`` file as written on this machine (concurrency mode)
+MACHINE = {"cpu": "Test CPU", "usable_cores": 2, "cpu_flags": "avx2", "gpus": []}  # the keys the tables read
 PA_UNAVAILABLE = pa.unavailable_reason()  # probes the binary once
+# a perf_analyzer 2.50 ``-f`` file as written on this machine (concurrency mode)
 CSV_250 = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
     "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
@@ -171,8 +172,7 @@ def test_another_models_pipeline_row_carries_its_own_input_side() -> None:
     same = ip.pipeline_candidate(ONNX, threads=1, model_side=SIDE)
     assert (row.resolution, same.resolution) == (side, None)
     rows = [rep.InprocessRow(row.name, row.backend, "fp32", "cpu", 64, row.resolution, 1, 100.0, 110.0, 120.0, img_s=640.0)]
-    machine = {"cpu": "Test CPU", "usable_cores": 2, "cpu_flags": "avx2", "gpus": []}
-    assert f"| {side}px |" in rep.inprocess_table(rows, machine, "PyTorch", SIDE)
+    assert f"| {side}px |" in rep.inprocess_table(rows, MACHINE, "PyTorch", SIDE)
     row.close()
     same.close()
 
@@ -239,12 +239,11 @@ def test_summary_holds_rows_ratios_and_targets() -> None:
 
 
 def test_tables_show_every_row_and_the_skip_reasons() -> None:
-    machine = {"cpu": "Test CPU", "usable_cores": 2, "cpu_flags": "avx2", "gpus": []}
-    table = rep.inprocess_table(_rows(), machine, "PyTorch eager FP32 on CPU", 160)
+    table = rep.inprocess_table(_rows(), MACHINE, "PyTorch eager FP32 on CPU", 160)
     assert table.count("\n| ") == 11  # header and ten rows
     assert "skipped: no GPU" in table and "| 3200 |" in table and "Test CPU, 2 cores" in table
     assert "FP32: ONNX Runtime (onnxruntime, 3200 img/s); INT8: OpenVINO (openvino, 4500 img/s)" in table
-    served = rep.served_table(_sweeps(), 100.0, machine)
+    served = rep.served_table(_sweeps(), 100.0, MACHINE)
     assert "| 230 |" in served and "perf_analyzer exited with 99" in served
 
 

@@ -122,7 +122,7 @@ def ratios(
     int8 = find_row(rows, "onnxruntime", "int8", name="ONNX Runtime")
     pre = find_row(rows, PREPROCESS_BACKEND, "-", threads=next((r.threads for r in rows if r.backend == PREPROCESS_BACKEND), None))
     best = max((r for r in (fastest(rows, "fp32"), fastest(rows, "int8")) if r), key=lambda r: r.img_s or 0.0, default=None)
-    seed_side = next((r.resolution for r in rows if r.resolution), None)
+    seed_side = next((r.resolution for r in rows if r.resolution and r.backend == "pytorch"), None)
     torch_seed = find_row(rows, "pytorch", "fp32", resolution=seed_side) if seed_side else None
     ort_seed = find_row(rows, "onnxruntime", "fp32", resolution=seed_side, name="ONNX Runtime") if seed_side else None
     served = {}
