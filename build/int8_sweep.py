@@ -4,6 +4,7 @@ settings are chosen: logit error and top-1 agreement) and on the test split (wha
 reports), and all timed side by side with FP32 in one interleaved run.
 
     python build/int8_sweep.py [--net NET] [--data ../shared/data/trashnet]   # writes build/int8_sweep_<net>.md
+    python build/int8_sweep.py --per-layer    # each layer in float on its own: build/int8_layers_<net>.md
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
+
 from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, LOGITS, ShippedModel
 from wastesort.variants import gate as g
+from wastesort.variants import int8_graph
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.ort import MOBILENET_V3_INT8, Int8Settings, int8_settings, quantize_int8
+from wastesort.variants.ort import MOBILENET_V3_INT8, Int8Settings, int8_settings, one_more_float_layer, quantize_int8
 
 MOBILENET = MOBILENET_V3_INT8
 MOBILENET_PLAIN = Int8Settings(method="Percentile", percentile=99.999)
@@ -45,6 +49,9 @@ LITE_CANDIDATES = {
     "plain quantize_static (MinMax)": PLAIN,
     "+ pool as GlobalAveragePool": replace(PLAIN, global_pool=True),
     "+ stem conv in float": Int8Settings(),
+    "+ stem and block 0 in float": Int8Settings(float_prefix_convs=3),
+    "stem in float, S8S8 (signed activations)": Int8Settings(activation="QInt8"),
+    "stem in float, U8U8": Int8Settings(weight="QUInt8"),
     "Entropy": replace(PLAIN, method="Entropy"),
     "percentile 99.999": replace(PLAIN, method="Percentile", percentile=99.999),
     "percentile 99.99": replace(PLAIN, method="Percentile", percentile=99.99),
@@ -68,32 +75,44 @@ def _bold(text: str, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
 
+def per_layer(net: str, chosen: Int8Settings, onnx_path: Path) -> dict[str, Int8Settings]:
+    """The chosen settings, then each of the network's other quantised layers kept in float on
+    its own on top of them: which layers carry the INT8 error."""
+    modules = int8_graph.weighted_modules(onnx.load(str(onnx_path)))
+    return {f"chosen ({net})": chosen, **{f"+ {m.removeprefix('model.')}": s for m, s in one_more_float_layer(chosen, modules).items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", default=DEFAULT_NET, help="committed model under models/ (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET)
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--per-layer", action="store_true", help="keep each layer in float on its own (accuracy only, no timing)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "out" / "int8_sweep")
     args = parser.parse_args(argv)
     model = ShippedModel(args.net)
-    onnx = model.onnx
-    contract = PreprocessContract.from_onnx(str(onnx))
+    onnx_path = model.onnx
+    contract = PreprocessContract.from_onnx(str(onnx_path))
     val_x, _ = g.test_tensors(model.split("val", args.data), contract)
     test_x, test_y = g.test_tensors(model.split("test", args.data), contract)
     calibration = calibration_tensor(select_calibration(model.split("train", args.data), args.calibration_images), contract)
-    reference = g.evaluate(onnx, test_x, test_y, contract.labels)
-    ref_val = OnnxClassifier(onnx).batched(LOGITS, val_x)
+    reference = g.evaluate(onnx_path, test_x, test_y, contract.labels)
+    ref_val = OnnxClassifier(onnx_path).batched(LOGITS, val_x)
     args.out.mkdir(parents=True, exist_ok=True)
-    paths, rows = [onnx], [(reference, 0.0, 1.0)]
+    paths, rows = [onnx_path], [(reference, 0.0, 1.0)]
     chosen = int8_settings(args.net)
-    compared = candidates(args.net)
+    compared = per_layer(args.net, chosen, onnx_path) if args.per_layer else candidates(args.net)
     for i, settings in enumerate(compared.values()):
-        path = quantize_int8(onnx, args.out / f"int8_{i}.onnx", calibration, settings)
+        path = quantize_int8(onnx_path, args.out / f"int8_{i}.onnx", calibration, settings)
         val = OnnxClassifier(path).batched(LOGITS, val_x)
         mse = float(((val - ref_val) ** 2).mean())
         paths.append(path)
         rows.append((g.evaluate(path, test_x, test_y, contract.labels), mse, float((val.argmax(1) == ref_val.argmax(1)).mean())))
+    names = ["FP32 (committed)", *(_bold(f"{k}: {v.describe()}", v == chosen) for k, v in compared.items())]
+    if args.per_layer:
+        _write(args.net, "layers", per_layer_table(args.net, names, rows, reference, len(val_x), len(test_y)))
+        return
     timings = g.time_batches(paths, test_x, iters=args.iters)
     single = g.time_batches(paths, test_x, iters=args.iters, threads=1)
     lines = [
@@ -107,7 +126,6 @@ def main(argv: list[str] | None = None) -> None:
         "| img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    names = ["FP32 (committed)", *(_bold(f"{k}: {v.describe()}", v == chosen) for k, v in compared.items())]
     for name, (evaluation, mse, val_agree), timing, one in zip(names, rows, timings, single, strict=True):
         drop = (evaluation.top1 - reference.top1) * 100
         lines.append(
@@ -115,8 +133,27 @@ def main(argv: list[str] | None = None) -> None:
             f"{evaluation.agreement(reference.predictions):.4f} | {timing.img_s:.0f} | {timing.img_s / timings[0].img_s:.2f}x | "
             f"{one.img_s:.0f} | {one.img_s / single[0].img_s:.2f}x |"
         )
-    text = "\n".join(lines) + "\n"
-    (REPO_ROOT / "build" / f"int8_sweep_{args.net}.md").write_text(text)
+    _write(args.net, "sweep", "\n".join(lines) + "\n")
+
+
+def per_layer_table(net: str, names: list[str], rows: list, reference: g.Evaluation, n_val: int, n_test: int) -> str:
+    """Markdown table of a ``--per-layer`` run: accuracy against FP32 only."""
+    lines = [
+        f"# INT8 per-layer sensitivity ({net}): the chosen settings, then one more layer in float",
+        "",
+        f"Validation split {n_val} images (logit MSE and top-1 agreement against FP32), test split {n_test} images "
+        f"(one image = {100 / n_test:.2f} points).",
+        "",
+        "| settings | val logit MSE | val agreement | test top-1 | points vs FP32 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (evaluation, mse, val_agree) in zip(names, rows, strict=True):
+        lines.append(f"| {name} | {mse:.3f} | {val_agree:.4f} | {evaluation.top1:.4f} | {(evaluation.top1 - reference.top1) * 100:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(net: str, kind: str, text: str) -> None:
+    (REPO_ROOT / "build" / f"int8_{kind}_{net}.md").write_text(text)
     print(text)
 
 

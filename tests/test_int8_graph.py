@@ -172,3 +172,35 @@ def test_islands_that_cannot_be_requantized_are_left_alone(tmp_path: Path) -> No
     assert [n.name for n in qdq.graph.node if n.op_type == "HardSigmoid"] == ["gate"]
     float_model = _model()
     assert ig.hard_sigmoid_as_requantize(float_model) == 0  # no Q/DQ around it: nothing to do
+
+
+def _module_named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The tiny model with its weights named as an exported PyTorch module names them."""
+    names = {"W1": "stem.weight", "W2": "gate.weight", "W3": "head.weight"}
+    for init in model.graph.initializer:
+        init.name = names.get(init.name, init.name)
+    for node in model.graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+    return model
+
+
+def test_layers_are_found_by_the_module_that_owns_their_weight() -> None:
+    model = _module_named(_model())
+    assert ig.weighted_modules(model) == ["stem", "gate", "head"]
+    assert ig.reading_weights(model, ["head.weight", "stem.weight"]) == ["conv1", "conv3"]
+    with pytest.raises(ValueError, match="no node reads"):
+        ig.reading_weights(model, ["hed.weight"])
+
+
+def test_a_module_named_to_stay_in_float_keeps_its_float_weight(tmp_path: Path) -> None:
+    from wastesort.variants.ort import Int8Settings, quantize_int8
+
+    src = tmp_path / "float.onnx"
+    onnx.save(_module_named(_model()), str(src))
+    settings = Int8Settings(float_prefix_convs=0, float_modules=("head",), calibration_batch=8)
+    graph = onnx.load(str(quantize_int8(src, tmp_path / "int8.onnx", X, settings))).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    weight_source = {n.name: producer.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"}
+    assert weight_source == {"conv1": "DequantizeLinear", "conv2": "DequantizeLinear", "conv3": "initializer"}
+    assert "head.weight" in {i.name for i in graph.initializer}
+    assert settings.describe().endswith("head in float")

@@ -22,7 +22,7 @@ from wastesort.triton.naming import ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import ArrayCalibrationReader, calibration_tensor, select_calibration
-from wastesort.variants.ort import Int8Settings, convert_fp16, int8_settings, optimize_fp32, quantize_int8
+from wastesort.variants.ort import Int8Settings, convert_fp16, int8_settings, one_more_float_layer, optimize_fp32, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
 # the INT8 graph rewrites are checked on the MobileNetV3 model, whose h-swish and squeeze-excite they target
@@ -194,3 +194,11 @@ def test_variants_install_with_their_ensembles(tmp_path: Path, contract) -> None
     tc.remove_variant(repo, variant_name(NET, "trt_int8"))
     assert not (repo / variant_name(NET, "trt_int8")).exists() and not (repo / ensemble_of(variant_name(NET, "trt_int8"))).exists()
     assert tc.check_repository(repo, ONNX, NET) == []  # the base models are untouched
+
+
+def test_the_per_layer_scan_adds_each_still_quantised_layer_once() -> None:
+    modules = ["stem", "block0.dw", "block0.pw", "head", "classifier"]
+    chosen = Int8Settings(float_prefix_convs=2, float_modules=("head",))
+    scan = one_more_float_layer(chosen, modules)
+    assert list(scan) == ["block0.pw", "classifier"]
+    assert scan["classifier"] == replace(chosen, float_modules=("head", "classifier"))

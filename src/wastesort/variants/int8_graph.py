@@ -87,6 +87,29 @@ def float_prefix(model: onnx.ModelProto, convolutions: int) -> list[str]:
     raise ValueError(f"the model has only {seen} Conv nodes, fewer than the {convolutions} asked to stay in float")
 
 
+def weighted_modules(model: onnx.ModelProto) -> list[str]:
+    """The modules of the ``Conv`` and ``Gemm`` nodes in graph order, named as their weight
+    initialiser (``<module>.weight``) names them; nodes whose weight is not such an initialiser
+    are left out."""
+    weights = {i.name for i in model.graph.initializer}
+    return [
+        n.input[1].removesuffix(".weight")
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in weights and n.input[1].endswith(".weight")
+    ]
+
+
+def reading_weights(model: onnx.ModelProto, weights: list[str]) -> list[str]:
+    """Names of the nodes that read any of the initialisers ``weights``; every name must be read
+    by some node (a misspelt layer is an error, not a silently quantised one)."""
+    wanted = set(weights)
+    nodes = [n for n in model.graph.node if wanted.intersection(n.input)]
+    missing = wanted.difference(i for n in nodes for i in n.input)
+    if missing:
+        raise ValueError(f"no node reads {sorted(missing)}")
+    return [n.name for n in nodes]
+
+
 def hard_sigmoid_as_requantize(model: onnx.ModelProto) -> int:
     """Rewrite every ``DQ(x) -> HardSigmoid -> Q(h) -> DQ(h)`` island of a QDQ model so that
     ONNX Runtime runs it as one integer ``QLinearMul``; returns how many were rewritten.

@@ -6,7 +6,7 @@ preprocessing contract), so the same ``preprocess`` model and ensemble serve all
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,10 @@ class Int8Settings:
     reduce_range: bool = False
     #: Leading convolutions (and every node before them) kept in float.
     float_prefix_convs: int = 1
+    #: Further layers kept in float, named by the module whose ``<module>.weight`` initialiser
+    #: they read (``model.conv_head``, ``model.classifier``): stable across re-exports, unlike
+    #: node names.
+    float_modules: tuple[str, ...] = ()
     #: Run ``HardSigmoid`` as an integer ``QLinearMul`` (:func:`~wastesort.variants.int8_graph.hard_sigmoid_as_requantize`).
     integer_hard_sigmoid: bool = False
     #: Spatial ``ReduceMean`` as ``GlobalAveragePool`` (integer ``QLinearGlobalAveragePool``).
@@ -96,6 +100,8 @@ class Int8Settings:
         if self.float_prefix_convs:
             convs = "conv" if self.float_prefix_convs == 1 else f"{self.float_prefix_convs} convs"
             parts.append(f"first {convs} in float")
+        if self.float_modules:
+            parts.append(f"{', '.join(m.removeprefix('model.') for m in self.float_modules)} in float")
         return ", ".join(parts)
 
 
@@ -114,6 +120,14 @@ def int8_settings(net: str) -> Int8Settings:
     return INT8_BY_NET.get(net, Int8Settings())
 
 
+def one_more_float_layer(settings: Int8Settings, modules: list[str]) -> dict[str, Int8Settings]:
+    """For each of ``modules`` (a network's weighted layers in graph order, as
+    :func:`~wastesort.variants.int8_graph.weighted_modules` names them) that ``settings`` still
+    quantise, ``settings`` with that layer kept in float as well: the per-layer sensitivity scan."""
+    quantized = [m for m in modules[settings.float_prefix_convs :] if m not in settings.float_modules]
+    return {m: replace(settings, float_modules=(*settings.float_modules, m)) for m in quantized}
+
+
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8Settings = Int8Settings()) -> Path:
     """Static INT8 QDQ model calibrated on ``calibration`` (float32 ``(N, 3, H, W)``, produced by
     the serving preprocessing). Runs ONNX Runtime's recommended pre-processing first, then the
@@ -128,6 +142,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8S
         input_name = model.graph.input[0].name
         excluded = [n.name for n in model.graph.node if n.op_type in settings.exclude_ops]
         excluded += int8_graph.float_prefix(model, settings.float_prefix_convs)
+        excluded += int8_graph.reading_weights(model, [f"{m}.weight" for m in settings.float_modules])
         extra: dict[str, object] = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if settings.method == "Percentile":
             extra["CalibPercentile"] = settings.percentile
