@@ -23,7 +23,7 @@ from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, LOGITS, ShippedMode
 from wastesort.variants import gate as g
 from wastesort.variants import int8_graph
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.ort import MOBILENET_V3_INT8, Int8Settings, int8_settings, one_more_float_layer, quantize_int8
+from wastesort.variants.ort import MOBILENET_V3_INT8, Int8Settings, int8_settings, layer_label, one_more_float_layer, quantize_int8
 
 MOBILENET = MOBILENET_V3_INT8
 MOBILENET_PLAIN = Int8Settings(method="Percentile", percentile=99.999)
@@ -79,7 +79,7 @@ def per_layer(net: str, chosen: Int8Settings, onnx_path: Path) -> dict[str, Int8
     """The chosen settings, then each of the network's other quantised layers kept in float on
     its own on top of them: which layers carry the INT8 error."""
     modules = int8_graph.weighted_modules(onnx.load(str(onnx_path)))
-    return {f"chosen ({net})": chosen, **{f"+ {m.removeprefix('model.')}": s for m, s in one_more_float_layer(chosen, modules).items()}}
+    return {f"chosen ({net})": chosen, **{f"+ {layer_label(m)}": s for m, s in one_more_float_layer(chosen, modules).items()}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from wastesort.variants import int8_graph as ig
 from wastesort.variants.calibration import ArrayCalibrationReader
+from wastesort.variants.ort import Int8Settings, quantize_int8
 
 ALPHA = 1.0 / 6.0
 RNG = np.random.default_rng(0)
@@ -193,8 +194,6 @@ def test_layers_are_found_by_the_module_that_owns_their_weight() -> None:
 
 
 def test_a_module_named_to_stay_in_float_keeps_its_float_weight(tmp_path: Path) -> None:
-    from wastesort.variants.ort import Int8Settings, quantize_int8
-
     src = tmp_path / "float.onnx"
     onnx.save(_module_named(_model()), str(src))
     settings = Int8Settings(float_prefix_convs=0, float_modules=("head",), calibration_batch=8)

@@ -48,6 +48,11 @@ def optimize_fp32(src: Path, dst: Path) -> Path:
     return dst
 
 
+def layer_label(module: str) -> str:
+    """A module name as the sweep tables show it, without the export's ``model.`` wrapper prefix."""
+    return module.removeprefix("model.")
+
+
 @dataclass(frozen=True)
 class Int8Settings:
     """Static INT8 quantisation settings (``onnxruntime.quantization.quantize_static`` plus the
@@ -101,7 +106,7 @@ class Int8Settings:
             convs = "conv" if self.float_prefix_convs == 1 else f"{self.float_prefix_convs} convs"
             parts.append(f"first {convs} in float")
         if self.float_modules:
-            parts.append(f"{', '.join(m.removeprefix('model.') for m in self.float_modules)} in float")
+            parts.append(f"{', '.join(map(layer_label, self.float_modules))} in float")
         return ", ".join(parts)
 
 
