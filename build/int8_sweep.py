@@ -23,7 +23,16 @@ from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, LOGITS, ShippedMode
 from wastesort.variants import gate as g
 from wastesort.variants import int8_graph
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.ort import MOBILENET_V3_INT8, Int8Settings, int8_settings, layer_label, one_more_float_layer, quantize_int8
+from wastesort.variants.ort import (
+    INT8_SPEED_BAND,
+    MOBILENET_V3_INT8,
+    Int8Settings,
+    int8_settings,
+    layer_label,
+    one_more_float_layer,
+    pick_int8,
+    quantize_int8,
+)
 
 MOBILENET = MOBILENET_V3_INT8
 MOBILENET_PLAIN = Int8Settings(method="Percentile", percentile=99.999)
@@ -133,7 +142,18 @@ def main(argv: list[str] | None = None) -> None:
             f"{evaluation.agreement(reference.predictions):.4f} | {timing.img_s:.0f} | {timing.img_s / timings[0].img_s:.2f}x | "
             f"{one.img_s:.0f} | {one.img_s / single[0].img_s:.2f}x |"
         )
+    lines += ["", rule_verdict(compared, chosen, [t.img_s for t in timings[1:]], [mse for _, mse, _ in rows[1:]])]
     _write(args.net, "sweep", "\n".join(lines) + "\n")
+
+
+def rule_verdict(compared: dict[str, Int8Settings], chosen: Int8Settings, img_s: list[float], mse: list[float]) -> str:
+    """What :func:`~wastesort.variants.ort.pick_int8` picks from this run, and whether that is what
+    ``make build`` uses (the bold row)."""
+    pick = pick_int8({name: (speed, err) for name, speed, err in zip(compared, img_s, mse, strict=True)})
+    rule = f"Rule (lowest val logit MSE among the settings within {INT8_SPEED_BAND:.0%} of the fastest INT8 row, 2 threads): **{pick}**"
+    if compared[pick] == chosen:
+        return f"{rule}, the settings `make build` uses."
+    return f"{rule}, not the settings `make build` uses ({chosen.describe()}): update `INT8_BY_NET`."
 
 
 def per_layer_table(net: str, names: list[str], rows: list, reference: g.Evaluation, n_val: int, n_test: int) -> str:

@@ -22,7 +22,7 @@ from wastesort.triton.naming import ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import ArrayCalibrationReader, calibration_tensor, select_calibration
-from wastesort.variants.ort import Int8Settings, convert_fp16, int8_settings, one_more_float_layer, optimize_fp32, quantize_int8
+from wastesort.variants.ort import Int8Settings, convert_fp16, int8_settings, one_more_float_layer, optimize_fp32, pick_int8, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
 # the INT8 graph rewrites are checked on the MobileNetV3 model, whose h-swish and squeeze-excite they target
@@ -202,3 +202,12 @@ def test_the_per_layer_scan_adds_each_still_quantised_layer_once() -> None:
     scan = one_more_float_layer(chosen, modules)
     assert list(scan) == ["block0.pw", "classifier"]
     assert scan["classifier"] == replace(chosen, float_modules=("head", "classifier"))
+
+
+def test_the_int8_rule_takes_the_lowest_error_among_the_equally_fast() -> None:
+    measured = {"plain": (230.0, 0.37), "stem": (213.0, 0.09), "stem+block0": (218.0, 0.02), "u8u8": (20.0, 0.01)}
+    assert pick_int8(measured) == "stem+block0"  # u8u8 is the most accurate but ten times slower
+    assert pick_int8(measured, band=0.05) == "plain"  # a tighter band leaves only the fastest
+    assert pick_int8({"only": (1.0, 9.9)}) == "only"
+    with pytest.raises(ValueError, match="no INT8 candidates"):
+        pick_int8({})
