@@ -24,6 +24,7 @@ from wastesort.variants import gate as g
 from wastesort.variants import int8_graph
 from wastesort.variants.calibration import calibration_tensor, select_calibration
 from wastesort.variants.ort import (
+    EFFICIENTNET_LITE0_INT8,
     INT8_SPEED_BAND,
     MOBILENET_V3_INT8,
     Int8Settings,
@@ -59,6 +60,8 @@ LITE_CANDIDATES = {
     "+ pool as GlobalAveragePool": replace(PLAIN, global_pool=True),
     "+ stem conv in float": Int8Settings(),
     "+ stem and block 0 in float": Int8Settings(float_prefix_convs=3),
+    "stem, block 0 and blocks.1.0 in float": Int8Settings(float_prefix_convs=6),
+    "stem and block 0 in float, percentile 99.999": EFFICIENTNET_LITE0_INT8,
     "stem in float, S8S8 (signed activations)": Int8Settings(activation="QInt8"),
     "stem in float, U8U8": Int8Settings(weight="QUInt8"),
     "Entropy": replace(PLAIN, method="Entropy"),

@@ -191,6 +191,8 @@ def test_layers_are_found_by_the_module_that_owns_their_weight() -> None:
     assert ig.reading_weights(model, ["head.weight", "stem.weight"]) == ["conv1", "conv3"]
     with pytest.raises(ValueError, match="no node reads"):
         ig.reading_weights(model, ["hed.weight"])
+    with pytest.raises(ValueError, match=r"cannot be named by module: \['conv1', 'conv2', 'conv3'\]"):
+        ig.weighted_modules(_model())  # weights named W1..W3: not one layer could be named
 
 
 def test_a_module_named_to_stay_in_float_keeps_its_float_weight(tmp_path: Path) -> None:

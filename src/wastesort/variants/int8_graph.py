@@ -89,14 +89,16 @@ def float_prefix(model: onnx.ModelProto, convolutions: int) -> list[str]:
 
 def weighted_modules(model: onnx.ModelProto) -> list[str]:
     """The modules of the ``Conv`` and ``Gemm`` nodes in graph order, named as their weight
-    initialiser (``<module>.weight``) names them; nodes whose weight is not such an initialiser
-    are left out."""
+    initialiser (``<module>.weight``) names them. Every such node must have one: the list lines
+    up with the graph's convolutions (``Int8Settings.float_prefix_convs`` counts them), so a
+    node left out would shift every name after it. Raises ``ValueError`` naming the nodes whose
+    weight is not a ``<module>.weight`` initialiser (for example one folded into ``onnx::Conv_*``)."""
     weights = {i.name for i in model.graph.initializer}
-    return [
-        n.input[1].removesuffix(".weight")
-        for n in model.graph.node
-        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in weights and n.input[1].endswith(".weight")
-    ]
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    unnamed = [n.name for n in layers if len(n.input) < 2 or n.input[1] not in weights or not n.input[1].endswith(".weight")]
+    if unnamed:
+        raise ValueError(f"layers without a <module>.weight initialiser, which cannot be named by module: {unnamed}")
+    return [n.input[1].removesuffix(".weight") for n in layers]
 
 
 def reading_weights(model: onnx.ModelProto, weights: list[str]) -> list[str]:
