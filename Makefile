@@ -48,7 +48,7 @@ help:
 	@echo "make serve                  tritonserver on model_repository/, foreground, 127.0.0.1:8000 (http) 8001 (grpc) 8002 (metrics)"
 	@echo "make model-analyzer [DATA=dir]  Triton Model Analyzer (own venv) on the default ensemble, vs the hand-tuned config"
 	@echo "make perf [DATA=dir]        throughput table: in-process rows + perf_analyzer sweep, into perf/results/<host>/"
-	@echo "make perf-quick [DATA=dir]  the same, short (under 3 minutes on 2 cores)"
+	@echo "make perf-quick [DATA=dir]  the same, short (about 4 minutes on 2 cores)"
 	@echo "make reliability            bad-input matrix, 10-minute soak, injected faults; docs/reliability.md (about 15 minutes)"
 	@echo "make reliability-quick      the same with a 1-minute soak (about 6 minutes)"
 	@echo "make scale-demo             2 replicas behind HAProxy + Prometheus on loopback: failover, drain, autoscaling signal (about 6 minutes)"

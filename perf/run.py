@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifest's paths are relative to")
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host> (quick: <host>-quick)")
-    parser.add_argument("--quick", action="store_true", help="a short version (under 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a short version (about 4 minutes on 2 cores)")
     parser.add_argument("--batch", type=int, default=64, help="in-process batch size")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 20, quick 8)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seed-resolution", type=int, default=224, help="also time PyTorch and ONNX Runtime FP32 at this side, the seed table's (0: off)"
     )
     parser.add_argument("--budget-ms", type=float, default=100.0, help="served: p99 latency budget")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=None, help="served: levels (default 1 2 4 8 16; quick 1 4)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None, help="served: levels (default 1 2 4 8 16; quick 1 2 4)")
     parser.add_argument("--request-batch", type=int, nargs="+", default=[1, 8], help="served: images per ensemble request")
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
     parser.add_argument("--measurement-ms", type=int, default=None, help="perf_analyzer window (default 2000, quick 1000)")
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-profile", action="store_true")
     args = parser.parse_args(argv)
     args.iters = args.iters or (8 if args.quick else 20)
-    args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16])
+    args.concurrency = args.concurrency or ([1, 2, 4] if args.quick else [1, 2, 4, 8, 16])
     args.measurement_ms = args.measurement_ms or (1000 if args.quick else 2000)
     args.out = args.out or REPO_ROOT / "perf" / "results" / (mach.host_name() + ("-quick" if args.quick else ""))
     return args
