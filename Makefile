@@ -22,6 +22,7 @@ SCALE_ARGS ?=
 SWEEP_ARGS ?=
 EXPLAIN_ARGS ?=
 COMPRESS_ARGS ?=
+QAT_ARGS ?=
 
 # serving knobs (make serve TRITON_HTTP_PORT=9000 ...); the server binds to 127.0.0.1 unless
 # TRITON_ADDRESS says otherwise
@@ -29,7 +30,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train sweep explain compress export release evaluate repository build serve perf perf-quick model-analyzer reliability reliability-quick scale-demo clean help
+.PHONY: setup test lint demo train sweep explain compress export release qat evaluate repository build serve perf perf-quick model-analyzer reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -42,6 +43,7 @@ help:
 	@echo "make compress [RUN=runs/name]  sensitivity scan, pruning, k-means clustering, gate, size table -> docs/compression.md"
 	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
 	@echo "                            RELEASE_ARGS=\"--decoder turbo\": serve a Pillow-trained model through libjpeg-turbo + OpenCV"
+	@echo "make qat [DATA=dir]         fine-tune models/MODEL.onnx for INT8 (QAT) -> models/<net>.qat.onnx, which make build quantises"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
 	@echo "make build [DATA=dir]       precision variants of models/MODEL.onnx, accuracy gate, report, install the passing ones"
@@ -90,6 +92,9 @@ compress: setup
 release: setup
 	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }
 	$(PY) train/release.py --run $(RUN) $(RELEASE_ARGS)
+
+qat: setup
+	$(PY) train/qat.py $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(QAT_ARGS)
 
 export: setup
 	$(PY) train/export.py --run $(RUN) --out $(RUN)/model.onnx

@@ -31,7 +31,7 @@ from wastesort.triton.naming import classifier_name, ensemble_name, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.ort import convert_fp16, int8_settings, optimize_fp32, quantize_int8
+from wastesort.variants.ort import convert_fp16, int8_settings, int8_source, optimize_fp32, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
 
 VARIANTS = ("onnx_fp32", "onnx_int8", "onnx_fp16", "onnx_tta", "trt_fp32", "trt_fp16", "trt_int8")
@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 row.settings = "image and its mirror in one graph, probabilities averaged; ORT_ENABLE_EXTENDED, saved"
             elif precision == "int8":
                 int8 = int8_settings(args.net)
-                quantize_int8(onnx, path, calibration, int8)
-                row.settings = int8.describe() + f", {args.calibration_images} calibration images"
+                source, note = int8_source(model, int8)
+                print(f"{name}: quantising {note}")
+                quantize_int8(source, path, calibration, int8)
+                row.settings = f"{int8.describe()}, {args.calibration_images} calibration images, {note}"
             else:
                 convert_fp16(onnx, path)
                 row.settings = "float16 weights/activations, FP32 I/O kept; GPU config adds the TensorRT EP at FP16"

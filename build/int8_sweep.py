@@ -29,6 +29,7 @@ from wastesort.variants.ort import (
     MOBILENET_V3_INT8,
     Int8Settings,
     int8_settings,
+    int8_source,
     layer_label,
     one_more_float_layer,
     pick_int8,
@@ -61,7 +62,9 @@ LITE_CANDIDATES = {
     "+ stem conv in float": Int8Settings(),
     "+ stem and block 0 in float": Int8Settings(float_prefix_convs=3),
     "stem, block 0 and blocks.1.0 in float": Int8Settings(float_prefix_convs=6),
-    "stem and block 0 in float, percentile 99.999": EFFICIENTNET_LITE0_INT8,
+    "stem and block 0 in float, percentile 99.999": replace(EFFICIENTNET_LITE0_INT8, qat_weights=False),
+    "stem and block 0 in float, QAT weights (make qat)": replace(EFFICIENTNET_LITE0_INT8, method="MinMax", qat_weights=True),
+    "stem and block 0 in float, percentile 99.999, QAT weights (make qat)": replace(EFFICIENTNET_LITE0_INT8, qat_weights=True),
     "stem in float, S8S8 (signed activations)": Int8Settings(activation="QInt8"),
     "stem in float, U8U8": Int8Settings(weight="QUInt8"),
     "Entropy": replace(PLAIN, method="Entropy"),
@@ -115,13 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     paths, rows = [onnx_path], [(reference, 0.0, 1.0)]
     chosen = int8_settings(args.net)
     compared = per_layer(args.net, chosen, onnx_path) if args.per_layer else candidates(args.net)
-    for i, settings in enumerate(compared.values()):
-        path = quantize_int8(onnx_path, args.out / f"int8_{i}.onnx", calibration, settings)
+    names = ["FP32 (committed)"]
+    for i, (key, settings) in enumerate(compared.items()):
+        source, note = int8_source(model, settings)
+        fallback = f" [{note}]" if settings.qat_weights and source == onnx_path else ""
+        names.append(_bold(f"{key}: {settings.describe()}{fallback}", settings == chosen))
+        path = quantize_int8(source, args.out / f"int8_{i}.onnx", calibration, settings)
         val = OnnxClassifier(path).batched(LOGITS, val_x)
         mse = float(((val - ref_val) ** 2).mean())
         paths.append(path)
         rows.append((g.evaluate(path, test_x, test_y, contract.labels), mse, float((val.argmax(1) == ref_val.argmax(1)).mean())))
-    names = ["FP32 (committed)", *(_bold(f"{k}: {v.describe()}", v == chosen) for k, v in compared.items())]
     if args.per_layer:
         _write(args.net, "layers", per_layer_table(args.net, names, rows, reference, len(val_x), len(test_y)))
         return

@@ -40,3 +40,5 @@ def test_science_targets_reach_their_scripts() -> None:
     assert "train/explain.py --net mobilenet_v3_small" in dry("explain", "MODEL=mobilenet_v3_small")
     assert "--run" not in dry("compress")
     assert "train/compress.py --run runs/x" in dry("compress", "RUN=runs/x")
+    qat = dry("qat", "MODEL=mobilenet_v3_small", "DATA=d", "QAT_ARGS=--epochs 2")
+    assert 'train/qat.py --net mobilenet_v3_small --data "d" --epochs 2' in qat

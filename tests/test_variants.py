@@ -110,6 +110,7 @@ def test_int8_settings_describe_themselves() -> None:
     plain = Int8Settings(method="Percentile", percentile=99.95, exclude_ops=("Mul",), global_pool=True, float_prefix_convs=0)
     assert plain.describe().endswith("99.95 pct, float Mul, pool as GlobalAveragePool")
     assert "per-tensor" in Int8Settings(per_channel=False).describe()
+    assert Int8Settings(qat_weights=True).describe().endswith("first conv in float, QAT weights")
     assert int8_settings("a_net_with_no_choice") == Int8Settings()
 
 

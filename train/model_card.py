@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ import onnx
 from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest
 from wastesort.paths import REPO_ROOT
+from wastesort.shipped import sha256
 from wastesort.training.export import run_lineage
 
 
@@ -124,7 +124,7 @@ def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path("."
     proto = onnx.load(str(onnx_path), load_external_data=False)
     contract = PreprocessContract.from_metadata({p.key: p.value for p in proto.metadata_props})
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    digest = sha256(onnx_path)
     classes = metrics["classes"]
     test, val = metrics["test"], metrics["val"]
     manifest = onnx_path.with_suffix(".manifest.csv")

@@ -4,7 +4,8 @@ Writes every ``models/<net>.*`` file from the run: the verified FP32 ONNX export
 ``.export.json`` record, the split manifest, ``metrics.json`` (the run's, plus the TTA and
 release records), the test confusion matrix; exports the flip-averaged TTA model and keeps
 it as ``models/<net>.tta.onnx`` only if it beats the plain model on the validation split
-(both figures are recorded either way); regenerates ``MODEL_CARD.md``; and, when ``net`` is
+(both figures are recorded either way); removes a QAT copy (``make qat``) made from the
+previous export; regenerates ``MODEL_CARD.md``; and, when ``net`` is
 the default network, regenerates ``model_repository/``.
 
 ``--decoder turbo`` serves a model trained with Pillow's decoder through libjpeg-turbo and
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: export verification failed: {exc}", file=sys.stderr)
         return 1
     print(f"exported {model.onnx} ({model.onnx.stat().st_size / 1e6:.1f} MB): agreement {export['top1_agreement']:.0%}")
+    if model.qat_onnx.is_file() and model.qat_problem():
+        model.qat_onnx.unlink()
+        model.qat_record.unlink(missing_ok=True)
+        print(f"removed {model.qat_onnx.name}: fine-tuned from the previous export (make qat makes one for this export)")
     shutil.copy(a.run / "manifest.csv", model.manifest)
     shutil.copy(a.run / "confusion_test.png", model.confusion)
     tta = tta_record(model, a.run)

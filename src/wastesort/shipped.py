@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,26 @@ class ShippedModel:
         return self.file(".tta.onnx")
 
     @property
+    def qat_onnx(self) -> Path:
+        """FP32 weights fine-tuned for INT8 (``make qat``): what the INT8 settings with
+        ``qat_weights`` quantise. Never served in FP32."""
+        return self.file(".qat.onnx")
+
+    @property
+    def qat_record(self) -> Path:
+        """How :attr:`qat_onnx` was made, and from which export (``source_sha256``)."""
+        return self.file(".qat.json")
+
+    def qat_problem(self) -> str | None:
+        """Why :attr:`qat_onnx` cannot be used (missing, or fine-tuned from another export than
+        :attr:`onnx`), or ``None`` when it is current."""
+        if not self.qat_onnx.is_file() or not self.qat_record.is_file():
+            return f"no {self.qat_onnx.name} with its {self.qat_record.name}"
+        if json.loads(self.qat_record.read_text()).get("source_sha256") != sha256(self.onnx):
+            return f"{self.qat_onnx.name} was fine-tuned from another export than {self.onnx.name}"
+        return None
+
+    @property
     def manifest(self) -> Path:
         """The train/val/test split the model was trained and measured on."""
         return self.file(".manifest.csv")
@@ -89,3 +110,12 @@ class ShippedModel:
         if missing:
             raise DatasetError(f"{len(missing)} {name} photos of {self.manifest.name} missing under {data} (--data), e.g. {missing[0]}")
         return samples
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

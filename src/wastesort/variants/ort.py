@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET
+from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, ShippedModel
 from wastesort.variants import int8_graph
 from wastesort.variants.calibration import ArrayCalibrationReader
 
@@ -89,6 +89,10 @@ class Int8Settings:
     integer_hard_sigmoid: bool = False
     #: Spatial ``ReduceMean`` as ``GlobalAveragePool`` (integer ``QLinearGlobalAveragePool``).
     global_pool: bool = False
+    #: Quantise the copy of the weights fine-tuned for INT8 (``make qat``,
+    #: :attr:`~wastesort.shipped.ShippedModel.qat_onnx`) instead of the FP32 export
+    #: (:func:`int8_source`); FP32 stays the served model and the gate's reference.
+    qat_weights: bool = False
 
     def describe(self) -> str:
         where = f", {self.percentile:g} pct" if self.method == "Percentile" else ""
@@ -107,6 +111,8 @@ class Int8Settings:
             parts.append(f"first {convs} in float")
         if self.float_modules:
             parts.append(f"{', '.join(map(layer_label, self.float_modules))} in float")
+        if self.qat_weights:
+            parts.append("QAT weights")
         return ", ".join(parts)
 
 
@@ -133,6 +139,20 @@ INT8_SPEED_BAND = 0.10
 def int8_settings(net: str) -> Int8Settings:
     """The INT8 settings chosen for ``net``."""
     return INT8_BY_NET.get(net, Int8Settings())
+
+
+def int8_source(model: ShippedModel, settings: Int8Settings) -> tuple[Path, str]:
+    """The ONNX file ``settings`` quantise for ``model``, and a note saying which.
+
+    With ``qat_weights``, the QAT copy if it is current; if it is missing or was fine-tuned
+    from another export, the FP32 export, and the note says why (so ``make build`` after a new
+    ``make release`` still builds, reports the fallback, and the gate judges the result)."""
+    if not settings.qat_weights:
+        return model.onnx, f"from {model.onnx.name}"
+    problem = model.qat_problem()
+    if problem:
+        return model.onnx, f"from {model.onnx.name}, NOT the QAT weights ({problem}: run make qat)"
+    return model.qat_onnx, f"from the QAT weights {model.qat_onnx.name}"
 
 
 def pick_int8(measured: dict[str, tuple[float, float]], band: float = INT8_SPEED_BAND) -> str:
