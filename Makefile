@@ -30,7 +30,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train sweep explain compress export release qat evaluate repository build serve perf perf-quick model-analyzer reliability reliability-quick scale-demo clean help
+.PHONY: setup test lint demo train sweep explain compress export release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -51,6 +51,7 @@ help:
 	@echo "make model-analyzer [DATA=dir]  Triton Model Analyzer (own venv) on the default ensemble, vs the hand-tuned config"
 	@echo "make perf [DATA=dir]        throughput table: in-process rows + perf_analyzer sweep, into perf/results/<host>/"
 	@echo "make perf-quick [DATA=dir]  the same, short (about 4 minutes on 2 cores)"
+	@echo "make perf-gpu [DATA=dir]    GPU rows: both models (MODEL=...: one) in PyTorch on CUDA at batch 1/8/64 -> perf/results/<host>-gpu/"
 	@echo "make reliability            bad-input matrix, 10-minute soak, injected faults; docs/reliability.md (about 15 minutes)"
 	@echo "make reliability-quick      the same with a 1-minute soak (about 6 minutes)"
 	@echo "make scale-demo             2 replicas behind HAProxy + Prometheus on loopback: failover, drain, autoscaling signal (about 6 minutes)"
@@ -117,6 +118,9 @@ perf: setup
 
 perf-quick: setup
 	$(PY) perf/run.py --quick $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(PERF_ARGS)
+
+perf-gpu: setup
+	$(PY) perf/gpu.py $(if $(MODEL),--nets $(MODEL)) $(if $(DATA),--data "$(DATA)") $(PERF_GPU_ARGS)
 
 # Model Analyzer pins its own dependencies (optuna 3.6, tritonclient 2.73): its own environment
 ANALYZER_VENV ?= .venv-analyzer

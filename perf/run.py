@@ -99,7 +99,7 @@ def candidates(
 ) -> list[ip.Candidate | ip.Skipped]:
     repo, net = args.repository, args.net
     int8 = installed_file(repo, variant_name(net, "onnx_int8"))
-    rows: list[ip.Candidate | ip.Skipped] = [*ip.torch_candidates(onnx, net, len(contract.labels), check)]
+    rows: list[ip.Candidate | ip.Skipped] = [*ip.torch_candidates(onnx, net, len(contract.labels), check, args.batch)]
     rows.append(ip.ort_candidate("ONNX Runtime", onnx, "fp32"))
     rows.append(ip.ort_candidate("ONNX Runtime", int8, "int8"))
     rows.append(ip.ort_candidate("ONNX Runtime, 1 thread", onnx, "fp32", threads=1))

@@ -42,3 +42,7 @@ def test_science_targets_reach_their_scripts() -> None:
     assert "train/compress.py --run runs/x" in dry("compress", "RUN=runs/x")
     qat = dry("qat", "MODEL=mobilenet_v3_small", "DATA=d", "QAT_ARGS=--epochs 2")
     assert 'train/qat.py --net mobilenet_v3_small --data "d" --epochs 2' in qat
+    assert 'perf/gpu.py --nets mobilenet_v3_small --data "d" --quick' in dry(
+        "perf-gpu", "MODEL=mobilenet_v3_small", "DATA=d", "PERF_GPU_ARGS=--quick"
+    )
+    assert "--nets" not in dry("perf-gpu")

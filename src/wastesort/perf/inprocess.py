@@ -57,14 +57,17 @@ class Skipped:
     reason: str
 
 
-def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: np.ndarray) -> list[Candidate | Skipped]:
-    """PyTorch eager, CPU and (when present) CUDA, with the weights of ``onnx_path``; the
-    rebuilt model is checked against ONNX Runtime on ``check_images`` first."""
+def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: np.ndarray, batch: int = 64) -> list[Candidate | Skipped]:
+    """PyTorch eager on the CPU and, when present, on CUDA (each compile-free GPU variant of
+    :mod:`wastesort.perf.gpu` prepared for ``batch``; ``make perf-gpu`` times them all at
+    several batches), with the weights of ``onnx_path``; the rebuilt model is checked against
+    ONNX Runtime on ``check_images`` first."""
     try:
         import torch
     except ImportError:
         return [Skipped("PyTorch eager", "pytorch", "fp32", "cpu", "torch is not installed (pip install -e .[train])")]
 
+    from wastesort.perf import gpu
     from wastesort.perf.torch_model import check_against_onnx, torch_from_onnx
 
     model = torch_from_onnx(onnx_path, net, num_classes)
@@ -76,18 +79,12 @@ def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: 
             return model(torch.from_numpy(x)).numpy()
 
     rows: list[Candidate | Skipped] = [Candidate("PyTorch eager", "pytorch", "fp32", "cpu", on_cpu, note=note)]
-    if not torch.cuda.is_available():
-        rows.append(Skipped("PyTorch eager", "pytorch", "fp32", "cuda", "no CUDA device visible to torch"))
-        return rows
-    gpu_model = torch_from_onnx(onnx_path, net, num_classes).cuda()
-
-    def on_gpu(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = gpu_model(torch.from_numpy(x).cuda(non_blocking=False))
-            torch.cuda.synchronize()
-            return out.cpu().numpy()
-
-    rows.append(Candidate("PyTorch eager", "pytorch", "fp32", "cuda", on_gpu, note=note))
+    reason = gpu.unavailable_reason()
+    if reason:
+        return [*rows, Skipped("PyTorch eager", "pytorch", "fp32", "cuda", reason)]
+    for v in gpu.QUICK_VARIANTS:
+        r = gpu.runner(model, v, batch, check_images.shape[-1])
+        rows.append(Candidate(f"PyTorch {v.name}", "pytorch", v.precision, "cuda", r.predict, note=f"{note}; host array in and out"))
     return rows
 
 
@@ -95,18 +92,18 @@ def ort_candidate(name: str, path: Path, precision: str, device: str = "cpu", th
     """ONNX Runtime on CPU (the project's session settings, worker spin-waiting off as the server
     runs it: with spinning workers the rows of an interleaved run take cores from each other,
     and the INT8 model, with more and shorter kernels, suffered most) or CUDA."""
+    import onnxruntime as ort
+
+    if device != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return Skipped(
+            name, "onnxruntime", precision, device, "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)"
+        )
     if not path.exists():
         return Skipped(name, "onnxruntime", precision, device, f"{path} not built (make build)")
     if device == "cpu":
         classifier = OnnxClassifier(path, threads=threads, spinning=False)
         run = lambda x: classifier.run([LOGITS], x)[0]  # noqa: E731
         return Candidate(name, "onnxruntime", precision, device, run, note=str(path), threads=threads or None)
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return Skipped(
-            name, "onnxruntime", precision, device, "onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)"
-        )
     session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
     input_name = session.get_inputs()[0].name
     return Candidate(name, "onnxruntime", precision, device, lambda x: session.run([LOGITS], {input_name: x})[0], note=str(path))

@@ -11,12 +11,12 @@ ratio did not run): the target figures of :data:`TARGETS` and ``ort_fp32_over_to
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from wastesort.perf import write_json  # noqa: F401  (the benchmarks write their JSON through report)
 from wastesort.perf.analyzer import ServedPoint, best_within
 from wastesort.perf.inprocess import PREPROCESS_BACKEND
 from wastesort.perf.machine import one_line
@@ -327,7 +327,3 @@ def plot_inprocess(rows: list[InprocessRow], out_dir: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
