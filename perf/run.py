@@ -202,8 +202,7 @@ def run_served(args: argparse.Namespace, test_x: np.ndarray, encoded: list[bytes
     if reason:
         print(f"served rows skipped: {reason}")
         return [], reason
-    raw = args.out / "csv"
-    raw.mkdir(parents=True, exist_ok=True)
+    raw = pa.fresh_raw_folder(args.out / "csv")
     # the input data holds dataset images: kept out of the results folder, which is committed
     inputs = {"ensemble": args.scratch / "input_jpeg_bytes.json", "classifier": args.scratch / "input_tensors.json"}
     n = 32 if args.quick else 128

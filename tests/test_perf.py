@@ -55,6 +55,16 @@ def test_parse_csv_reads_every_column_and_sorts_by_concurrency() -> None:
     assert first.avg_us is None
 
 
+def test_fresh_raw_folder_drops_an_earlier_runs_csvs_and_logs(tmp_path: Path) -> None:
+    raw = tmp_path / "csv"
+    raw.mkdir()
+    for name in ("m_grpc_b8_c8.csv", "m_grpc_b8_c8.log", "notes.txt"):
+        (raw / name).write_text("x")
+    assert pa.fresh_raw_folder(raw) == raw
+    assert sorted(p.name for p in raw.iterdir()) == ["notes.txt"]
+    assert pa.fresh_raw_folder(tmp_path / "new").is_dir()
+
+
 def test_parse_csv_takes_optional_and_extra_columns() -> None:
     header, *lines = CSV_250.strip().splitlines()
     text = "\n".join([header + ",Avg latency,GPU Utilization", *(line + ",9000,0.5" for line in lines)])

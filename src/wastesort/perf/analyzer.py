@@ -186,6 +186,15 @@ class SweepSettings:
     max_trials: int = 10
 
 
+def fresh_raw_folder(folder: Path) -> Path:
+    """``folder`` created, with the CSVs and logs of an earlier run removed (other files kept):
+    a level this run does not reach leaves no stale result behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.glob("*.csv"), *folder.glob("*.log")]:
+        stale.unlink()
+    return folder
+
+
 def command(model: str, url: str, protocol: str, concurrency: int, csv_path: Path, input_data: Path, settings: SweepSettings) -> list[str]:
     """The perf_analyzer command line for one model, one protocol (``http`` or ``grpc``) and
     one concurrency level."""
