@@ -49,6 +49,7 @@ from wastesort.perf import analyzer as pa
 from wastesort.perf import inprocess as ip
 from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
+from wastesort.perf import write_json
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
@@ -288,8 +289,8 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
     machine["tritonserver"] = served_note
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "scratch"}
     summary = rep.summary(machine, settings, rows, sweeps, args.budget_ms, ensembles=served_ensembles(args.net))
-    rep.write_json(args.out / "summary.json", summary)
-    rep.write_json(args.out / "machine.json", machine)
+    write_json(args.out / "summary.json", summary)
+    write_json(args.out / "machine.json", machine)
     plots = [p for p in [rep.plot_inprocess(rows, args.out), *rep.plot_served(sweeps, args.out, args.budget_ms)] if p]
     print("\n".join(rep.target_lines(summary["ratios"])))
     print(f"wrote {args.out} ({', '.join(p.name for p in plots)}) in {time.perf_counter() - start:.0f} s")

@@ -87,12 +87,14 @@ def test_rows_for_times_every_variant_and_batch_and_keeps_failures_as_rows(model
     assert "64/16 back-to-back calls at batch 1/4" in text
 
 
-def test_measure_times_host_only_runners_without_a_device_column() -> None:
-    host_only = gpu.Runner(gpu.EAGER_FP32, 2, lambda x: x[:, :6, 0, 0])
-    ((host, device),) = gpu.measure([host_only], images(2), iters=2)
-    assert host.batch == 2 and len(host.samples_ms) == 2 and device is None
+def test_measure_times_both_ways_and_refuses_mixed_batches() -> None:
+    calls: list[int] = []
+    one = gpu.Runner(gpu.EAGER_FP32, 2, lambda x: x[:, :6, 0, 0], calls.append)
+    ((host, device),) = gpu.measure([one], images(2), iters=2)
+    assert host.batch == 2 and len(host.samples_ms) == 2
+    assert device.batch == 2 * gpu.launches_for(2) and len(device.samples_ms) == 2 and set(calls) == {gpu.launches_for(2)}
     with pytest.raises(ValueError, match="one batch size"):
-        gpu.measure([host_only, gpu.Runner(gpu.EAGER_FP32, 3, lambda x: x)], images(2), iters=1)
+        gpu.measure([one, gpu.Runner(gpu.EAGER_FP32, 3, lambda x: x, calls.append)], images(2), iters=1)
 
 
 @pytest.mark.skipif(gpu.unavailable_reason() is None, reason="this machine has a GPU: the script would time it")

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from wastesort.perf.machine import one_line
-from wastesort.perf.timing import Timing, time_interleaved
+from wastesort.perf.timing import Timing, fixed_batch, time_interleaved
 from wastesort.variants.report import cell
 
 #: Batch sizes of the GPU table.
@@ -77,9 +77,8 @@ class Runner:
     variant: GpuVariant
     batch: int
     predict: Callable[[np.ndarray], np.ndarray]
-    on_device: Callable[[int], None] | None = None  # None: a runtime that takes host arrays only
+    on_device: Callable[[int], None]
     prepare_s: float = 0.0  # compile / capture / warm-up seconds, untimed
-    close: Callable[[], None] = field(default=lambda: None)
 
 
 @dataclass
@@ -100,7 +99,6 @@ class GpuRow:
     agreement: float | None = None  # top-1 agreement with ONNX Runtime FP32 on the CPU
     prepare_s: float | None = None
     skipped: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def unavailable_reason() -> str | None:
@@ -204,18 +202,16 @@ def launches_for(batch: int, images: int = 64) -> int:
     return max(1, images // batch)
 
 
-def measure(runners: list[Runner], x: np.ndarray, iters: int, warmup: int = 2) -> list[tuple[Timing, Timing | None]]:
-    """(host timing, device timing or None) of every runner, all at one batch: the host
-    steps interleaved, then the device steps interleaved."""
+def measure(runners: list[Runner], x: np.ndarray, iters: int, warmup: int = 2) -> list[tuple[Timing, Timing]]:
+    """(host timing, device timing) of every runner, all at one batch: the host steps
+    interleaved, then the device steps interleaved."""
     batch = runners[0].batch
     if any(r.batch != batch for r in runners):
         raise ValueError("measure() times runners of one batch size together")
     launches = launches_for(batch)
     host = time_interleaved([lambda r=r: r.predict(x) for r in runners], batch, iters, warmup, settle_s=0.0)
-    resident = [r for r in runners if r.on_device is not None]
-    steps = [lambda r=r: r.on_device(launches) for r in resident]
-    device = dict(zip(map(id, resident), time_interleaved(steps, batch * launches, iters, warmup, settle_s=0.0), strict=True))
-    return [(h, device.get(id(r))) for h, r in zip(host, runners, strict=True)]
+    device = time_interleaved([lambda r=r: r.on_device(launches) for r in runners], batch * launches, iters, warmup, settle_s=0.0)
+    return list(zip(host, device, strict=True))
 
 
 def top1_and_agreement(r: Runner, images: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -276,16 +272,14 @@ def rows_for(
             if r.variant not in accuracy:
                 accuracy[r.variant] = top1_and_agreement(r, images, labels, reference)
         progress(f"{net}: timing {len(runners)} variants at batch {batch}")
-        x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])).astype(np.float32))
+        x = fixed_batch(images, batch)
         for r, (host, resident) in zip(runners, measure(runners, x, iters), strict=True):
             top1, agreement = accuracy[r.variant]
             row = GpuRow(net, r.variant.name, r.variant.precision, batch, side, top1=round(top1, 4), agreement=round(agreement, 4))
             row.host_ms, row.host_img_s = round(host.median_ms, 3), round(host.img_s, 1)
-            if resident is not None:
-                row.device_ms, row.device_img_s = round(resident.median_ms / launches_for(batch), 3), round(resident.img_s, 1)
+            row.device_ms, row.device_img_s = round(resident.median_ms / launches_for(batch), 3), round(resident.img_s, 1)
             row.prepare_s = round(r.prepare_s, 1)
             rows.append(row)
-            r.close()
         rows += failed
         del runners
         if device == "cuda":
@@ -336,5 +330,4 @@ def table(rows: list[GpuRow], machine: dict, notes: list[str]) -> str:
         ]
         if best:
             out += ["", f"Fastest for {net} on the GPU: " + "; ".join(best) + "."]
-    extra = [f"- {n}" for n in notes] + [f"- {r.net} {r.variant} {r.precision}: {n}" for r in rows for n in r.notes]
-    return "\n".join([*out, "", *extra, ""])
+    return "\n".join([*out, "", *(f"- {n}" for n in notes), ""])

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from wastesort.perf import write_json  # noqa: F401  (the benchmarks write their JSON through report)
 from wastesort.perf.analyzer import ServedPoint, best_within
 from wastesort.perf.inprocess import PREPROCESS_BACKEND
 from wastesort.perf.machine import one_line
