@@ -49,3 +49,18 @@ def test_card_names_the_first_runs_weights_and_sums_the_training(tmp_path: Path)
     assert "4 epochs + 4 epochs" in model_card._training(metrics, release)
     assert "16 min in all" in model_card._training(metrics, release)
     assert model_card._commands(second).splitlines() == [f"python train/train.py --out {first}", f"python train/train.py --out {second}"]
+
+
+def test_card_shows_the_logit_adjustment_before_and_after() -> None:
+    figures = {"accuracy": 0.9, "macro_f1": 0.8, "f1": {"a": 0.9, "b": 0.5}}
+    better = {"accuracy": 0.95, "macro_f1": 0.85, "f1": {"a": 0.9, "b": 0.75}}
+    record = {
+        "offsets": {"a": 0.5, "b": -0.5},
+        "measured": "ONNX Runtime, serving preprocessing",
+        "before": {"plain": {"val": figures, "test": figures}},
+        "after": {"plain": {"val": better, "test": better}},
+    }
+    section = model_card._logit_adjustment_section({"logit_adjustment": record})
+    assert "a +0.500, b -0.500" in section and "| b F1 |" in section  # the rare class's F1 is the column shown
+    assert "| plain | test | 0.9000 → 0.9500 | 0.8000 → 0.8500 | 0.500 → 0.750 |" in section
+    assert model_card._logit_adjustment_section({}) == ""

@@ -93,6 +93,35 @@ serving preprocessing: {verdict}.
 """
 
 
+def _logit_adjustment_section(metrics: dict) -> str:
+    adj = metrics.get("logit_adjustment")
+    if not adj:
+        return ""
+    rare = min(adj["offsets"], key=adj["offsets"].get)
+    rows = [
+        [
+            name,
+            split,
+            f"{adj['before'][name][split]['accuracy']:.4f} → {after['accuracy']:.4f}",
+            f"{adj['before'][name][split]['macro_f1']:.4f} → {after['macro_f1']:.4f}",
+            f"{adj['before'][name][split]['f1'][rare]:.3f} → {after['f1'][rare]:.3f}",
+        ]
+        for name, by_split in adj["after"].items()
+        for split, after in by_split.items()
+    ]
+    offsets = ", ".join(f"{c} {v:+.3f}" for c, v in adj["offsets"].items())
+    return f"""## Logit adjustment
+Trained with the class-weighted loss, the network over-predicts the rare classes. The release adds
+the log class frequency of the training split (the negative log of the loss's weights, centred) to the classifier
+head's bias, which gives back the posterior for the training split's frequencies (`wastesort.training.logit_adjust`;
+logit adjustment with τ = 1, derived from the loss, not tuned). Offsets: {offsets}. Every figure in this card is the
+adjusted model's ({adj["measured"]}). Before → after:
+
+{_table(["model", "split", "top-1", "macro F1", f"{rare} F1"], rows)}
+
+"""
+
+
 def _decoder_section(metrics: dict) -> str:
     dec = metrics.get("decoder")
     if not dec:
@@ -108,7 +137,7 @@ def _decoder_section(metrics: dict) -> str:
     return f"""## Decoder
 This model was trained on Pillow's decoding and resize and is served through the faster decoder
 (`train/release.py --decoder turbo`). The checkpoint (PyTorch, the same weights) through both; the release
-is refused if the test top-1 drops. The test figures above are the training run's (Pillow).
+is refused if the test top-1 drops.{"" if metrics.get("logit_adjustment") else " The test figures above are the training run's (Pillow)."}
 
 {_table(["preprocessing", "val top-1", "test top-1"], rows)}
 
@@ -188,7 +217,7 @@ rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {co
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_tta_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
+{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
 {_table(["class", "precision", "recall", "F1", "support", "val F1"], per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):

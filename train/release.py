@@ -4,7 +4,9 @@ Writes every ``models/<net>.*`` file from the run: the verified FP32 ONNX export
 ``.export.json`` record, the split manifest, ``metrics.json`` (the run's, plus the TTA and
 release records), the test confusion matrix; exports the flip-averaged TTA model and keeps
 it as ``models/<net>.tta.onnx`` only if it beats the plain model on the validation split
-(both figures are recorded either way); removes a QAT copy (``make qat``) made from the
+(both figures are recorded either way); logit-adjusts a model trained with the class-weighted loss
+(:mod:`wastesort.training.logit_adjust`; ``--no-logit-adjust`` keeps the logits as trained) and
+re-measures its val and test figures; removes a QAT copy (``make qat``) made from the
 previous export; regenerates ``MODEL_CARD.md``; and, when ``net`` is
 the default network, regenerates ``model_repository/``.
 
@@ -40,6 +42,7 @@ from wastesort.training.export import (
     with_decoder,
 )
 from wastesort.training.lite import LITE_NETS
+from wastesort.training.logit_adjust import BALANCE, adjust_shipped, report
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
 
@@ -90,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--card", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
     p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
     p.add_argument("--decoder", choices=DECODERS, default=DECODERS[0], help="the preprocessing the release is served with")
+    p.add_argument(
+        "--no-logit-adjust",
+        action="store_true",
+        help=f"keep the logits as trained (by default a run trained with --balance {BALANCE} is logit-adjusted)",
+    )
     a = p.parse_args(argv)
     config = json.loads((a.run / "config.json").read_text())
     model = ShippedModel(config["model"])
@@ -110,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: export verification failed: {exc}", file=sys.stderr)
         return 1
     print(f"exported {model.onnx} ({model.onnx.stat().st_size / 1e6:.1f} MB): agreement {export['top1_agreement']:.0%}")
-    if model.qat_onnx.is_file() and model.qat_problem():
-        model.qat_onnx.unlink()
-        model.qat_record.unlink(missing_ok=True)
+    if model.drop_stale_qat():
         print(f"removed {model.qat_onnx.name}: fine-tuned from the previous export (make qat makes one for this export)")
     shutil.copy(a.run / "manifest.csv", model.manifest)
     shutil.copy(a.run / "confusion_test.png", model.confusion)
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "lineage": [_stage(run) for run, _ in lineage],
     }
     model.metrics.write_text(json.dumps(metrics, indent=2))
+    if config.get("balance") == BALANCE and not a.no_logit_adjust:
+        report(adjust_shipped(model, Path(config["data"])))
     write_card(a.run, model.onnx, a.card)
     print(f"wrote {a.card}")
     if model.net == DEFAULT_NET:

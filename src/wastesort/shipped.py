@@ -72,6 +72,15 @@ class ShippedModel:
             return f"{self.qat_onnx.name} was fine-tuned from another export than {self.onnx.name}"
         return None
 
+    def drop_stale_qat(self) -> bool:
+        """Remove :attr:`qat_onnx` and its record when they were made from another export than
+        :attr:`onnx` (``make qat`` makes one for the current export); ``True`` if removed."""
+        if not self.qat_onnx.is_file() or not self.qat_problem():
+            return False
+        self.qat_onnx.unlink()
+        self.qat_record.unlink(missing_ok=True)
+        return True
+
     @property
     def manifest(self) -> Path:
         """The train/val/test split the model was trained and measured on."""
