@@ -101,7 +101,7 @@ def _measure(path: Path, images: dict[str, np.ndarray], labels: dict[str, np.nda
 
 
 def _summary(m: dict) -> dict:
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "f1": {c: round(v["f1"], 4) for c, v in m["per_class"].items()}}
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "f1": {c: v["f1"] for c, v in m["per_class"].items()}}
 
 
 def adjust_shipped(model: ShippedModel, data: Path) -> dict:
