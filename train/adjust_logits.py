@@ -4,8 +4,8 @@
 (:func:`wastesort.training.logit_adjust.adjust_shipped`) to a model released before it did:
 both ONNX files of ``models/<net>``, its metrics and confusion matrix re-measured; the QAT copy
 made from the previous export is removed (``make qat`` makes a new one); ``model_repository/``
-is regenerated for the default network; and with ``--run`` (the run it was released from)
-``MODEL_CARD.md`` is regenerated.
+is regenerated for the default network and, with ``--run`` (the run it was released from),
+``MODEL_CARD.md``, as ``make release`` does.
 
 Example:
     python train/adjust_logits.py --net efficientnet_lite0 --run runs/lite0_plain_224_bgft
@@ -21,10 +21,9 @@ from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.logit_adjust import AdjustError, adjust_shipped, report
-from wastesort.triton.config import write_repository
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model_card import write_card  # noqa: E402
+from release import publish  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if model.drop_stale_qat():
         print(f"removed {model.qat_onnx.name}: made from the unadjusted export (make qat makes one for this export)")
-    if model.net == DEFAULT_NET:
-        write_repository(a.repository, model.onnx, model.net)
-        print(f"regenerated {a.repository}")
-    if a.run:
-        write_card(a.run, model.onnx, a.card)
-        print(f"wrote {a.card}")
-    else:
-        print(f"{a.card.name} not regenerated: pass --run (the run {model.net} was released from)")
+    publish(a.run, model, a.card, a.repository)
     return 0
 
 

@@ -81,6 +81,21 @@ def decoder_record(run: Path, trained: PreprocessContract, served: PreprocessCon
     return record
 
 
+def publish(run: Path | None, model: ShippedModel, card: Path, repository: Path) -> None:
+    """Regenerate ``card`` (from ``run``, the run ``model`` was released from; without one the
+    card is left as it is, saying so) and, when ``model`` is the default network, ``repository``."""
+    if run:
+        write_card(run, model.onnx, card)
+        print(f"wrote {card}")
+    else:
+        print(f"{card.name} not regenerated: it needs the run {model.net} was released from (--run)")
+    if model.net == DEFAULT_NET:
+        write_repository(repository, model.onnx, model.net)
+        print(f"regenerated {repository} for {model.net}")
+    else:
+        print(f"{model.net} is not the default ({DEFAULT_NET}): model_repository/ left as it is (make repository MODEL={model.net})")
+
+
 def _stage(run: Path) -> dict:
     """One training run of a model's lineage: its folder, epochs and minutes."""
     metrics = json.loads((run / "metrics.json").read_text())
@@ -147,13 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     model.metrics.write_text(json.dumps(metrics, indent=2))
     if config.get("balance") == BALANCE and not a.no_logit_adjust:
         report(adjust_shipped(model, Path(config["data"])))
-    write_card(a.run, model.onnx, a.card)
-    print(f"wrote {a.card}")
-    if model.net == DEFAULT_NET:
-        write_repository(a.repository, model.onnx, model.net)
-        print(f"regenerated {a.repository} for {model.net}")
-    else:
-        print(f"{model.net} is not the default ({DEFAULT_NET}): model_repository/ left as it is (make repository MODEL={model.net})")
+    publish(a.run, model, a.card, a.repository)
     return 0
 
 
