@@ -7,8 +7,11 @@ own environment (``make model-analyzer``); its committed output is in perf/resul
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from google.protobuf import text_format
 
@@ -137,3 +140,34 @@ def test_kept_is_the_fastest_beyond_the_noise_that_accepts_the_same_requests() -
     assert ma.verdict(results(100.0, (90.0, 90.0), (99.0, 99.0)), same).startswith("the hand-tuned")
     missed = [ma.Compared(ma.HAND_TUNED, "http", 0, None), ma.Compared(ma.PICK, "http", 0, _point(50.0))]
     assert ma.medians(missed) == {(ma.HAND_TUNED, "http"): 0.0, (ma.PICK, "http"): 50.0}
+
+
+def _fake_analyzer(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "model-analyzer"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_search_cycling_over_measured_configurations_is_stopped_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model Analyzer 1.58's quick search can revisit measured configurations forever; the run is
+    interrupted after ``max_revisits`` of them in a row, not at the hour's timeout."""
+    loop = f"print('[Model Analyzer] {ma.MEASURE_LINE}cfg_1: concurrency=4', flush=True)\nwhile True:\n"
+    loop += f"    print('[Model Analyzer] {ma.REVISIT_LINE}. Skipping profile', flush=True)\n    time.sleep(0.001)"
+    monkeypatch.setattr(ma, "binary", lambda: _fake_analyzer(tmp_path, loop))
+    log = tmp_path / "ma.log"
+    started = time.monotonic()
+    with pytest.raises(ma.ModelAnalyzerError, match="cycling: .* revisits of measured configurations"):
+        ma.run(["profile"], log, {}, timeout_s=120, max_revisits=200, poll_s=0.2)
+    assert time.monotonic() - started < 60
+    assert ma.MEASURE_LINE in log.read_text()
+
+
+def test_revisits_between_new_measurements_do_not_stop_a_converging_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = f"for i in range(6):\n    print('[Model Analyzer] {ma.MEASURE_LINE}cfg_%d' % i, flush=True)\n"
+    steps += f"    for _ in range(150):\n        print('[Model Analyzer] {ma.REVISIT_LINE}', flush=True)\n    time.sleep(0.3)"
+    monkeypatch.setattr(ma, "binary", lambda: _fake_analyzer(tmp_path, steps))
+    ma.run(["profile"], tmp_path / "ma.log", {}, timeout_s=120, max_revisits=200, poll_s=0.1)  # 900 revisits in all, never 200 in a row
+    monkeypatch.setattr(ma, "binary", lambda: _fake_analyzer(tmp_path, "sys.exit(3)"))
+    with pytest.raises(ma.ModelAnalyzerError, match="ended with 3"):
+        ma.run(["profile"], tmp_path / "ma.log", {}, timeout_s=120)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import csv
 import shutil
+import signal
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,18 +147,63 @@ def analyzer_config(
     }
 
 
-def run(args: list[str], log: Path, env: dict[str, str], timeout_s: float) -> None:
+#: A line Model Analyzer logs when its search proposes a configuration it has already measured,
+#: and one it logs when it measures a new one.
+REVISIT_LINE = "Existing measurement found for run config"
+MEASURE_LINE = "Profiling "
+#: Revisits in a row, with no new measurement between them, after which a run is stopped: Model
+#: Analyzer 1.58's quick search can cycle over measured configurations without ending (seen
+#: here: 114,551 revisits in 30 minutes); a converging search revisits a few at a time.
+MAX_REVISITS = 1000
+
+
+def _progress(log: Path, offset: int, revisits: int) -> tuple[int, int]:
+    """Read ``log`` from ``offset``: (the new offset, revisits in a row since the last new
+    measurement), counting on from ``revisits``."""
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    for line in complete.decode(errors="replace").splitlines():
+        if MEASURE_LINE in line:
+            revisits = 0
+        elif REVISIT_LINE in line:
+            revisits += 1
+    return offset + len(complete), revisits
+
+
+def run(args: list[str], log: Path, env: dict[str, str], timeout_s: float, max_revisits: int = MAX_REVISITS, poll_s: float = 2.0) -> None:
     """Run ``model-analyzer <args>``, its output to ``log``; :class:`ModelAnalyzerError` with
-    the end of the log when it fails or runs past ``timeout_s``."""
+    the end of the log when it fails, runs past ``timeout_s``, or revisits measured
+    configurations ``max_revisits`` times in a row (it is then interrupted, as Ctrl-C would, and
+    killed if it has not stopped within a minute)."""
     cmd = [str(binary()), *args]
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
+        offset, revisits, code = log.stat().st_size, 0, None
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = f"a timeout after {timeout_s:.0f} s"
+            deadline = time.monotonic() + timeout_s
+            while (code := proc.poll()) is None:
+                offset, revisits = _progress(log, offset, revisits)
+                if revisits >= max_revisits or time.monotonic() > deadline:
+                    break
+                time.sleep(poll_s)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    if code is None:
+        code = (
+            f"its search cycling: {revisits} revisits of measured configurations in a row, no new measurement"
+            if revisits >= max_revisits
+            else f"a timeout after {timeout_s:.0f} s"
+        )
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise ModelAnalyzerError(f"model-analyzer {args[0]} ended with {code}:\n{tail}")
