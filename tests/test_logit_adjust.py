@@ -158,3 +158,12 @@ def test_adjust_logits_refuses_the_committed_model_a_second_time(capsys: pytest.
     assert adjust_cli.main(["--net", model.net]) == 2
     assert "already logit-adjusted" in capsys.readouterr().err
     assert model.onnx.read_bytes() == before
+
+
+def test_settle_tta_keeps_the_tta_file_only_when_it_wins_on_val(exports: tuple[Path, Path], tmp_path: Path) -> None:
+    model = ShippedModel("tiny", tmp_path)
+    model.tta_onnx.write_bytes(exports[1].read_bytes())
+    model.tta_onnx.with_suffix(".export.json").write_text("{}")
+    assert model.settle_tta(0.90, 0.91) and model.tta_onnx.is_file()
+    assert not model.settle_tta(0.91, 0.91)  # a tie does not pay for the second pass
+    assert not model.tta_onnx.is_file() and not model.tta_onnx.with_suffix(".export.json").is_file()

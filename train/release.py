@@ -4,7 +4,7 @@ Writes every ``models/<net>.*`` file from the run: the verified FP32 ONNX export
 ``.export.json`` record, the split manifest, ``metrics.json`` (the run's, plus the TTA and
 release records), the test confusion matrix; exports the flip-averaged TTA model and keeps
 it as ``models/<net>.tta.onnx`` only if it beats the plain model on the validation split
-(both figures are recorded either way); logit-adjusts a model trained with the class-weighted loss
+(after the logit adjustment, if any; both figures are recorded either way); logit-adjusts a model trained with the class-weighted loss
 (:mod:`wastesort.training.logit_adjust`; ``--no-logit-adjust`` keeps the logits as trained) and
 re-measures its val and test figures; removes a QAT copy (``make qat``) made from the
 previous export; regenerates ``MODEL_CARD.md``; and, when ``net`` is
@@ -51,7 +51,8 @@ from model_card import write_card  # noqa: E402
 
 
 def tta_record(model: ShippedModel, run: Path) -> dict:
-    """Plain and TTA ONNX top-1 on the run's val and test splits, and whether TTA is kept."""
+    """Plain and TTA ONNX top-1 on the run's val and test splits, and whether TTA is kept
+    (:meth:`ShippedModel.settle_tta`: a TTA file that loses is removed)."""
     splits = run_splits(run)
     contract = PreprocessContract.from_onnx(str(model.onnx))
     record: dict = {}
@@ -59,7 +60,7 @@ def tta_record(model: ShippedModel, run: Path) -> dict:
         x, y = g.test_tensors(splits[split], contract)
         record[f"{split}_plain"] = g.evaluate(model.onnx, x, y, contract.labels).top1
         record[f"{split}_tta"] = g.evaluate(model.tta_onnx, x, y, contract.labels).top1
-    record["kept"] = record["val_tta"] > record["val_plain"]
+    record["kept"] = model.settle_tta(record["val_plain"], record["val_tta"])
     return record
 
 
@@ -137,14 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {model.qat_onnx.name}: fine-tuned from the previous export (make qat makes one for this export)")
     shutil.copy(a.run / "manifest.csv", model.manifest)
     shutil.copy(a.run / "confusion_test.png", model.confusion)
-    tta = tta_record(model, a.run)
-    print(f"TTA: val {tta['val_plain']:.4f} -> {tta['val_tta']:.4f}, test {tta['test_plain']:.4f} -> {tta['test_tta']:.4f}")
-    print(f"TTA kept: {tta['kept']}")
-    if not tta["kept"]:
-        model.tta_onnx.unlink()
-        model.tta_onnx.with_suffix(".export.json").unlink()
     metrics = json.loads((a.run / "metrics.json").read_text())
-    metrics["tta"] = tta
+    adjust = config.get("balance") == BALANCE and not a.no_logit_adjust
+    if not adjust:  # else adjust_shipped measures both files once adjusted and decides on those figures
+        tta = metrics["tta"] = tta_record(model, a.run)
+        print(f"TTA: val {tta['val_plain']:.4f} -> {tta['val_tta']:.4f}, test {tta['test_plain']:.4f} -> {tta['test_tta']:.4f}")
+        print(f"TTA kept: {tta['kept']}")
     if decoder:
         metrics["decoder"] = decoder
     lineage = run_lineage(a.run)
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "lineage": [_stage(run) for run, _ in lineage],
     }
     model.metrics.write_text(json.dumps(metrics, indent=2))
-    if config.get("balance") == BALANCE and not a.no_logit_adjust:
+    if adjust:
         report(adjust_shipped(model, Path(config["data"])))
     publish(a.run, model, a.card, a.repository)
     return 0

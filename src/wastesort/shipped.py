@@ -72,6 +72,15 @@ class ShippedModel:
             return f"{self.qat_onnx.name} was fine-tuned from another export than {self.onnx.name}"
         return None
 
+    def settle_tta(self, val_plain: float, val_tta: float) -> bool:
+        """Keep :attr:`tta_onnx` only if it beats the plain export's top-1 ``val_plain`` on the
+        validation split; otherwise remove it and its export record. Returns whether it is kept."""
+        kept = val_tta > val_plain
+        if not kept:
+            self.tta_onnx.unlink(missing_ok=True)
+            self.tta_onnx.with_suffix(".export.json").unlink(missing_ok=True)
+        return kept
+
     def drop_stale_qat(self) -> bool:
         """Remove :attr:`qat_onnx` and its record when they were made from another export than
         :attr:`onnx` (``make qat`` makes one for the current export); ``True`` if removed."""

@@ -142,12 +142,8 @@ def adjust_shipped(model: ShippedModel, data: Path) -> dict:
     metrics["val"], metrics["test"] = after["plain"]["val"], after["plain"]["test"]
     if "tta" in after:
         tta = {f"{split}_{name}": after[name][split]["accuracy"] for name in ("plain", "tta") for split in ("val", "test")}
-        tta["kept"] = tta["val_tta"] > tta["val_plain"]
+        tta["kept"] = record["tta_kept"] = model.settle_tta(tta["val_plain"], tta["val_tta"])
         metrics["tta"] = tta
-        record["tta_kept"] = tta["kept"]
-        if not tta["kept"]:
-            model.tta_onnx.unlink()
-            model.tta_onnx.with_suffix(".export.json").unlink(missing_ok=True)
     metrics["logit_adjustment"] = record
     model.metrics.write_text(json.dumps(metrics, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
