@@ -57,6 +57,11 @@ def offsets_for(train: list[Sample], num_classes: int) -> np.ndarray:
     return (offsets - offsets.mean()).astype(np.float32)
 
 
+def _by_class(labels: tuple[str, ...], offsets: np.ndarray) -> dict[str, float]:
+    """The offsets as recorded (file metadata and metrics): class name -> value, 6 decimals."""
+    return {c: round(float(v), 6) for c, v in zip(labels, offsets, strict=True)}
+
+
 def recorded(path: Path) -> dict | None:
     """The adjustment recorded in ``path``'s metadata (``{"offsets": {...}, "rule": ...}``), or ``None``."""
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -87,7 +92,7 @@ def adjust_onnx(path: Path, offsets: np.ndarray, out: Path | None = None) -> Pat
         raise AdjustError(f"{len(offsets)} offsets for {len(labels)} classes")
     bias = _head_bias(proto, len(labels))
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + offsets, bias.name))
-    record = {"offsets": {c: round(float(v), 6) for c, v in zip(labels, offsets, strict=True)}, "rule": RULE}
+    record = {"offsets": _by_class(labels, offsets), "rule": RULE}
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(record))
     onnx.checker.check_model(proto, full_check=True)
     out = out or path
@@ -133,7 +138,7 @@ def adjust_shipped(model: ShippedModel, data: Path) -> dict:
     after = {name: _measure(path, images, labels, classes) for name, path in files.items()}
     record = {
         "rule": RULE,
-        "offsets": {c: round(float(v), 6) for c, v in zip(classes, offsets, strict=True)},
+        "offsets": _by_class(classes, offsets),
         "measured": "ONNX Runtime, serving preprocessing",
         "before": {name: {split: _summary(m) for split, m in by_split.items()} for name, by_split in before.items()},
         "after": {name: {split: _summary(m) for split, m in by_split.items()} for name, by_split in after.items()},
