@@ -99,8 +99,26 @@ def test_a_graph_without_one_head_gemm_is_refused(tmp_path: Path) -> None:
             return x.mean(dim=(2, 3)).repeat(1, 2)
 
     path = export_onnx(NoGemm(), CONTRACT, tmp_path / "nogemm.onnx")
-    with pytest.raises(la.AdjustError, match="found 0 Gemm"):
+    with pytest.raises(la.AdjustError, match="found 0 among 0 Gemm"):
         la.adjust_onnx(path, np.zeros(6, np.float32))
+
+
+def test_the_head_is_found_behind_other_dense_layers(tmp_path: Path) -> None:
+    """A hidden Linear layer before the head (MobileNetV3, the from-scratch CNN) is left alone."""
+
+    class TwoDense(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(torch.relu(self.hidden(torch.relu(self.conv(x)).mean(dim=(2, 3)))))
+
+    path = export_onnx(TwoDense().eval(), CONTRACT, tmp_path / "two.onnx")
+    offsets = np.array([0.5, -0.25, 0.0, 1.0, -0.5, -0.75], np.float32)
+    out = la.adjust_onnx(path, offsets, tmp_path / "two_adjusted.onnx")
+    x = _x()
+    np.testing.assert_allclose(OnnxClassifier(out).run([LOGITS], x)[0], OnnxClassifier(path).run([LOGITS], x)[0] + offsets, atol=1e-5)
 
 
 def test_adjust_shipped_rewrites_the_files_and_the_metrics(exports: tuple[Path, Path], tmp_path: Path) -> None:

@@ -139,3 +139,49 @@ def test_verification_catches_a_broken_export(trained_run: Path, tmp_path: Path)
     images = np.stack([preprocess_file(str(f), contract) for f in files])
     with pytest.raises(ExportError):
         verify_export(out, model, images)
+
+
+def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(synthetic_root: Path, tmp_path: Path) -> None:
+    """``make release`` end to end on a short class-weighted run of imbalanced data, into a
+    temporary models folder: every ``models/<net>.*`` file, the logit adjustment (offsets in
+    the file, the recorded test top-1 reproduced by the file), the TTA rule, the stale QAT copy
+    removed, the card; the repository left alone for a network that is not the default."""
+    import shutil
+
+    import release as release_cli
+
+    from wastesort.shipped import ShippedModel
+    from wastesort.training.logit_adjust import METADATA_KEY
+    from wastesort.variants import gate as g
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    for f in sorted((data / "trash").iterdir())[::2]:  # the rare class, as in TrashNet
+        f.unlink()
+    run = tmp_path / "run"
+    assert train_cli.main(["--data", str(data), "--out", str(run), "--epochs", "4", "--balance", "loss", *SMALL]) == 0
+    models, card, repository = tmp_path / "models", tmp_path / "MODEL_CARD.md", tmp_path / "repository"
+    models.mkdir()
+    shipped = ShippedModel("simplecnn", folder=models)
+    shipped.qat_onnx.write_bytes(b"fine-tuned from a previous export")
+    shipped.qat_record.write_text(json.dumps({"source_sha256": "0" * 64}))
+
+    args = ["--run", str(run), "--models-dir", str(models), "--card", str(card), "--repository", str(repository)]
+    assert release_cli.main(args) == 0
+
+    for path in (shipped.onnx, shipped.manifest, shipped.metrics, shipped.export_record, shipped.confusion):
+        assert path.is_file(), path
+    assert not shipped.qat_onnx.exists() and not shipped.qat_record.exists()
+    assert not repository.exists()  # simplecnn is not the default network
+    metrics = json.loads(shipped.metrics.read_text())
+    assert metrics["release"]["run"] == str(run) and metrics["release"]["lineage"][0]["epochs"] == 4
+    offsets = metrics["logit_adjustment"]["offsets"]
+    assert offsets["trash"] < 0 < min(v for c, v in offsets.items() if c != "trash")  # the rare class is pulled down
+    meta = {p.key: p.value for p in onnx.load(str(shipped.onnx)).metadata_props}
+    assert json.loads(meta[METADATA_KEY])["offsets"] == offsets
+    assert shipped.tta_onnx.is_file() == metrics["tta"]["kept"] == (metrics["tta"]["val_tta"] > metrics["tta"]["val_plain"])
+    contract = PreprocessContract.from_onnx(str(shipped.onnx))
+    x, y = g.test_tensors(shipped.split("test", data), contract)
+    assert g.evaluate(shipped.onnx, x, y, contract.labels).top1 == pytest.approx(metrics["test"]["accuracy"])
+    text = card.read_text()
+    assert "--balance loss" in text and f"{metrics['test']['accuracy']:.4f}" in text

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
-from wastesort.paths import REPO_ROOT
+from wastesort.paths import MODELS_DIR, REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.export import (
     DECODERS,
@@ -42,7 +42,7 @@ from wastesort.training.export import (
     with_decoder,
 )
 from wastesort.training.lite import LITE_NETS
-from wastesort.training.logit_adjust import BALANCE, adjust_shipped, report
+from wastesort.training.logit_adjust import BALANCE, AdjustError, adjust_shipped, report
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
 
@@ -106,6 +106,7 @@ def _stage(run: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run folder (best.pt, config.json, manifest.csv, metrics.json)")
+    p.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where the models/<net>.* files are written")
     p.add_argument("--card", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
     p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
     p.add_argument("--decoder", choices=DECODERS, default=DECODERS[0], help="the preprocessing the release is served with")
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     config = json.loads((a.run / "config.json").read_text())
-    model = ShippedModel(config["model"])
+    model = ShippedModel(config["model"], folder=a.models_dir)
     held_out = held_out_images(a.run, 1000)
     trained = load_checkpoint(a.run / "best.pt")[1]
     contract = with_decoder(trained, a.decoder)
@@ -160,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     model.metrics.write_text(json.dumps(metrics, indent=2))
     if adjust:
-        report(adjust_shipped(model, Path(config["data"])))
+        try:
+            report(adjust_shipped(model, Path(config["data"])))
+        except AdjustError as exc:
+            print(f"error: logit adjustment failed: {exc} (--no-logit-adjust releases the logits as trained)", file=sys.stderr)
+            return 1
     publish(a.run, model, a.card, a.repository)
     return 0
 

@@ -69,14 +69,19 @@ def recorded(path: Path) -> dict | None:
 
 
 def _head_bias(proto: onnx.ModelProto, num_classes: int) -> onnx.TensorProto:
-    gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
-    if len(gemms) != 1 or len(gemms[0].input) != 3:
-        raise AdjustError(f"expected one classifier-head Gemm with a bias, found {len(gemms)} Gemm node(s)")
+    """The bias of the classifier head: the one Gemm whose bias is a ``(num_classes,)``
+    initializer (a network may have other dense layers before it, e.g. MobileNetV3's)."""
     inits = {t.name: t for t in proto.graph.initializer}
-    bias = inits.get(gemms[0].input[2])
-    if bias is None or tuple(bias.dims) != (num_classes,):
-        raise AdjustError(f"the head Gemm's bias is not a ({num_classes},) initializer")
-    return bias
+    gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
+    heads = [
+        inits[n.input[2]] for n in gemms if len(n.input) == 3 and n.input[2] in inits and tuple(inits[n.input[2]].dims) == (num_classes,)
+    ]
+    if len(heads) != 1:
+        raise AdjustError(
+            f"expected one classifier-head Gemm with a ({num_classes},) bias initializer, "
+            f"found {len(heads)} among {len(gemms)} Gemm node(s)"
+        )
+    return heads[0]
 
 
 def adjust_onnx(path: Path, offsets: np.ndarray, out: Path | None = None) -> Path:
