@@ -6,8 +6,9 @@
 (``make model-analyzer``, which first installs Model Analyzer into ``.venv-analyzer``.)
 
 1. Model Analyzer profiles the service's default ensemble (INT8 when ``make build`` installed
-   it) with real test-split JPEG bytes: its ``quick`` search over the composing models'
-   instance counts and ``max_batch_size`` with dynamic batching, p99 within ``--budget-ms``
+   it) with real test-split JPEG bytes: its Optuna search (``--mode optuna``, ``--trials``) over
+   the composing models' instance counts, ``max_batch_size`` and queue delays with dynamic
+   batching (``--mode quick``: its hill climb, no queue delays), p99 within ``--budget-ms``
    (:mod:`wastesort.perf.model_analyzer` owns the config and the reading of its results).
 2. Its summary report, its results table, the config it ran and its log go to ``--out``.
 3. If its best configuration is not the hand-tuned one, both are served in turn (fresh
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     p.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/model_analyzer")
     p.add_argument("--budget-ms", type=float, default=ma.Search.p99_budget_ms, help="p99 latency budget")
+    p.add_argument("--mode", choices=("optuna", "quick"), default=ma.Search.mode, help="Model Analyzer's search mode")
+    p.add_argument(
+        "--trials", type=int, nargs=2, metavar=("MIN", "MAX"), default=(ma.Search.min_trials, ma.Search.max_trials), help="optuna's trials"
+    )
     p.add_argument("--timeout-min", type=float, default=60.0, help="Model Analyzer's whole profile run")
     p.add_argument("--rounds", type=int, default=2, help="side-by-side rounds of hand-tuned vs pick")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="side-by-side levels")
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = mach.describe()
     out = args.out or Path("perf/results") / mach.host_name() / "model_analyzer"
     out.mkdir(parents=True, exist_ok=True)
-    ensemble, search = ready[0], ma.Search(p99_budget_ms=args.budget_ms)
+    search = ma.Search(mode=args.mode, p99_budget_ms=args.budget_ms, min_trials=args.trials[0], max_trials=args.trials[1])
+    ensemble = ready[0]
     print(f"machine: {mach.one_line(machine)}\nprofiling {ensemble} with Model Analyzer (log: {out / 'model_analyzer.log'})")
     with tempfile.TemporaryDirectory(prefix="wastesort-ma-") as scratch:
         work = Path(scratch)
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         export = Path(config["export_path"])
         shutil.copy(export / ma.INFERENCE_CSV, out / ma.INFERENCE_CSV.name)
         shutil.copy(export / "reports" / "summaries" / ensemble / "result_summary.html", out / "result_summary.html")
-        ranked = ma.best_per_config(ma.read_results(export), args.budget_ms)
+        measured = ma.with_queue_delays(ma.read_results(export), Path(config["output_model_repository_path"]))
+        ranked = ma.best_per_config(measured, args.budget_ms)
         if not ranked:
             print(f"error: no configuration met p99 <= {args.budget_ms:g} ms", file=sys.stderr)
             return 1

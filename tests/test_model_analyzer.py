@@ -6,7 +6,9 @@ own environment (``make model-analyzer``); its committed output is in perf/resul
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,8 +71,17 @@ def test_config_drives_this_tritonserver_and_perf_analyzer_on_the_cpu(tmp_path: 
     libs = cfg["triton_server_environment"]["LD_LIBRARY_PATH"].split(":")
     assert any(p.endswith("nvidia_pytriton.libs") for p in libs)  # the server's
     assert any((Path(p) / "libcudart.so.12").exists() for p in libs)  # perf_analyzer's, same environment
-    assert cfg["profile_models"] == {ENSEMBLE: {"cpu_only": True}}
+    assert cfg["profile_models"] == [{ENSEMBLE: {"cpu_only": True}}]
     assert cfg["cpu_only_composing_models"] == [PREPROCESS, CLASSIFIER] and cfg["gpus"] == []
+    search = ma.Search()
+    assert cfg["run_config_search_mode"] == "optuna"
+    assert (cfg["optuna_min_trials"], cfg["optuna_max_trials"]) == (search.min_trials, search.max_trials)
+    delays = {"dynamic_batching": {"max_queue_delay_microseconds": list(search.queue_delays_us)}}
+    assert cfg["ensemble_composing_models"] == [{m: {"model_config_parameters": delays}} for m in (PREPROCESS, CLASSIFIER)]
+    assert 0 in search.queue_delays_us  # the hand-tuned configuration's delay is in the space
+    quick_search = ma.Search(mode="quick")
+    quick = ma.analyzer_config(tmp_path / "r", ENSEMBLE, [PREPROCESS, CLASSIFIER], tmp_path, tmp_path / "in.json", ports, quick_search)
+    assert quick["run_config_search_mode"] == "quick" and "ensemble_composing_models" not in quick and "optuna_max_trials" not in quick
     assert cfg["constraints"] == {"perf_latency_p99": {"max": 100.0}} and cfg["objectives"] == ["perf_throughput"]
     assert cfg["perf_analyzer_flags"]["input-data"] == str(tmp_path / "in.json")
     assert cfg["perf_analyzer_path"] == str(perf_analyzer_binary())  # the project's 2.50, not Model Analyzer's own
@@ -86,6 +97,48 @@ def test_results_are_ranked_by_throughput_within_the_budget(tmp_path: Path) -> N
     assert ranked[1].is_default and not ranked[0].is_default
     assert ma.describe(ranked[0]) == f"preprocess_config_0 + {CLASSIFIER}_config_1: instances 1,2, max_batch_size 1,1"
     assert ma.best_per_config(rows, 1000.0)[0].throughput == 191.7  # the 705 ms point, when allowed
+
+
+@pytest.mark.skipif(ma.unavailable_reason() is not None, reason=str(ma.unavailable_reason()))
+def test_model_analyzer_reads_the_config_as_meant(tmp_path: Path) -> None:
+    """Model Analyzer's own parser (its environment) reads the ensemble as the profiled model and
+    the queue delays as the composing models' parameters. (In the mapping form, 1.58 parses both
+    into one shared object and profiles the composing models instead of the ensemble.)"""
+    ports = {"http": 18010, "grpc": 18011, "metrics": 18012}
+    cfg = ma.analyzer_config(tmp_path / "r", ENSEMBLE, [PREPROCESS, CLASSIFIER], tmp_path, tmp_path / "in.json", ports, ma.Search())
+    (tmp_path / "r").mkdir()  # it checks that the repository exists
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    script = (
+        "import json, sys\n"
+        "from model_analyzer.entrypoint import get_cli_and_config_options\n"
+        "sys.argv = ['model-analyzer', 'profile', '-f', sys.argv[1]]\n"
+        "_, c = get_cli_and_config_options()\n"
+        "print(json.dumps([[m.model_name() for m in c.profile_models], "
+        "{m.model_name(): m.model_config_parameters() for m in c.ensemble_composing_models}, c.run_config_search_mode]))\n"
+    )
+    python = ma.binary().parent / "python"
+    out = subprocess.run([str(python), "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    profiled, composing, mode = json.loads(out.stdout.strip().splitlines()[-1])
+    assert profiled == [ENSEMBLE] and mode == "optuna"
+    assert set(composing) == {PREPROCESS, CLASSIFIER}
+    assert all(p["dynamic_batching"][0]["max_queue_delay_microseconds"] == list(ma.Search().queue_delays_us) for p in composing.values())
+
+
+def test_queue_delays_are_read_from_the_configurations_model_analyzer_wrote(tmp_path: Path) -> None:
+    (tmp_path / ma.INFERENCE_CSV).parent.mkdir(parents=True)
+    (tmp_path / ma.INFERENCE_CSV).write_text("\n".join([HEADER, *ROWS]) + "\n")
+    rows = ma.read_results(tmp_path)
+    output = tmp_path / "output"
+    for folder, delay in (("preprocess_config_0", 0), (f"{CLASSIFIER}_config_1", 4000)):
+        cfg = tc.parse_config(_repository(tmp_path) / (PREPROCESS if folder.startswith(PREPROCESS) else CLASSIFIER) / "config.pbtxt")
+        cfg.dynamic_batching.max_queue_delay_microseconds = delay
+        (output / folder).mkdir(parents=True)
+        (output / folder / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    with_delays = ma.with_queue_delays(rows, output)
+    assert [r.queue_delays_us for r in with_delays] == [(0, 4000), (0, 4000), (), (), ()]  # config_0's classifier is not there
+    assert ma.describe(with_delays[0]).endswith("max_batch_size 1,1, queue delay 0,4000 µs")
 
 
 def test_pick_repository_serves_the_picks_configs(tmp_path: Path) -> None:

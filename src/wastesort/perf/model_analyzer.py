@@ -9,7 +9,7 @@ with :func:`wastesort.triton.server.server_env`'s environment) and the project's
 perf_analyzer 2.50 (with :func:`wastesort.perf.analyzer.analyzer_env`'s library path).
 
 It profiles one ensemble with every composing model on the CPU (``cpu_only``), varying the
-composing models' instance counts, ``max_batch_size`` and dynamic batching, and measures each
+composing models' instance counts, ``max_batch_size`` and queue delays (:class:`Search`), and measures each
 configuration over a concurrency sweep with real JPEG bytes (``--input-data``). Its own pick
 is the configuration of highest throughput within the p99 budget (its ``constraints``).
 """
@@ -22,7 +22,7 @@ import signal
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -94,15 +94,39 @@ def prepare_repository(source: Path, target: Path, ensemble: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Search:
-    """Model Analyzer's search: ``quick`` (its hill climb over the composing models) within
-    these bounds, each measurement ``duration_s`` long, picks within ``p99_budget_ms``."""
+    """Model Analyzer's search over the composing models, within these bounds, picks within
+    ``p99_budget_ms``.
 
-    mode: str = "quick"
+    ``optuna`` (the default): its Optuna search over each composing model's instance count,
+    ``max_batch_size`` (powers of two) and dynamic-batching queue delay (``queue_delays_us``)
+    and the concurrency, ``min_trials`` to ``max_trials`` configurations (it stops early after
+    ``early_exit`` trials without a better one), then a concurrency sweep of the ``top``
+    configurations. ``quick`` is its hill climb over instance counts and ``max_batch_size``
+    (it cannot search queue delays; 1.58's can cycle without ending, which :func:`run` stops).
+    """
+
+    mode: str = "optuna"
     max_instances: int = 2
     max_batch_size: int = 64
     max_concurrency: int = 32
     p99_budget_ms: float = 100.0
     top: int = 3
+    queue_delays_us: tuple[int, ...] = (0, 1000, 4000, 16000)
+    min_trials: int = 20
+    max_trials: int = 40
+    early_exit: int = 10
+
+    def describe(self) -> str:
+        """One sentence for the report: what was searched and how."""
+        searched = f"instance counts up to {self.max_instances}, `max_batch_size` up to {self.max_batch_size} with dynamic batching"
+        if self.mode == "optuna":
+            delays = ", ".join(f"{d}" for d in self.queue_delays_us)
+            return (
+                f"`optuna` search ({self.min_trials}-{self.max_trials} trials, early exit after {self.early_exit} without a better one) "
+                f"over each composing model's {searched}, queue delays {delays} µs, and concurrency up to {self.max_concurrency}, "
+                f"then a concurrency sweep of its top {self.top}"
+            )
+        return f"`{self.mode}` search over each composing model's {searched}, concurrency up to {self.max_concurrency}"
 
 
 def analyzer_config(
@@ -112,7 +136,7 @@ def analyzer_config(
     # Model Analyzer gives this environment to the server and to perf_analyzer alike: the
     # server's libraries, and perf_analyzer's libcudart (no GPU is used)
     env = analyzer_env(server_env())
-    return {
+    config = {
         "model_repository": str(repository),
         "output_model_repository_path": str(workdir / "output_repository"),
         "override_output_model_repository": True,
@@ -142,9 +166,24 @@ def analyzer_config(
         "num_top_model_configs": search.top,
         "objectives": ["perf_throughput"],
         "constraints": {"perf_latency_p99": {"max": search.p99_budget_ms}},
-        "profile_models": {ensemble: {"cpu_only": True}},
+        # lists, not mappings: Model Analyzer 1.58 parses the mapping forms of profile_models and
+        # ensemble_composing_models into one shared object, and the second overwrites the first
+        "profile_models": [{ensemble: {"cpu_only": True}}],
         "cpu_only_composing_models": composing,
     }
+    if search.mode == "optuna":
+        config |= {
+            "optuna_min_trials": search.min_trials,
+            "optuna_max_trials": search.max_trials,
+            "optuna_early_exit_threshold": search.early_exit,
+            # queue delays have no search range of their own: listed per composing model (its
+            # instance count and max_batch_size keep their ranges above)
+            "ensemble_composing_models": [
+                {model: {"model_config_parameters": {"dynamic_batching": {"max_queue_delay_microseconds": list(search.queue_delays_us)}}}}
+                for model in composing
+            ],
+        }
+    return config
 
 
 #: A line Model Analyzer logs when its search proposes a configuration it has already measured,
@@ -222,6 +261,7 @@ class Measured:
     concurrency: int
     throughput: float
     p99_ms: float
+    queue_delays_us: tuple[int, ...] = ()
 
     @property
     def is_default(self) -> bool:
@@ -249,6 +289,20 @@ def read_results(export_path: Path) -> list[Measured]:
                 )
             )
     return rows
+
+
+def with_queue_delays(rows: list[Measured], output_repository: Path) -> list[Measured]:
+    """``rows`` with each composing model's dynamic-batching queue delay (µs), read from the
+    configurations Model Analyzer wrote (the inference table does not have them); a row whose
+    configurations are not all there keeps none."""
+    out = []
+    for row in rows:
+        paths = [output_repository / c / "config.pbtxt" for c in row.composing]
+        if paths and all(p.is_file() for p in paths):
+            delays = tuple(parse_config(p).dynamic_batching.max_queue_delay_microseconds for p in paths)
+            row = replace(row, queue_delays_us=delays)
+        out.append(row)
+    return out
 
 
 def best_per_config(rows: list[Measured], p99_budget_ms: float) -> list[Measured]:
@@ -295,9 +349,11 @@ def batch_capacity(repository: Path, ensemble: str) -> int:
 
 
 def describe(pick: Measured) -> str:
-    """'preprocess_config_0 + x_config_1: instances 1,2, max_batch_size 1,1' (step order)."""
+    """'preprocess_config_0 + x_config_1: instances 1,2, max_batch_size 1,1[, queue delay 0,4000 µs]'
+    (step order)."""
     instances = ",".join(i.split(":")[0] for i in pick.instances.split(","))
-    return f"{' + '.join(pick.composing)}: instances {instances}, max_batch_size {pick.max_batch_sizes}"
+    delays = f", queue delay {','.join(map(str, pick.queue_delays_us))} µs" if pick.queue_delays_us else ""
+    return f"{' + '.join(pick.composing)}: instances {instances}, max_batch_size {pick.max_batch_sizes}{delays}"
 
 
 @dataclass(frozen=True)
@@ -357,10 +413,9 @@ def render(
         "",
         f"Machine: {machine_line}. Written by `perf/model_analyzer.py` (`make model-analyzer`).",
         "",
-        f"Model Analyzer ({ANALYZER_PACKAGE}, its own environment `.venv-analyzer`) in `{search.mode}` search mode, local launch",
-        "of the project's tritonserver, every composing model on the CPU: instance counts up to",
-        f"{search.max_instances}, `max_batch_size` up to {search.max_batch_size} with dynamic batching, concurrency up to",
-        f"{search.max_concurrency}, real TrashNet JPEG bytes; objective throughput, constraint p99 within {search.p99_budget_ms:g} ms.",
+        f"Model Analyzer ({ANALYZER_PACKAGE}, its own environment `.venv-analyzer`), local launch of the project's",
+        f"tritonserver, every composing model on the CPU: {search.describe()};",
+        f"real TrashNet JPEG bytes; objective throughput, constraint p99 within {search.p99_budget_ms:g} ms.",
         "Its summary report is `result_summary.html`, every measurement `metrics-model-inference.csv`.",
         "",
         "## Its ranking (each configuration's best point within the budget)",
