@@ -21,7 +21,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import sha256
-from wastesort.training.export import run_lineage
+from wastesort.training.export import INIT_EXPORT_KEY, run_lineage
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -49,6 +49,9 @@ def _shown(path: Path) -> Path:
 
 
 def _init(config: dict) -> str:
+    origin = config.get(INIT_EXPORT_KEY)
+    if origin:  # the file has been replaced since: name what it was
+        return f"; continued from the export `{origin['path']}` of `{origin['source_run']}` (sha256 {origin['sha256'][:12]}…)"
     return f"; continued from `{config['init_from']}`" if config.get("init_from") else ""
 
 

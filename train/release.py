@@ -33,6 +33,7 @@ from wastesort.paths import MODELS_DIR, REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.export import (
     DECODERS,
+    INIT_EXPORT_KEY,
     ExportError,
     export_run,
     held_out_images,
@@ -97,10 +98,17 @@ def publish(run: Path | None, model: ShippedModel, card: Path, repository: Path)
         print(f"{model.net} is not the default ({DEFAULT_NET}): model_repository/ left as it is (make repository MODEL={model.net})")
 
 
-def _stage(run: Path) -> dict:
-    """One training run of a model's lineage: its folder, epochs and minutes."""
+def _stage(run: Path, recorded: dict[Path, dict]) -> dict:
+    """One training run of a model's lineage: its folder, epochs and minutes (its
+    ``metrics.json``, else what a later run started from its export recorded of it)."""
+    if not (run / "metrics.json").is_file() and _anchored(run) in recorded:
+        return recorded[_anchored(run)]
     metrics = json.loads((run / "metrics.json").read_text())
     return {"run": str(run), "epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
+
+
+def _anchored(run: str | Path) -> Path:
+    return (REPO_ROOT / run).resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if decoder:
         metrics["decoder"] = decoder
     lineage = run_lineage(a.run)
+    recorded = {_anchored(s["run"]): s for _, c in lineage for s in c.get(INIT_EXPORT_KEY, {}).get("lineage", [])}
     first = lineage[0][1]
     metrics["release"] = {
         "run": str(a.run),
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             if model.net in LITE_NETS and first["weights"] == "imagenet"
             else first["weights"] or "none (from scratch)"
         ),
-        "lineage": [_stage(run) for run, _ in lineage],
+        "lineage": [_stage(run, recorded) for run, _ in lineage],
     }
     model.metrics.write_text(json.dumps(metrics, indent=2))
     if adjust:

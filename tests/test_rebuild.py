@@ -1,0 +1,112 @@
+"""Continuing training from an export (``--init-from models/<net>.onnx``): the rebuilt network is
+the export (in eval mode, and in train mode on the photos its BatchNorms were re-expanded on),
+without the logit adjustment; a run starts from it only on the export's own split and input,
+and records where it started so the lineage reaches the first run."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from wastesort.data import scan_image_folder, stratified_split, write_manifest
+from wastesort.inference import OnnxClassifier
+from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
+from wastesort.training.cli import parse_args
+from wastesort.training.export import INIT_EXPORT_KEY, export_onnx, run_lineage
+from wastesort.training.lite import build_lite
+from wastesort.training.logit_adjust import adjust_onnx, recorded
+from wastesort.training.rebuild import trainable_from_onnx
+from wastesort.training.trainer import Trainer, contract_for
+
+COMMITTED = ShippedModel(DEFAULT_NET)
+
+
+def _images(n: int, side: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).normal(0.0, 0.6, (n, 3, side, side)).astype(np.float32))
+
+
+def _offsets(path: Path, labels: tuple[str, ...]) -> np.ndarray:
+    record = recorded(path)
+    return np.array([record["offsets"][c] for c in labels], np.float32) if record else np.zeros(len(labels), np.float32)
+
+
+def test_the_rebuild_is_the_export_without_its_adjustment_in_eval_and_in_a_training_batch() -> None:
+    x = _images(6, 224)
+    model = trainable_from_onnx(COMMITTED.onnx, DEFAULT_NET, x, batch_size=4)
+    labels = tuple(json.loads(COMMITTED.metrics.read_text())["classes"])
+    offsets = _offsets(COMMITTED.onnx, labels)
+    assert np.abs(offsets).max() > 0.1  # the committed file is adjusted: the subtraction is exercised
+    with torch.no_grad():
+        evaluated = model(x).numpy()
+    reference = OnnxClassifier(COMMITTED.onnx).batched(LOGITS, x.numpy())
+    assert np.abs(evaluated + offsets - reference).max() < 1e-4
+    assert all(p.requires_grad for p in model.parameters())
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(float(m.running_var.min()) >= 0.0 for m in norms) and any(float(m.running_mean.abs().max()) > 0.01 for m in norms)
+    # In train mode on exactly the photos measured, every batch statistic equals the recorded one.
+    training = copy.deepcopy(model).train()
+    with torch.no_grad():
+        assert np.abs(training(x).numpy() - evaluated).max() < 1e-3
+
+
+def _lite_export(folder: Path, data: Path, seed: int, side: int = 64) -> Path:
+    """A Lite0 export of random weights for ``data`` at ``side`` px, logit-adjusted, with the
+    split of ``seed`` as its manifest and an export record naming a (fake) source run."""
+    scan = scan_image_folder(data)
+    cfg, _ = parse_args(["--data", str(data), "--out", str(folder / "unused"), "--model", DEFAULT_NET, "--input-size", str(side)])
+    torch.manual_seed(seed)
+    model = build_lite(DEFAULT_NET, num_classes=len(scan.classes), drop_rate=0.0, drop_path_rate=0.0).eval()
+    with torch.no_grad():  # BatchNorms that are not identities, as after training (the exporter folds them)
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_(0.0, 0.1)
+            norm.running_mean.normal_(0.0, 0.1), norm.running_var.uniform_(0.5, 1.5)
+    path = folder / f"{DEFAULT_NET}.onnx"
+    export_onnx(model, contract_for(cfg, scan.classes), path)
+    adjust_onnx(path, np.linspace(-0.5, 0.5, len(scan.classes)).astype(np.float32))
+    write_manifest(path.with_suffix(".manifest.csv"), stratified_split(scan.samples, cfg.split, seed), scan.classes, data)
+    source = folder / "source_run"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"model": DEFAULT_NET, "weights": "imagenet", "init_from": None}))
+    path.with_suffix(".export.json").write_text(json.dumps({"source_run": str(source)}))
+    path.with_suffix(".metrics.json").write_text(json.dumps({"release": {"lineage": [{"run": str(source), "epochs": 3}]}}))
+    return path
+
+
+def _trainer(data: Path, out: Path, init: Path, *extra: str) -> Trainer:
+    argv = ["--data", str(data), "--out", str(out), "--model", DEFAULT_NET, "--input-size", "64", "--init-from", str(init)]
+    return Trainer(parse_args([*argv, "--epochs", "1", "--batch-size", "8", *extra])[0])
+
+
+def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_root: Path, tmp_path: Path) -> None:
+    export = _lite_export(tmp_path, synthetic_root, seed=0)
+    trainer = _trainer(synthetic_root, tmp_path / "run", export)
+
+    x_val = trainer.x_val.numpy()
+    with torch.no_grad():
+        started = trainer.model.eval()(trainer.x_val).numpy()
+    offsets = _offsets(export, trainer.classes)
+    assert np.abs(started + offsets - OnnxClassifier(export).batched(LOGITS, x_val)).max() < 1e-4
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    origin = config[INIT_EXPORT_KEY]
+    assert (
+        origin["path"] == str(export) and len(origin["sha256"]) == 64 and origin["lineage"] == [{"run": origin["source_run"], "epochs": 3}]
+    )
+    lineage = run_lineage(tmp_path / "run")
+    assert [run for run, _ in lineage] == [Path(origin["source_run"]), tmp_path / "run"] and lineage[0][1]["weights"] == "imagenet"
+
+
+def test_an_export_of_another_split_or_input_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
+    export = _lite_export(tmp_path, synthetic_root, seed=1)  # trained on the split of seed 1
+    with pytest.raises(ValueError, match="another split"):
+        _trainer(synthetic_root, tmp_path / "run", export)
+    with pytest.raises(ValueError, match="takes"):
+        _trainer(synthetic_root, tmp_path / "run2", export, "--seed", "1", "--input-size", "96")
+    export.with_suffix(".manifest.csv").unlink()
+    with pytest.raises(ValueError, match="split cannot be checked"):
+        _trainer(synthetic_root, tmp_path / "run3", export, "--seed", "1")
