@@ -5,15 +5,10 @@ training time is that of every run it took."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-import model_card  # noqa: E402
-
-from wastesort.training.export import run_lineage  # noqa: E402
+from wastesort.training import card as model_card
+from wastesort.training.export import run_lineage
 
 
 def _run(root: Path, name: str, weights: str | None, init_from: Path | None, minutes: float) -> Path:

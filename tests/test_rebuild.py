@@ -17,11 +17,13 @@ from torch import nn
 from wastesort.data import scan_image_folder, stratified_split, write_manifest
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
+from wastesort.training import card
 from wastesort.training.cli import parse_args
 from wastesort.training.export import INIT_EXPORT_KEY, export_onnx, run_lineage
 from wastesort.training.lite import build_lite
 from wastesort.training.logit_adjust import adjust_onnx, recorded
 from wastesort.training.rebuild import trainable_from_onnx
+from wastesort.training.release import release_record
 from wastesort.training.trainer import Trainer, contract_for
 
 COMMITTED = ShippedModel(DEFAULT_NET)
@@ -98,6 +100,11 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
         origin["path"] == str(export) and len(origin["sha256"]) == 64 and origin["lineage"] == [{"run": origin["source_run"], "epochs": 3}]
     )
     lineage = run_lineage(tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"epochs_run": 1, "train_minutes": 0.5, "device": "cpu"}))
+    release = release_record(tmp_path / "run", DEFAULT_NET)  # the source run has no metrics.json: its recorded stage stands in
+    assert release["lineage"] == [origin["lineage"][0], {"run": str(tmp_path / "run"), "epochs": 1, "train_minutes": 0.5, "device": "cpu"}]
+    assert release["weights"].startswith("ImageNet")
+    assert f"continued from the export `{export}`" in card._init(config) and origin["sha256"][:12] in card._init(config)
     assert [run for run, _ in lineage] == [Path(origin["source_run"]), tmp_path / "run"] and lineage[0][1]["weights"] == "imagenet"
 
 

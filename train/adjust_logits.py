@@ -21,9 +21,7 @@ from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.logit_adjust import AdjustError, adjust_shipped, report
-
-sys.path.insert(0, str(Path(__file__).parent))
-from release import publish  # noqa: E402
+from wastesort.training.release import publish
 
 
 def main(argv: list[str] | None = None) -> int:

