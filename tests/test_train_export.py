@@ -141,17 +141,20 @@ def test_verification_catches_a_broken_export(trained_run: Path, tmp_path: Path)
         verify_export(out, model, images)
 
 
-def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(synthetic_root: Path, tmp_path: Path) -> None:
+def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``make release`` end to end on a short class-weighted run of imbalanced data, into a
     temporary models folder: every ``models/<net>.*`` file, the logit adjustment (offsets in
     the file, the recorded test top-1 reproduced by the file), the TTA rule, the stale QAT copy
-    removed, the card; the repository left alone for a network that is not the default."""
+    removed, the card; the repository left alone for a network that is not the default. A
+    release that fails at its last step leaves the models folder as it was."""
     import shutil
 
     import release as release_cli
 
     from wastesort.shipped import ShippedModel
-    from wastesort.training.logit_adjust import METADATA_KEY
+    from wastesort.training.logit_adjust import METADATA_KEY, AdjustError
     from wastesort.variants import gate as g
 
     data = tmp_path / "data"
@@ -185,3 +188,12 @@ def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(synthetic
     assert g.evaluate(shipped.onnx, x, y, contract.labels).top1 == pytest.approx(metrics["test"]["accuracy"])
     text = card.read_text()
     assert "--balance loss" in text and f"{metrics['test']['accuracy']:.4f}" in text
+
+    released = {p.name: p.read_bytes() for p in models.iterdir()}
+
+    def refuse(*_args: object) -> dict:
+        raise AdjustError("refused for the test")
+
+    monkeypatch.setattr(release_cli, "adjust_shipped", refuse)
+    assert release_cli.main([*args, "--card", str(tmp_path / "other_card.md")]) == 1
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == released and not (tmp_path / "other_card.md").exists()

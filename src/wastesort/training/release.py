@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
@@ -50,6 +51,19 @@ def decoder_record(run: Path, trained: PreprocessContract, served: PreprocessCon
             record[f"{split}_{name}"] = float((pred == y).mean())
     record["accepted"] = record["test_served"] >= record["test_trained"]
     return record
+
+
+def install(staged: ShippedModel, model: ShippedModel) -> list[str]:
+    """Move every ``<net>.*`` file a release wrote into ``staged``'s folder over ``model``'s;
+    a TTA export the release did not keep is removed there too. Returns the names moved."""
+    if not staged.tta_onnx.is_file():  # not kept: the previous release's TTA export goes too
+        for path in (model.tta_onnx, model.tta_onnx.with_suffix(".export.json")):
+            path.unlink(missing_ok=True)
+    names = sorted(p.name for p in staged.folder.glob(f"{staged.net}.*"))
+    model.folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.move(staged.folder / name, model.folder / name)
+    return names
 
 
 def publish(run: Path | None, model: ShippedModel, card: Path, repository: Path) -> None:
