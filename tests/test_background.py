@@ -97,3 +97,17 @@ def test_tta_export_is_the_mean_of_image_and_mirror(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert np.abs(got - plain.probabilities(x)).max() > 1e-3  # the mirror really went through the model
     np.testing.assert_allclose(tta.run([PROBABILITIES], x[:1])[0], expected[:1], atol=1e-6)  # batch of one
+
+
+def test_the_proxy_report_keeps_earlier_rows_marked_and_ships_by_its_rule() -> None:
+    from wastesort.training.proxy import carried, choose
+
+    def row(run: str, plain: float, replaced: float) -> dict:
+        return {"run": run, "test_plain": plain, "test_replaced": replaced}
+
+    earlier = [row("runs/a", 0.94, 0.70), row("runs/b", 0.937, 0.82), row("runs/c", 0.92, 0.85)]
+    rows = carried([row("runs/b", 0.938, 0.80), row("runs/d", 0.941, 0.83)], earlier)
+    assert [r["run"] for r in rows] == ["runs/b", "runs/d", "runs/a", "runs/c"]  # runs scored again replace their old rows
+    assert [bool(r.get("earlier")) for r in rows] == [False, False, True, True]
+    assert choose(rows, max_plain_drop=0.5)["run"] == "runs/d"  # c is better off the board but 2.1 points worse plain
+    assert choose(rows, max_plain_drop=3.0)["run"] == "runs/c"

@@ -7,6 +7,7 @@ split among those within ``--max-plain-drop`` points of the best plain test accu
 
 Example:
     python train/background_report.py --run runs/lite0_plain --run runs/lite0_bg --out docs/background.md
+    python train/background_report.py --run runs/lite0_cont --previous docs/background.json  # add a run to the table
 """
 
 from __future__ import annotations
@@ -18,43 +19,24 @@ from pathlib import Path
 
 import torch
 
-from wastesort.preprocess import preprocess_files
-from wastesort.training.background import PROXY_SEED, proxy_tensor
-from wastesort.training.evaluate import predict
-from wastesort.training.export import load_checkpoint, run_splits
+from wastesort.training.background import PROXY_SEED
+from wastesort.training.proxy import carried, choose, scores
 
-
-def scores(run: Path) -> dict:
-    """Top-1 of ``run/best.pt`` on val and test, plain and with backgrounds replaced."""
-    model, contract, ckpt = load_checkpoint(run / "best.pt")
-    config = json.loads((run / "config.json").read_text())
-    splits = run_splits(run)
-    out = {"run": str(run), **{f"{k}_p": config.get(k, 0.0) for k in ("background", "blur", "jpeg")}}
-    for split in ("val", "test"):
-        paths = [s.path for s in splits[split]]
-        y = torch.tensor([s.label for s in splits[split]])
-        for kind, x in (("plain", preprocess_files(paths, contract, f"{split} plain")), ("replaced", proxy_tensor(paths, contract))):
-            logits = torch.from_numpy(predict(model, torch.from_numpy(x)))
-            out[f"{split}_{kind}"] = float((logits.argmax(1) == y).float().mean())
-        out[f"{split}_images"] = len(paths)
-    return out
-
-
-def choose(rows: list[dict], max_plain_drop: float) -> dict:
-    """Best ``test_replaced`` among runs within ``max_plain_drop`` points of the best ``test_plain``."""
-    best_plain = max(r["test_plain"] for r in rows)
-    eligible = [r for r in rows if (best_plain - r["test_plain"]) * 100 <= max_plain_drop + 1e-9]
-    return max(eligible, key=lambda r: (r["test_replaced"], r["test_plain"]))
+#: How the table marks a row carried over from an earlier report (``--previous``).
+EARLIER = " (earlier report)"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", type=Path, action="append", required=True, help="run folder (repeat)")
     p.add_argument("--out", type=Path, default=Path("docs/background.md"))
+    p.add_argument("--previous", type=Path, help="an earlier report's JSON: its rows for runs not given again are kept, marked")
     p.add_argument("--max-plain-drop", type=float, default=0.5, help="points of plain test top-1 a run may lose to be shipped")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [scores(run) for run in a.run]
+    if a.previous:
+        rows = carried(rows, json.loads(a.previous.read_text())["rows"])
     pick = choose(rows, a.max_plain_drop)
     lines = [
         "| run | background / blur / JPEG p | val plain | val replaced | test plain | test replaced |",
@@ -62,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         lines.append(
-            f"| `{r['run']}`{' (shipped)' if r is pick else ''} | {r['background_p']} / {r['blur_p']} / {r['jpeg_p']} | "
+            f"| `{r['run']}`{' (shipped)' if r is pick else ''}{EARLIER if r.get('earlier') else ''} | "
+            f"{r['background_p']} / {r['blur_p']} / {r['jpeg_p']} | "
             f"{r['val_plain']:.4f} | {r['val_replaced']:.4f} | **{r['test_plain']:.4f}** | **{r['test_replaced']:.4f}** |"
         )
     table = "\n".join(lines)
