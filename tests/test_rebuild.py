@@ -21,7 +21,7 @@ from wastesort.training import card
 from wastesort.training.cli import parse_args
 from wastesort.training.export import INIT_EXPORT_KEY, export_onnx, run_lineage
 from wastesort.training.lite import build_lite
-from wastesort.training.logit_adjust import adjust_onnx, recorded
+from wastesort.training.logit_adjust import adjust_onnx, recorded_offsets
 from wastesort.training.rebuild import trainable_from_onnx
 from wastesort.training.release import release_record
 from wastesort.training.trainer import Trainer, contract_for
@@ -33,16 +33,10 @@ def _images(n: int, side: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(0.0, 0.6, (n, 3, side, side)).astype(np.float32))
 
 
-def _offsets(path: Path, labels: tuple[str, ...]) -> np.ndarray:
-    record = recorded(path)
-    return np.array([record["offsets"][c] for c in labels], np.float32) if record else np.zeros(len(labels), np.float32)
-
-
 def test_the_rebuild_is_the_export_without_its_adjustment_in_eval_and_in_a_training_batch() -> None:
     x = _images(6, 224)
     model = trainable_from_onnx(COMMITTED.onnx, DEFAULT_NET, x, batch_size=4)
-    labels = tuple(json.loads(COMMITTED.metrics.read_text())["classes"])
-    offsets = _offsets(COMMITTED.onnx, labels)
+    offsets = recorded_offsets(COMMITTED.onnx)
     assert np.abs(offsets).max() > 0.1  # the committed file is adjusted: the subtraction is exercised
     with torch.no_grad():
         evaluated = model(x).numpy()
@@ -92,7 +86,7 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
     x_val = trainer.x_val.numpy()
     with torch.no_grad():
         started = trainer.model.eval()(trainer.x_val).numpy()
-    offsets = _offsets(export, trainer.classes)
+    offsets = recorded_offsets(export)
     assert np.abs(started + offsets - OnnxClassifier(export).batched(LOGITS, x_val)).max() < 1e-4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     origin = config[INIT_EXPORT_KEY]

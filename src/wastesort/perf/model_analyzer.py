@@ -120,7 +120,7 @@ class Search:
         """One sentence for the report: what was searched and how."""
         searched = f"instance counts up to {self.max_instances}, `max_batch_size` up to {self.max_batch_size} with dynamic batching"
         if self.mode == "optuna":
-            delays = ", ".join(f"{d}" for d in self.queue_delays_us)
+            delays = ", ".join(map(str, self.queue_delays_us))
             return (
                 f"`optuna` search ({self.min_trials}-{self.max_trials} trials, early exit after {self.early_exit} without a better one) "
                 f"over each composing model's {searched}, queue delays {delays} µs, and concurrency up to {self.max_concurrency}, "

@@ -10,7 +10,6 @@ ONNX contract:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, read_manifest
 from wastesort.paths import REPO_ROOT
 from wastesort.preprocess import preprocess_files
-from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS
+from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS, ShippedModel, sha256
 from wastesort.training.models import SimpleCNNConfig, build_model
 
 OPSET = 18
@@ -167,12 +166,12 @@ def export_origin(path: str | Path) -> dict:
     its path and sha256, the run it was exported from (``.export.json``) and the training stages
     of its release (``.metrics.json``), so the lineage can be followed back."""
     path = Path(path)
-    sidecar, metrics = path.with_suffix(".export.json"), path.with_suffix(".metrics.json")
+    files = ShippedModel(path.stem, folder=path.parent)
     return {
         "path": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "source_run": json.loads(sidecar.read_text())["source_run"] if sidecar.is_file() else None,
-        "lineage": json.loads(metrics.read_text()).get("release", {}).get("lineage", []) if metrics.is_file() else [],
+        "sha256": sha256(path),
+        "source_run": json.loads(files.export_record.read_text())["source_run"] if files.export_record.is_file() else None,
+        "lineage": json.loads(files.metrics.read_text()).get("release", {}).get("lineage", []) if files.metrics.is_file() else [],
     }
 
 
@@ -186,7 +185,7 @@ def run_lineage(run: Path) -> list[tuple[Path, dict]]:
         source = config.get(INIT_EXPORT_KEY, {}).get("source_run")
         if source is None:
             raise ValueError(f"{run} started from {parent}, whose source run is not recorded: its lineage is unknown")
-        parent_run = REPO_ROOT / source if not Path(source).is_absolute() else Path(source)
+        parent_run = REPO_ROOT / source  # as ShippedModel.source_run reads it (an absolute path stays itself)
     else:
         parent_run = Path(parent).parent if parent else None
     return [*(run_lineage(parent_run) if parent_run else []), (run, config)]

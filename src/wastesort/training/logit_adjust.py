@@ -68,6 +68,21 @@ def recorded(path: Path) -> dict | None:
     return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else None
 
 
+def recorded_offsets(path: Path) -> np.ndarray | None:
+    """float32 ``(C,)``: the offsets recorded in ``path`` in its label order, or ``None``.
+
+    Raises:
+        AdjustError: the record does not name the file's classes.
+    """
+    record = recorded(path)
+    if record is None:
+        return None
+    labels = PreprocessContract.from_onnx(str(path)).labels
+    if set(record["offsets"]) != set(labels):
+        raise AdjustError(f"{path.name}: adjustment offsets for {sorted(record['offsets'])}, classes {labels}")
+    return np.array([record["offsets"][c] for c in labels], np.float32)
+
+
 def _head_bias(proto: onnx.ModelProto, num_classes: int) -> onnx.TensorProto:
     """The bias of the classifier head: the one Gemm whose bias is a ``(num_classes,)``
     initializer (a network may have other dense layers before it, e.g. MobileNetV3's)."""

@@ -24,18 +24,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from wastesort.contract import PreprocessContract
-from wastesort.training import logit_adjust
+from wastesort.training.logit_adjust import recorded_offsets
 from wastesort.training.qat import student_from_onnx
 
 
-def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per BatchNorm (module order): mean and variance of its input per channel over ``images``
-    (float64; ``model`` runs in eval mode, so the statistics are those of the network as it is)."""
+def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]]:
+    """Each BatchNorm (module order) with the mean and variance of its input per channel over
+    ``images`` (float64; ``model`` runs in eval mode, so the statistics are those of the network
+    as it is)."""
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     positions = [0] * len(norms)
     sums = [torch.zeros(m.num_features, dtype=torch.float64) for m in norms]
@@ -59,9 +58,9 @@ def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -
         for h in handles:
             h.remove()
     stats = []
-    for s, q, n in zip(sums, squares, positions, strict=True):
+    for norm, s, q, n in zip(norms, sums, squares, positions, strict=True):
         mean = s / n
-        stats.append((mean, (q / n - mean * mean).clamp_min(0.0)))
+        stats.append((norm, mean, (q / n - mean * mean).clamp_min(0.0)))
     return stats
 
 
@@ -72,23 +71,18 @@ def trainable_from_onnx(path: str | Path, net: str, images: torch.Tensor, batch_
 
     Raises:
         ValueError: not an export of ``net`` (see :func:`student_from_onnx`), or the recorded
-            adjustment does not name the file's classes.
+            adjustment does not name the file's classes (``AdjustError``, a ``ValueError``).
     """
     model = student_from_onnx(path, net)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     stats = _input_statistics(model, images, batch_size)
     with torch.no_grad():
-        for norm, (mean, var) in zip(norms, stats, strict=True):
+        for norm, mean, var in stats:
             norm.running_mean.copy_(mean.float())
             norm.running_var.copy_(var.float())
             norm.weight.copy_(torch.sqrt(var + norm.eps).float())
             norm.bias.add_(mean.float())
             norm.weight.requires_grad_(True)
-        record = logit_adjust.recorded(Path(path))
-        if record:
-            labels = PreprocessContract.from_onnx(str(path)).labels
-            if set(record["offsets"]) != set(labels):
-                raise ValueError(f"{path}: adjustment offsets for {sorted(record['offsets'])}, classes {labels}")
-            offsets = np.array([record["offsets"][c] for c in labels], np.float32)
+        offsets = recorded_offsets(Path(path))
+        if offsets is not None:
             model.classifier.bias.sub_(torch.from_numpy(offsets))
     return model.eval()

@@ -32,8 +32,9 @@ from wastesort.data import (
     write_manifest,
 )
 from wastesort.data import class_weights as inverse_frequency
+from wastesort.shipped import ShippedModel
 from wastesort.training import evaluate, pipeline
-from wastesort.training.export import INIT_EXPORT_KEY, export_origin, is_export
+from wastesort.training.export import DECODERS, INIT_EXPORT_KEY, export_origin, is_export, with_decoder
 from wastesort.training.models import (
     DEFAULT_INPUT_SIZE,
     SimpleCNNConfig,
@@ -241,7 +242,8 @@ class Trainer:
             write_manifest(manifest, self.splits, self.classes, Path(cfg.data))
         counts = {c: [sum(s.label == i for s in self.splits[k]) for k in ("train", "val", "test")] for i, c in enumerate(self.classes)}
         print("class counts (train/val/test): " + ", ".join(f"{c} {a}/{b}/{t}" for c, (a, b, t) in counts.items()))
-        origin = {INIT_EXPORT_KEY: export_origin(cfg.init_from)} if cfg.init_from and is_export(cfg.init_from) and model is None else {}
+        from_export = bool(cfg.init_from) and model is None and is_export(cfg.init_from)
+        origin = {INIT_EXPORT_KEY: export_origin(cfg.init_from)} if from_export else {}
         (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(self.classes), **origin}, indent=2))
         self.x_train, self.y_train = self.data.x_train, self.data.y_train
         self.x_val, self.y_val = self.data.x_val, self.data.y_val
@@ -256,7 +258,7 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = cfg.bn_momentum
-        if cfg.init_from and model is None and is_export(cfg.init_from):
+        if from_export:
             self._init_from_export(Path(cfg.init_from))
         elif cfg.init_from and model is None:
             ckpt = torch.load(cfg.init_from, map_location=self.device, weights_only=False)
@@ -295,20 +297,14 @@ class Trainer:
     def _init_from_export(self, path: Path) -> None:
         """Start from the exported network ``path`` (:func:`trainable_from_onnx`), which must have
         been trained on this run's split (its ``.manifest.csv``) and take this run's input."""
-        manifest = path.with_suffix(".manifest.csv")
+        manifest = ShippedModel(path.stem, folder=path.parent).manifest
         if not manifest.is_file():
             raise ValueError(f"--init-from {path}: {manifest.name} not found beside it, so its split cannot be checked")
         theirs = read_manifest(manifest, Path(self.cfg.data))
         if any(sorted(s.sha256 for s in theirs[k]) != sorted(s.sha256 for s in self.splits[k]) for k in self.splits):
             raise ValueError(f"--init-from {path} was trained on another split than this run's ({self.cfg.data}, seed {self.cfg.seed})")
         served = PreprocessContract.from_onnx(str(path))
-        if (served.height, served.width, served.mean, served.std, served.labels) != (
-            self.contract.height,
-            self.contract.width,
-            self.contract.mean,
-            self.contract.std,
-            self.contract.labels,
-        ):
+        if with_decoder(served, DECODERS[-1]) != with_decoder(self.contract, DECODERS[-1]):  # all but the decoder
             raise ValueError(f"--init-from {path} takes {served}, this run {self.contract}")
         train = self.splits["train"]
         sample = train[:: max(1, len(train) // BN_STATISTICS_IMAGES)][:BN_STATISTICS_IMAGES]
