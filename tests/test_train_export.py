@@ -17,10 +17,13 @@ import export as export_cli  # noqa: E402
 
 import train as train_cli  # noqa: E402
 from wastesort.contract import PreprocessContract  # noqa: E402
+from wastesort.data import split_seed_of  # noqa: E402
 from wastesort.inference import OnnxClassifier  # noqa: E402
 from wastesort.labels import LABELS  # noqa: E402
 from wastesort.preprocess import preprocess_file  # noqa: E402
+from wastesort.training.cli import parse_args  # noqa: E402
 from wastesort.training.export import ExportError, load_checkpoint, verify_export  # noqa: E402
+from wastesort.training.trainer import load_data  # noqa: E402
 
 SMALL = [
     "--model",
@@ -87,6 +90,17 @@ def test_resume_continues_where_it_stopped(synthetic_root: Path, tmp_path: Path)
     assert train_cli.main([*args, "--epochs", "3", "--resume"]) == 0
     history = (tmp_path / "curves.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
+
+
+def test_split_seed_keeps_the_split_while_the_training_seed_changes(synthetic_root: Path, tmp_path: Path) -> None:
+    def split_of(*flags: str) -> dict[str, set[str]]:
+        cfg, _ = parse_args(["--data", str(synthetic_root), "--out", str(tmp_path), "--model", "simplecnn", "--input-size", "32", *flags])
+        return {k: {s.sha256 for s in v} for k, v in load_data(cfg).splits.items()}
+
+    base = split_of()  # --seed 0 draws the split
+    assert split_of("--seed", "3", "--split-seed", "0") == base
+    assert split_of("--seed", "3")["test"] != base["test"]  # without --split-seed the seed moves the split
+    assert split_seed_of({"seed": 3, "split_seed": 0}) == 0 and split_seed_of({"seed": 3}) == 3  # config.json, old and new
 
 
 def test_bad_dataset_gives_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,8 +11,10 @@ import csv
 import hashlib
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -127,6 +129,12 @@ def report_skipped(skipped: list[tuple[Path, str]], stream=sys.stderr) -> None:
     """Print one line per skipped file: ``skipped <path>: <reason>``."""
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=stream)
+
+
+def split_seed_of(config: Mapping[str, Any]) -> int:
+    """The split's seed of a run configuration (a ``TrainConfig``'s fields or its ``config.json``):
+    ``split_seed``, else ``seed`` (runs before ``--split-seed`` have no ``split_seed``)."""
+    return config["seed"] if config.get("split_seed") is None else config["split_seed"]
 
 
 def stratified_split(

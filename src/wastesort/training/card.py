@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from wastesort.contract import PreprocessContract
-from wastesort.data import SPLITS, read_manifest
+from wastesort.data import SPLITS, read_manifest, split_seed_of
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import sha256
 from wastesort.training.export import INIT_EXPORT_KEY, run_lineage
@@ -199,7 +199,7 @@ ONNX consumer) needs nothing else.
 ## Data
 TrashNet (Yang & Thung, MIT licence), the {sum(metrics["split_sizes"].values())} photos in `../shared/data/trashnet`
 after content-hash deduplication; photos of single items on a white/grey background, 512x384.
-Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["split"][2]:.0%}, seed {config["seed"]}, by content hash
+Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["split"][2]:.0%}, seed {split_seed_of(config)}, by content hash
 (file names and order do not matter). The split is committed as `{_shown(manifest)}` (relative paths and sha256, no images).
 
 {count_table}

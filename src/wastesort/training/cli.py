@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     m.add_argument(
         "--init-from",
         default=None,
-        help="start from an earlier run's best.pt, or from a Lite export such as models/efficientnet_lite0.onnx (same data and seed)",
+        help="start from an earlier run's best.pt, or from a Lite export such as models/efficientnet_lite0.onnx (same data and split)",
     )
     m.add_argument("--strategy", choices=("finetune_all", "freeze_backbone"), default=d.strategy)
     m.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs, help="head-only epochs before the whole network")
@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     t.add_argument("--rotation", type=float, default=d.rotation, help="max rotation in degrees (applied to half the images)")
     t.add_argument("--balance", choices=("none", "loss", "sampler"), default=d.balance, help="class-weighted loss or sampler")
     t.add_argument("--train-fraction", type=float, default=d.train_fraction, help="train on this stratified share of the training split")
+    t.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed); a seed study fixes it")
     t.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"))
     t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
     t.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")

@@ -28,6 +28,7 @@ from wastesort.data import (
     read_manifest,
     report_skipped,
     scan_image_folder,
+    split_seed_of,
     stratified_split,
     write_manifest,
 )
@@ -88,6 +89,7 @@ class TrainConfig:
     balance: str = "none"  # none | loss | sampler
     patience: int = 20
     seed: int = 0
+    split_seed: int | None = None  # the split's seed (None: ``seed``), so that a seed study keeps one split
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     train_fraction: float = 1.0  # train on this stratified share of the training split (sweep budgets); val/test stay whole
     device: str = "auto"
@@ -95,6 +97,10 @@ class TrainConfig:
     cpu_bf16: bool = False
     threads: int = 0
     time_limit_min: float = 0.0
+
+    def data_seed(self) -> int:
+        """The seed that draws the split (and the ``train_fraction`` subset)."""
+        return split_seed_of(vars(self))
 
     def input_side(self) -> int:
         if self.input_size:
@@ -205,9 +211,9 @@ def load_data(cfg: TrainConfig, resume: bool = False) -> TrainData:
         scan = scan_image_folder(root)
         report_skipped(scan.skipped)
         classes = scan.classes
-        splits = stratified_split(scan.samples, cfg.split, cfg.seed)
+        splits = stratified_split(scan.samples, cfg.split, cfg.data_seed())
         if cfg.train_fraction < 1.0:  # the manifest records the subset, so a resume reads it back as it is
-            splits = {**splits, "train": stratified_subset(splits["train"], cfg.train_fraction, cfg.seed)}
+            splits = {**splits, "train": stratified_subset(splits["train"], cfg.train_fraction, cfg.data_seed())}
     contract = contract_for(cfg, classes)
     x_train, y_train = pipeline.train_cache(splits["train"], contract)
     x_val, y_val = pipeline.eval_tensor(splits["val"], contract, "val images")
@@ -302,7 +308,8 @@ class Trainer:
             raise ValueError(f"--init-from {path}: {manifest.name} not found beside it, so its split cannot be checked")
         theirs = read_manifest(manifest, Path(self.cfg.data))
         if any(sorted(s.sha256 for s in theirs[k]) != sorted(s.sha256 for s in self.splits[k]) for k in self.splits):
-            raise ValueError(f"--init-from {path} was trained on another split than this run's ({self.cfg.data}, seed {self.cfg.seed})")
+            here = f"{self.cfg.data}, split seed {self.cfg.data_seed()}"
+            raise ValueError(f"--init-from {path} was trained on another split than this run's ({here})")
         served = PreprocessContract.from_onnx(str(path))
         if with_decoder(served, DECODERS[-1]) != with_decoder(self.contract, DECODERS[-1]):  # all but the decoder
             raise ValueError(f"--init-from {path} takes {served}, this run {self.contract}")
