@@ -211,6 +211,13 @@ def _progress(log: Path, offset: int, revisits: int) -> tuple[int, int]:
     return offset + len(complete), revisits
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT back to its default. A caller started in the background
+    (``make model-analyzer &``, ``nohup``) has SIGINT ignored, exec keeps that, and the interrupt
+    that stops a cycling search would then be lost until the kill a minute later."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(args: list[str], log: Path, env: dict[str, str], timeout_s: float, max_revisits: int = MAX_REVISITS, poll_s: float = 2.0) -> None:
     """Run ``model-analyzer <args>``, its output to ``log``; :class:`ModelAnalyzerError` with
     the end of the log when it fails, runs past ``timeout_s``, or revisits measured
@@ -221,7 +228,7 @@ def run(args: list[str], log: Path, env: dict[str, str], timeout_s: float, max_r
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         offset, revisits, code = log.stat().st_size, 0, None
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_interruptible)
         try:
             deadline = time.monotonic() + timeout_s
             while (code := proc.poll()) is None:
