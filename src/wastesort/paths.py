@@ -13,3 +13,9 @@ MODELS_DIR = REPO_ROOT / "models"
 RUNS_DIR = REPO_ROOT / "runs"
 #: The real TrashNet photos, read in place and never copied into the repository.
 DEFAULT_TRASHNET = Path(os.environ.get("TRASHNET_DIR", REPO_ROOT.parent / "shared" / "data" / "trashnet"))
+
+
+def in_repo(recorded: str | Path) -> Path:
+    """A path as the project's records hold it (a run in ``.export.json``, ``config.json``, a
+    release's lineage): relative to the checkout's root; an absolute path stays itself."""
+    return REPO_ROOT / recorded

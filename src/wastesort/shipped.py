@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wastesort.data import DatasetError, Sample, read_manifest
-from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
+from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, in_repo
 
 #: The network served by default (``MODEL=...`` / ``--net`` pick another committed one).
 DEFAULT_NET = "efficientnet_lite0"
@@ -109,7 +109,7 @@ class ShippedModel:
         the folder may be absent (runs are not committed)."""
         if not self.export_record.is_file():
             return None
-        return REPO_ROOT / json.loads(self.export_record.read_text())["source_run"]
+        return in_repo(json.loads(self.export_record.read_text())["source_run"])
 
     @property
     def confusion(self) -> Path:

@@ -22,7 +22,7 @@ from torch import nn
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, read_manifest
-from wastesort.paths import REPO_ROOT
+from wastesort.paths import in_repo
 from wastesort.preprocess import preprocess_files
 from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS, ShippedModel, sha256
 from wastesort.training.models import SimpleCNNConfig, build_model
@@ -185,7 +185,7 @@ def run_lineage(run: Path) -> list[tuple[Path, dict]]:
         source = config.get(INIT_EXPORT_KEY, {}).get("source_run")
         if source is None:
             raise ValueError(f"{run} started from {parent}, whose source run is not recorded: its lineage is unknown")
-        parent_run = REPO_ROOT / source  # as ShippedModel.source_run reads it (an absolute path stays itself)
+        parent_run = in_repo(source)
     else:
         parent_run = Path(parent).parent if parent else None
     return [*(run_lineage(parent_run) if parent_run else []), (run, config)]

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
-from wastesort.paths import REPO_ROOT
+from wastesort.paths import in_repo
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.card import write_card
 from wastesort.training.export import INIT_EXPORT_KEY, load_checkpoint, run_lineage, run_splits
@@ -91,7 +91,7 @@ def _stage(run: Path, recorded: dict[Path, dict]) -> dict:
 
 
 def _anchored(run: str | Path) -> Path:
-    return (REPO_ROOT / run).resolve()
+    return in_repo(run).resolve()
 
 
 def release_record(run: Path, net: str) -> dict:

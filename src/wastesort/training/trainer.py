@@ -211,9 +211,10 @@ def load_data(cfg: TrainConfig, resume: bool = False) -> TrainData:
         scan = scan_image_folder(root)
         report_skipped(scan.skipped)
         classes = scan.classes
-        splits = stratified_split(scan.samples, cfg.split, cfg.data_seed())
+        seed = cfg.data_seed()
+        splits = stratified_split(scan.samples, cfg.split, seed)
         if cfg.train_fraction < 1.0:  # the manifest records the subset, so a resume reads it back as it is
-            splits = {**splits, "train": stratified_subset(splits["train"], cfg.train_fraction, cfg.data_seed())}
+            splits = {**splits, "train": stratified_subset(splits["train"], cfg.train_fraction, seed)}
     contract = contract_for(cfg, classes)
     x_train, y_train = pipeline.train_cache(splits["train"], contract)
     x_val, y_val = pipeline.eval_tensor(splits["val"], contract, "val images")
