@@ -30,7 +30,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train sweep explain compress export release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
+.PHONY: setup test lint demo train sweep explain compress export soup release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -41,6 +41,7 @@ help:
 	@echo "make sweep [DATA=dir] [SWEEP_ARGS=...]  Optuna TPE + Hyperband sweep (SimpleCNN, CPU budget under an hour) -> docs/sweep/<study>/"
 	@echo "make explain [MODEL=...]    Captum report (grid, filters, feature maps, Grad-CAM, guided backprop) -> docs/explain/"
 	@echo "make compress [RUN=runs/name]  sensitivity scan, pruning, k-means clustering, gate, size table -> docs/compression.md"
+	@echo "make soup INGREDIENTS=\"a b\" RUN=runs/name  average fine-tuned Lite models (runs or models/<net>.onnx) into a run (greedy soup)"
 	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
 	@echo "                            RELEASE_ARGS=\"--decoder turbo\": serve a Pillow-trained model through libjpeg-turbo + OpenCV"
 	@echo "make qat [DATA=dir]         fine-tune models/MODEL.onnx for INT8 (QAT) -> models/<net>.qat.onnx, which make build quantises"
@@ -89,6 +90,10 @@ explain: setup
 # RUN only when given on the command line (its default names a training folder for make train)
 compress: setup
 	$(PY) train/compress.py $(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(DATA),--data "$(DATA)") $(COMPRESS_ARGS)
+
+soup: setup
+	@test -n "$(INGREDIENTS)" -a -n "$(filter command line,$(origin RUN))" || { echo "usage: make soup INGREDIENTS=\"runs/a models/<net>.onnx\" RUN=runs/<name> [DATA=dir] [SOUP_ARGS=...]"; exit 2; }
+	$(PY) train/soup.py --ingredients $(INGREDIENTS) --out $(RUN)$(if $(MODEL), --model $(MODEL))$(if $(DATA), --data "$(DATA)") $(SOUP_ARGS)
 
 release: setup
 	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }

@@ -46,3 +46,5 @@ def test_science_targets_reach_their_scripts() -> None:
         "perf-gpu", "MODEL=mobilenet_v3_small", "DATA=d", "PERF_GPU_ARGS=--quick"
     )
     assert "--nets" not in dry("perf-gpu")
+    soup = dry("soup", "INGREDIENTS=runs/a models/m.onnx", "RUN=runs/s", "DATA=d", "SOUP_ARGS=--recipe uniform")
+    assert 'train/soup.py --ingredients runs/a models/m.onnx --out runs/s --data "d" --recipe uniform' in soup

@@ -12,19 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lite_models import SOURCE_STAGE, lite_export
 from torch import nn
 
-from wastesort.data import scan_image_folder, stratified_split, write_manifest
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
 from wastesort.training import card
 from wastesort.training.cli import parse_args
-from wastesort.training.export import INIT_EXPORT_KEY, export_onnx, run_lineage
-from wastesort.training.lite import build_lite
-from wastesort.training.logit_adjust import adjust_onnx, recorded_offsets
+from wastesort.training.export import INIT_EXPORT_KEY, run_lineage
+from wastesort.training.logit_adjust import recorded_offsets
 from wastesort.training.rebuild import trainable_from_onnx
 from wastesort.training.release import release_record
-from wastesort.training.trainer import Trainer, contract_for
+from wastesort.training.trainer import Trainer
 
 COMMITTED = ShippedModel(DEFAULT_NET)
 
@@ -51,36 +50,13 @@ def test_the_rebuild_is_the_export_without_its_adjustment_in_eval_and_in_a_train
         assert np.abs(training(x).numpy() - evaluated).max() < 1e-3
 
 
-def _lite_export(folder: Path, data: Path, seed: int, side: int = 64) -> Path:
-    """A Lite0 export of random weights for ``data`` at ``side`` px, logit-adjusted, with the
-    split of ``seed`` as its manifest and an export record naming a (fake) source run."""
-    scan = scan_image_folder(data)
-    cfg, _ = parse_args(["--data", str(data), "--out", str(folder / "unused"), "--model", DEFAULT_NET, "--input-size", str(side)])
-    torch.manual_seed(seed)
-    model = build_lite(DEFAULT_NET, num_classes=len(scan.classes), drop_rate=0.0, drop_path_rate=0.0).eval()
-    with torch.no_grad():  # BatchNorms that are not identities, as after training (the exporter folds them)
-        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_(0.0, 0.1)
-            norm.running_mean.normal_(0.0, 0.1), norm.running_var.uniform_(0.5, 1.5)
-    path = folder / f"{DEFAULT_NET}.onnx"
-    export_onnx(model, contract_for(cfg, scan.classes), path)
-    adjust_onnx(path, np.linspace(-0.5, 0.5, len(scan.classes)).astype(np.float32))
-    write_manifest(path.with_suffix(".manifest.csv"), stratified_split(scan.samples, cfg.split, seed), scan.classes, data)
-    source = folder / "source_run"
-    source.mkdir()
-    (source / "config.json").write_text(json.dumps({"model": DEFAULT_NET, "weights": "imagenet", "init_from": None}))
-    path.with_suffix(".export.json").write_text(json.dumps({"source_run": str(source)}))
-    path.with_suffix(".metrics.json").write_text(json.dumps({"release": {"lineage": [{"run": str(source), "epochs": 3}]}}))
-    return path
-
-
 def _trainer(data: Path, out: Path, init: Path, *extra: str) -> Trainer:
     argv = ["--data", str(data), "--out", str(out), "--model", DEFAULT_NET, "--input-size", "64", "--init-from", str(init)]
     return Trainer(parse_args([*argv, "--epochs", "1", "--batch-size", "8", *extra])[0])
 
 
 def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_root: Path, tmp_path: Path) -> None:
-    export = _lite_export(tmp_path, synthetic_root, seed=0)
+    export = lite_export(tmp_path, synthetic_root, seed=0)
     trainer = _trainer(synthetic_root, tmp_path / "run", export)
 
     x_val = trainer.x_val.numpy()
@@ -91,7 +67,9 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     origin = config[INIT_EXPORT_KEY]
     assert (
-        origin["path"] == str(export) and len(origin["sha256"]) == 64 and origin["lineage"] == [{"run": origin["source_run"], "epochs": 3}]
+        origin["path"] == str(export)
+        and len(origin["sha256"]) == 64
+        and origin["lineage"] == [{"run": origin["source_run"], **SOURCE_STAGE}]
     )
     lineage = run_lineage(tmp_path / "run")
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"epochs_run": 1, "train_minutes": 0.5, "device": "cpu"}))
@@ -103,7 +81,7 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
 
 
 def test_an_export_of_another_split_or_input_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
-    export = _lite_export(tmp_path, synthetic_root, seed=1)  # trained on the split of seed 1
+    export = lite_export(tmp_path, synthetic_root, seed=1)  # trained on the split of seed 1
     with pytest.raises(ValueError, match="another split"):
         _trainer(synthetic_root, tmp_path / "run", export)
     with pytest.raises(ValueError, match="takes"):

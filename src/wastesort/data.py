@@ -177,6 +177,12 @@ def write_manifest(path: Path, splits: dict[str, list[Sample]], classes: tuple[s
                 writer.writerow({"path": rel.as_posix(), "label": s.label, "class": classes[s.label], "split": split, "sha256": s.sha256})
 
 
+def same_split(a: dict[str, list[Sample]], b: dict[str, list[Sample]]) -> bool:
+    """Whether two splits (e.g. two manifests) hold the same photos, by content hash, in each of
+    train, val and test."""
+    return all(sorted(s.sha256 for s in a.get(k, [])) == sorted(s.sha256 for s in b.get(k, [])) for k in SPLITS)
+
+
 def read_manifest(path: Path, root: Path) -> dict[str, list[Sample]]:
     """Inverse of :func:`write_manifest`; paths are resolved against ``root``."""
     out: dict[str, list[Sample]] = {s: [] for s in SPLITS}

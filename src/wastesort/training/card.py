@@ -17,7 +17,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest, split_seed_of
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import sha256
-from wastesort.training.export import INIT_EXPORT_KEY, run_lineage
+from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, run_lineage
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -58,7 +58,11 @@ def _origin(run: Path, release: dict) -> str:
     if first.get("weights") != "imagenet":
         return ", trained **from scratch** (no pretrained weights)"
     stages = f"two-stage fine-tuning ({first.get('freeze_epochs', 0)} head-only epochs, then the whole network)"
-    then = f", then {len(lineage) - 1} continued run(s)" if len(lineage) > 1 else ""
+    soup = lineage[-1][1].get(SOUP_KEY)
+    if soup:
+        then = f", then the weights of {len(soup['chosen'])} fine-tuned models averaged ({len(lineage) - 1} training runs in all)"
+    else:
+        then = f", then {len(lineage) - 1} continued run(s)" if len(lineage) > 1 else ""
     return f", **ImageNet-pretrained**: {release.get('weights', 'ImageNet weights')}; {stages}{then}"
 
 
@@ -71,7 +75,42 @@ def _training(metrics: dict, release: dict) -> str:
     minutes = sum(s["train_minutes"] for s in stages)
     devices = "/".join(sorted({s["device"].upper() for s in stages}))
     where = f"{metrics['torch_threads']} threads{', ' + release['machine'] if release else ''}"
-    return f"{runs} (best of the last at epoch {metrics['best_epoch']}), {minutes:.0f} min in all on {devices} ({where})"
+    last = "the weights then averaged" if metrics.get(SOUP_KEY) else f"best of the last at epoch {metrics['best_epoch']}"
+    return f"{runs} ({last}), {minutes:.0f} min in all on {devices} ({where})"
+
+
+def _ingredient(record: dict) -> str:
+    """A soup ingredient as the card names it: a run, or an export with the run it came from and
+    its sha256 (a later release overwrites the file; git history keeps it)."""
+    origin = record.get(INIT_EXPORT_KEY)
+    if not origin:
+        return f"`{record['path']}`"
+    return f"`{record['path']}` as exported from `{origin['source_run']}` (sha256 {origin['sha256'][:12]}…)"
+
+
+def _soup_section(metrics: dict) -> str:
+    soup = metrics.get(SOUP_KEY)
+    if not soup:
+        return ""
+    kept = {s["ingredient"]: s for s in soup["steps"] if s["ingredient"] is not None}
+    rows = [
+        [
+            _ingredient(i),
+            f"{i['val']:.4f}",
+            "all averaged" if soup["recipe"] == "uniform" else f"{kept[k]['score']:.4f}: {'kept' if kept[k]['kept'] else 'dropped'}",
+        ]
+        for k, i in enumerate(soup["ingredients"])
+    ]
+    return f"""## Weight averaging
+This model is the average of the weights of {len(soup["chosen"])} fine-tuned models (a {soup["recipe"]} model soup,
+`train/soup.py`, `wastesort.training.soup`): each model with its BatchNorms folded into its convolutions, averaged tensor by
+tensor, the BatchNorms then re-expanded on {soup["bn_statistics_images"]} training photos. One network at inference.
+Greedy: ranked by their own val top-1, each next model kept if the soup's val top-1 does not drop
+({soup["scored_on"]}; the test split plays no part).
+
+{_table(["ingredient", "val top-1 alone", "soup val top-1 with it"], rows)}
+
+"""
 
 
 def _tta_section(metrics: dict) -> str:
@@ -209,14 +248,14 @@ Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["spli
 {command}
 python train/release.py --run {run}    # = make release RUN={run}: export, verify, TTA, card, repository
 ```
-Training recipe (from `config.json`): AdamW lr {config["lr"]}, weight decay {config["weight_decay"]}, batch {config["batch_size"]},
+Training recipe{" of the first model averaged" if metrics.get(SOUP_KEY) else ""} (from `config.json`): AdamW lr {config["lr"]}, weight decay {config["weight_decay"]}, batch {config["batch_size"]},
 {config["warmup_epochs"]} warm-up epochs then cosine, label smoothing {config["label_smoothing"]}, MixUp α={config["mixup_alpha"]} /
 CutMix α={config["cutmix_alpha"]} on {config["mix_prob"]:.0%} of batches, random resized crop (scale ≥ {config["min_scale"]}), flips,
 rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {config["ema_decay"]}, class balance `{config["balance"]}`,
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
+{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
 {_table(["class", "precision", "recall", "F1", "support", "val F1"], per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):

@@ -34,6 +34,10 @@ MAX_BATCH = 4096
 LOGIT_ATOL = 1e-3
 #: Key of a run's ``config.json`` holding :func:`export_origin` (``--init-from <file>.onnx``).
 INIT_EXPORT_KEY = "init_export"
+#: Key of a soup run's ``config.json`` holding its ingredients and choice
+#: (:mod:`wastesort.training.soup`); an ingredient that is an export keeps its
+#: :func:`export_origin` under :data:`INIT_EXPORT_KEY`.
+SOUP_KEY = "soup"
 
 
 class ExportError(RuntimeError):
@@ -155,6 +159,18 @@ def run_splits(run: Path) -> dict[str, list[Sample]]:
     return read_manifest(run / "manifest.csv", Path(config["data"]))
 
 
+def export_splits(path: str | Path, data: Path) -> dict[str, list[Sample]]:
+    """The split the export ``path`` was trained on: the ``.manifest.csv`` beside it, under ``data``.
+
+    Raises:
+        ValueError: no manifest beside the file, so its split cannot be checked.
+    """
+    manifest = ShippedModel(Path(path).stem, folder=Path(path).parent).manifest
+    if not manifest.is_file():
+        raise ValueError(f"{path}: {manifest.name} not found beside it, so its split cannot be checked")
+    return read_manifest(manifest, data)
+
+
 def is_export(path: str | Path) -> bool:
     """Whether ``--init-from path`` names an ONNX export (else: a run's ``best.pt``)."""
     return Path(path).suffix == ".onnx"
@@ -175,20 +191,41 @@ def export_origin(path: str | Path) -> dict:
     }
 
 
+def export_origins(config: dict) -> list[dict]:
+    """Every :func:`export_origin` record a run's ``config.json`` holds: the export it started
+    from, and the exports among a soup's ingredients."""
+    ingredients = config.get(SOUP_KEY, {}).get("ingredients", [])
+    return [o for o in (config.get(INIT_EXPORT_KEY), *(i.get(INIT_EXPORT_KEY) for i in ingredients)) if o]
+
+
+def _source_run(path: str, origin: dict | None, who: Path) -> Path:
+    source = (origin or {}).get("source_run")
+    if source is None:
+        raise ValueError(f"{who} started from {path}, whose source run is not recorded: its lineage is unknown")
+    return in_repo(source)
+
+
 def run_lineage(run: Path) -> list[tuple[Path, dict]]:
-    """``run`` and the runs it was initialised from (``--init-from``: a run's ``best.pt``, or an
-    export whose source run its :func:`export_origin` record names), first run first, each with
-    its ``config.json``: the first one's ``weights`` is where the model's weights began."""
+    """``run`` and the runs it was made from, first run first, each with its ``config.json``: the
+    run it was initialised from (``--init-from``: a run's ``best.pt``, or an export whose source
+    run its :func:`export_origin` record names), followed back; for a soup, the lineages of its
+    chosen ingredients in their order (a run shared by two listed once). The first one's
+    ``weights`` is where the model's weights began."""
     config = json.loads((run / "config.json").read_text())
-    parent = config.get("init_from")
-    if parent and is_export(parent):
-        source = config.get(INIT_EXPORT_KEY, {}).get("source_run")
-        if source is None:
-            raise ValueError(f"{run} started from {parent}, whose source run is not recorded: its lineage is unknown")
-        parent_run = in_repo(source)
+    soup = config.get(SOUP_KEY)
+    if soup:
+        chosen = [soup["ingredients"][i] for i in soup["chosen"]]
+        parents = [_source_run(i["path"], i.get(INIT_EXPORT_KEY), run) if is_export(i["path"]) else in_repo(i["path"]) for i in chosen]
     else:
-        parent_run = Path(parent).parent if parent else None
-    return [*(run_lineage(parent_run) if parent_run else []), (run, config)]
+        parent = config.get("init_from")
+        if parent and is_export(parent):
+            parents = [_source_run(parent, config.get(INIT_EXPORT_KEY), run)]
+        else:
+            parents = [Path(parent).parent] if parent else []
+    lineage: list[tuple[Path, dict]] = []
+    for parent_run in parents:
+        lineage += [(r, c) for r, c in run_lineage(parent_run) if r.resolve() not in {q.resolve() for q, _ in lineage}]
+    return [*lineage, (run, config)]
 
 
 def held_out_images(run: Path, limit: int) -> list[Path]:

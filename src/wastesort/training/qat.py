@@ -28,6 +28,7 @@ quantised residual sums, and the 16-bit saturation of AVX2's U8S8 kernels. The s
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,32 @@ def student_from_onnx(path: str | Path, net: str) -> nn.Module:
     for norm in norms:
         norm.weight.requires_grad_(False)  # the scale is folded into the convolution's weight
     return model.eval()
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """A copy of the Lite network ``model`` in the form :func:`student_from_onnx` returns: each
+    BatchNorm's eval-mode scale folded into the convolution before it, and the BatchNorm an
+    identity adding the folded bias (frozen weight), so the tensors are those an export computes
+    with. In eval mode the copy computes what ``model`` does (to float rounding).
+
+    Raises:
+        ValueError: the network does not pair each convolution with one BatchNorm.
+    """
+    folded = copy.deepcopy(model).eval()
+    layers = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    if len(layers) != len(norms) or any(conv.bias is not None for conv in layers):
+        raise ValueError(f"{len(layers)} convolutions and {len(norms)} BatchNorms: expected one after each bias-free convolution")
+    with torch.no_grad():
+        for conv, norm in zip(layers, norms, strict=True):
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            norm.bias.sub_(norm.running_mean * scale)
+            norm.weight.fill_(1.0)
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+            norm.weight.requires_grad_(False)
+    return folded
 
 
 class SymmetricPerChannel(nn.Module):

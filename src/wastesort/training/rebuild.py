@@ -27,8 +27,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wastesort.data import Sample
 from wastesort.training.logit_adjust import recorded_offsets
 from wastesort.training.qat import student_from_onnx
+
+#: Training photos whose BatchNorm input statistics re-expand a folded network.
+BN_STATISTICS_IMAGES = 256
+
+
+def statistics_sample(train: list[Sample]) -> list[Sample]:
+    """The :data:`BN_STATISTICS_IMAGES` training photos (evenly spaced over the split) whose
+    statistics re-expand a folded network's BatchNorms."""
+    return train[:: max(1, len(train) // BN_STATISTICS_IMAGES)][:BN_STATISTICS_IMAGES]
 
 
 def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]]:
@@ -64,6 +74,23 @@ def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -
     return stats
 
 
+def reexpand_batchnorms(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """Re-expand, in place, each identity BatchNorm of a folded network (the form of
+    :func:`~wastesort.training.qat.student_from_onnx`) around the statistics of its input on
+    ``images`` (float32, normalised as the network's contract says; training photos), as the
+    module docstring says: the same function in eval mode, ordinary trainable BatchNorms.
+    Returns ``model`` in eval mode."""
+    stats = _input_statistics(model, images, batch_size)
+    with torch.no_grad():
+        for norm, mean, var in stats:
+            norm.running_mean.copy_(mean.float())
+            norm.running_var.copy_(var.float())
+            norm.weight.copy_(torch.sqrt(var + norm.eps).float())
+            norm.bias.add_(mean.float())
+            norm.weight.requires_grad_(True)
+    return model.eval()
+
+
 def trainable_from_onnx(path: str | Path, net: str, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
     """The export ``path`` of Lite network ``net`` as a trainable timm module (eval mode), its
     BatchNorms re-expanded around their input statistics on ``images`` (float32, normalised as
@@ -73,16 +100,15 @@ def trainable_from_onnx(path: str | Path, net: str, images: torch.Tensor, batch_
         ValueError: not an export of ``net`` (see :func:`student_from_onnx`), or the recorded
             adjustment does not name the file's classes (``AdjustError``, a ``ValueError``).
     """
+    return reexpand_batchnorms(unadjusted_student(path, net), images, batch_size)
+
+
+def unadjusted_student(path: str | Path, net: str) -> nn.Module:
+    """:func:`~wastesort.training.qat.student_from_onnx` of ``path`` with any recorded logit
+    adjustment subtracted from the head's bias: the folded network as it was trained."""
     model = student_from_onnx(path, net)
-    stats = _input_statistics(model, images, batch_size)
-    with torch.no_grad():
-        for norm, mean, var in stats:
-            norm.running_mean.copy_(mean.float())
-            norm.running_var.copy_(var.float())
-            norm.weight.copy_(torch.sqrt(var + norm.eps).float())
-            norm.bias.add_(mean.float())
-            norm.weight.requires_grad_(True)
-        offsets = recorded_offsets(Path(path))
-        if offsets is not None:
+    offsets = recorded_offsets(Path(path))
+    if offsets is not None:
+        with torch.no_grad():
             model.classifier.bias.sub_(torch.from_numpy(offsets))
-    return model.eval()
+    return model

@@ -15,7 +15,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.paths import in_repo
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.card import write_card
-from wastesort.training.export import INIT_EXPORT_KEY, load_checkpoint, run_lineage, run_splits
+from wastesort.training.export import export_origins, load_checkpoint, run_lineage, run_splits
 from wastesort.training.lite import LITE_NETS
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
@@ -98,7 +98,7 @@ def release_record(run: Path, net: str) -> dict:
     """``metrics.json``'s ``release``: the run, this machine, where the weights began (the first
     run of the lineage) and every training run of the lineage with its epochs and minutes."""
     lineage = run_lineage(run)
-    recorded = {_anchored(s["run"]): s for _, c in lineage for s in c.get(INIT_EXPORT_KEY, {}).get("lineage", [])}
+    recorded = {_anchored(s["run"]): s for _, c in lineage for o in export_origins(c) for s in o.get("lineage", [])}
     first = lineage[0][1]
     return {
         "run": str(run),

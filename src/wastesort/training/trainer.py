@@ -27,15 +27,15 @@ from wastesort.data import (
     Sample,
     read_manifest,
     report_skipped,
+    same_split,
     scan_image_folder,
     split_seed_of,
     stratified_split,
     write_manifest,
 )
 from wastesort.data import class_weights as inverse_frequency
-from wastesort.shipped import ShippedModel
 from wastesort.training import evaluate, pipeline
-from wastesort.training.export import DECODERS, INIT_EXPORT_KEY, export_origin, is_export, with_decoder
+from wastesort.training.export import DECODERS, INIT_EXPORT_KEY, export_origin, export_splits, is_export, with_decoder
 from wastesort.training.models import (
     DEFAULT_INPUT_SIZE,
     SimpleCNNConfig,
@@ -46,9 +46,6 @@ from wastesort.training.models import (
     normalisation,
     parameter_groups,
 )
-
-#: Training photos whose BatchNorm input statistics re-expand an exported network (``--init-from <file>.onnx``).
-BN_STATISTICS_IMAGES = 256
 
 
 @dataclass
@@ -304,20 +301,16 @@ class Trainer:
     def _init_from_export(self, path: Path) -> None:
         """Start from the exported network ``path`` (:func:`trainable_from_onnx`), which must have
         been trained on this run's split (its ``.manifest.csv``) and take this run's input."""
-        manifest = ShippedModel(path.stem, folder=path.parent).manifest
-        if not manifest.is_file():
-            raise ValueError(f"--init-from {path}: {manifest.name} not found beside it, so its split cannot be checked")
-        theirs = read_manifest(manifest, Path(self.cfg.data))
-        if any(sorted(s.sha256 for s in theirs[k]) != sorted(s.sha256 for s in self.splits[k]) for k in self.splits):
+        if not same_split(export_splits(path, Path(self.cfg.data)), self.splits):
             here = f"{self.cfg.data}, split seed {self.cfg.data_seed()}"
             raise ValueError(f"--init-from {path} was trained on another split than this run's ({here})")
         served = PreprocessContract.from_onnx(str(path))
         if with_decoder(served, DECODERS[-1]) != with_decoder(self.contract, DECODERS[-1]):  # all but the decoder
             raise ValueError(f"--init-from {path} takes {served}, this run {self.contract}")
-        train = self.splits["train"]
-        sample = train[:: max(1, len(train) // BN_STATISTICS_IMAGES)][:BN_STATISTICS_IMAGES]
+        from wastesort.training.rebuild import statistics_sample, trainable_from_onnx  # QAT's ONNX reader: onnx, quantisation tools
+
+        sample = statistics_sample(self.splits["train"])
         x, _ = pipeline.eval_tensor(sample, self.contract, "BatchNorm statistics images")
-        from wastesort.training.rebuild import trainable_from_onnx  # QAT's ONNX reader: onnx, quantisation tools
 
         rebuilt = trainable_from_onnx(path, self.cfg.model, x)
         self.model.load_state_dict(rebuilt.state_dict())

@@ -1,0 +1,272 @@
+"""Weight averaging of fine-tuned EfficientNet-Lite models: a greedy "model soup" (Wortsman et
+al., "Model soups: averaging weights of multiple fine-tuned models improves accuracy without
+increasing inference time", ICML 2022).
+
+Models fine-tuned from the same ImageNet weights tend to lie in one basin of the loss, so the
+average of their weights is a model too, often better than each of them, and it costs one
+network at inference (an ensemble of K networks costs K). Figures: ``docs/soup.md``.
+
+Contract:
+
+* **Ingredients** are runs (a folder with ``best.pt``) or exports (``.onnx``, e.g. the committed
+  ``models/<net>.onnx``) of one Lite network with the same classes, preprocessing contract,
+  split (manifest) and class balance; anything else is a :class:`SoupError`. An export counts as
+  trained with the class-weighted loss when it carries the release's logit adjustment.
+* **One parametrisation**: each ingredient becomes its folded network, the form of
+  :func:`~wastesort.training.qat.student_from_onnx` (each BatchNorm folded into its convolution,
+  an export's logit adjustment removed), so runs and exports average in the weights an export
+  computes with. Averaging unfolded weights would mix BatchNorm scales that differ between models.
+* **Greedy recipe** (the paper's): the ingredients ranked by val top-1, best first; each next one
+  is kept if the average with it does not lower val top-1. Val top-1 is measured through the
+  serving preprocessing, with the logit adjustment the release will add when the ingredients
+  were trained with the class-weighted loss, so the choice is made on what will be served. The
+  test split plays no part. ``uniform`` averages them all.
+* **Output**: the soup's BatchNorms re-expanded on training photos
+  (:func:`~wastesort.training.rebuild.reexpand_batchnorms`), written as a run folder
+  (``best.pt``, ``config.json``, ``manifest.csv``, ``metrics.json``, confusion matrices,
+  predictions) that ``make release RUN=...`` takes like any other. ``config.json`` is the first
+  chosen ingredient's training configuration (for an export: its source run's) with the
+  :data:`~wastesort.training.export.SOUP_KEY` record; the lineage
+  (:func:`~wastesort.training.export.run_lineage`) is every chosen ingredient's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from wastesort.contract import PreprocessContract
+from wastesort.data import Sample, read_manifest, same_split, write_manifest
+from wastesort.paths import in_repo
+from wastesort.training import evaluate, pipeline
+from wastesort.training.export import (
+    INIT_EXPORT_KEY,
+    SOUP_KEY,
+    export_origin,
+    export_splits,
+    is_export,
+    load_checkpoint,
+)
+from wastesort.training.lite import LITE_NETS
+from wastesort.training.logit_adjust import BALANCE, offsets_for, recorded
+from wastesort.training.models import count_parameters, describe
+from wastesort.training.qat import fold_batchnorms
+from wastesort.training.rebuild import reexpand_batchnorms, statistics_sample, unadjusted_student
+
+#: ``--recipe`` choices: the paper's greedy soup, or the plain average of every ingredient.
+RECIPES = ("greedy", "uniform")
+
+T = TypeVar("T")
+
+
+class SoupError(ValueError):
+    """The ingredients cannot be averaged: another network, classes, preprocessing, split or
+    class balance, or a file that is not a run or an export."""
+
+
+@dataclass
+class Ingredient:
+    """One model to average: its folded network (eval mode, no logit adjustment), what it takes,
+    the split it was trained on, its class balance, its training configuration, and the record
+    ``config.json`` keeps of it."""
+
+    path: Path
+    model: nn.Module
+    contract: PreprocessContract
+    splits: dict[str, list[Sample]]
+    balance: str | None
+    config: dict
+    record: dict
+
+
+def load_ingredient(path: Path, net: str, data: Path) -> Ingredient:
+    """A run folder (its ``best.pt``) or an export of ``net`` as an :class:`Ingredient`; the
+    manifests are read under ``data``. Raises :class:`SoupError`."""
+    if net not in LITE_NETS:
+        raise SoupError(f"soups average EfficientNet-Lite networks ({', '.join(LITE_NETS)}), not {net!r}")
+    try:
+        if is_export(path):
+            origin = export_origin(path)
+            source = in_repo(origin["source_run"]) / "config.json" if origin["source_run"] else None
+            if source is None or not source.is_file():
+                raise SoupError(f"{path}: the training configuration of its source run ({origin['source_run']}) is not here")
+            return Ingredient(
+                path=path,
+                model=unadjusted_student(path, net),
+                contract=PreprocessContract.from_onnx(str(path)),
+                splits=export_splits(path, data),
+                balance=BALANCE if recorded(path) else None,
+                config=json.loads(source.read_text()),
+                record={"path": str(path), INIT_EXPORT_KEY: origin},
+            )
+        if not (path / "best.pt").is_file():
+            raise SoupError(f"{path} is neither an ONNX export nor a run folder with best.pt")
+        model, contract, checkpoint = load_checkpoint(path / "best.pt")
+        if checkpoint["arch"]["name"] != net:
+            raise SoupError(f"{path} is a {checkpoint['arch']['name']}, not {net}")
+        config = json.loads((path / "config.json").read_text())
+        return Ingredient(
+            path=path,
+            model=fold_batchnorms(model),
+            contract=contract,
+            splits=read_manifest(path / "manifest.csv", data),
+            balance=config.get("balance"),
+            config=config,
+            record={"path": str(path)},
+        )
+    except SoupError:
+        raise
+    except ValueError as exc:  # not an export of net, no manifest beside it, ...
+        raise SoupError(str(exc)) from exc
+
+
+def check_compatible(ingredients: Sequence[Ingredient]) -> None:
+    """Raise :class:`SoupError` unless every ingredient matches the first one's contract (input,
+    normalisation, decoder, labels), split and class balance."""
+    first = ingredients[0]
+    for other in ingredients[1:]:
+        if other.contract != first.contract:
+            raise SoupError(f"{other.path} takes {other.contract}, {first.path} takes {first.contract}")
+        if not same_split(other.splits, first.splits):
+            raise SoupError(f"{other.path} was trained on another split than {first.path}")
+        if other.balance != first.balance:
+            raise SoupError(f"{other.path} was trained with class balance {other.balance!r}, {first.path} with {first.balance!r}")
+
+
+def average_weights(models: Sequence[nn.Module]) -> nn.Module:
+    """A copy of ``models[0]`` whose every floating-point parameter and buffer is the mean of the
+    models' (accumulated in float64); integer buffers are the first model's."""
+    states = [m.state_dict() for m in models]
+    soup = copy.deepcopy(models[0])
+    averaged = {
+        key: torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype) if value.is_floating_point() else value
+        for key, value in states[0].items()
+    }
+    soup.load_state_dict(averaged)
+    return soup.eval()
+
+
+def greedy_soup(ingredients: Sequence[T], score: Callable[[list[T]], float]) -> tuple[list[int], list[float], list[dict]]:
+    """The greedy recipe over any ingredients: each one scored alone, ranked (best first, ties in
+    the given order), then each next one kept if ``score`` of the chosen ones with it is not lower.
+
+    Returns:
+        the chosen indices in the order they were added, each ingredient's own score, and the
+        steps (``{"ingredient": i, "score": s, "kept": bool}``, the first one's score its own).
+    """
+    alone = [score([x]) for x in ingredients]
+    order = sorted(range(len(ingredients)), key=lambda i: -alone[i])
+    chosen, best = [order[0]], alone[order[0]]
+    steps = [{"ingredient": order[0], "score": best, "kept": True}]
+    for i in order[1:]:
+        value = score([ingredients[j] for j in [*chosen, i]])
+        kept = value >= best
+        if kept:
+            chosen, best = [*chosen, i], value
+        steps.append({"ingredient": i, "score": value, "kept": kept})
+    return chosen, alone, steps
+
+
+def _val_scorer(x: torch.Tensor, y: np.ndarray, offsets: np.ndarray) -> Callable[[list[nn.Module]], float]:
+    """Val top-1 of the average of some folded networks, ``offsets`` added to the logits."""
+
+    def score(models: list[nn.Module]) -> float:
+        logits = evaluate.predict(average_weights(models), x) + offsets
+        return float((logits.argmax(1) == y).mean())
+
+    return score
+
+
+def make_soup(paths: Sequence[Path], net: str, data: Path, out: Path, recipe: str = RECIPES[0], command: str = "") -> dict:
+    """Average the ingredients ``paths`` (runs or exports of ``net``, manifests under ``data``)
+    by ``recipe`` and write the soup as a run folder ``out``. Returns its ``metrics.json``.
+
+    Raises:
+        SoupError: fewer than two ingredients, an unknown recipe, or ingredients that do not match.
+    """
+    if recipe not in RECIPES:
+        raise SoupError(f"recipe must be one of {RECIPES}, not {recipe!r}")
+    if len(paths) < 2:
+        raise SoupError("a soup needs at least two ingredients")
+    started = time.perf_counter()
+    ingredients = [load_ingredient(Path(p), net, data) for p in paths]
+    check_compatible(ingredients)
+    first = ingredients[0]
+    classes, splits = first.contract.labels, first.splits
+    x_val, y_val = pipeline.eval_tensor(splits["val"], first.contract, "val images")
+    offsets = offsets_for(splits["train"], len(classes)) if first.balance == BALANCE else np.zeros(len(classes), np.float32)
+    score = _val_scorer(x_val, y_val.numpy(), offsets)
+    models = [i.model for i in ingredients]
+    if recipe == "greedy":
+        chosen, alone, steps = greedy_soup(models, score)
+    else:
+        alone = [score([m]) for m in models]
+        chosen, steps = list(range(len(models))), [{"ingredient": None, "score": score(models), "kept": True}]
+    x_stats, _ = pipeline.eval_tensor(statistics_sample(splits["train"]), first.contract, "BatchNorm statistics images")
+    soup = reexpand_batchnorms(average_weights([models[i] for i in chosen]), x_stats)
+    lead = ingredients[chosen[0]]
+    record = {
+        "recipe": recipe,
+        "scored_on": "val top-1, serving preprocessing" + (", with the release's logit adjustment" if first.balance == BALANCE else ""),
+        "ingredients": [{**i.record, "val": a} for i, a in zip(ingredients, alone, strict=True)],
+        "chosen": chosen,
+        "steps": steps,
+        "bn_statistics_images": len(x_stats),
+    }
+    config = {**lead.config, "data": str(data), "init_from": None, "out": str(out), SOUP_KEY: record}
+    config.pop(INIT_EXPORT_KEY, None)
+    return _write_run(out, soup, first, splits, config, started, command)
+
+
+def _write_run(
+    out: Path, soup: nn.Module, first: Ingredient, splits: dict[str, list[Sample]], config: dict, started: float, command: str
+) -> dict:
+    """Write the soup's run folder as the trainer writes one (figures as trained, without the
+    logit adjustment the release adds)."""
+    out.mkdir(parents=True, exist_ok=True)
+    classes, net = first.contract.labels, config["model"]
+    val_acc = 0.0
+    metrics: dict = {
+        "model": net,
+        "parameters": count_parameters(soup, trainable_only=False),
+        "best_epoch": None,
+        "epochs_run": 0,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "classes": list(classes),
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+    }
+    for split in ("val", "test"):
+        x, y = pipeline.eval_tensor(splits[split], first.contract, f"{split} images")
+        logits = evaluate.predict(soup, x)
+        m = metrics[split] = evaluate.classification_metrics(y.numpy(), logits.argmax(1), classes)
+        val_acc = m["accuracy"] if split == "val" else val_acc
+        title = f"{net} soup {split}: top-1 {m['accuracy']:.3f}"
+        evaluate.write_confusion(m["confusion_matrix"], classes, out / f"confusion_{split}", title)
+        evaluate.write_predictions(out / f"predictions_{split}.csv", [str(s.path) for s in splits[split]], y.numpy(), logits, classes)
+    checkpoint = {
+        "arch": describe(net, None),
+        "num_classes": len(classes),
+        "state_dict": soup.state_dict(),
+        "contract": first.contract.to_metadata(),
+        "epoch": 0,
+        "val_acc": val_acc,
+    }
+    torch.save(checkpoint, out / "best.pt")
+    write_manifest(out / "manifest.csv", splits, classes, Path(config["data"]))
+    metrics["train_minutes"] = round((time.perf_counter() - started) / 60, 2)
+    metrics[SOUP_KEY] = config[SOUP_KEY]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if command:
+        (out / "command.txt").write_text(command + "\n")
+    return metrics
