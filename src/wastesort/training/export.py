@@ -215,7 +215,7 @@ def run_lineage(run: Path) -> list[tuple[Path, dict]]:
     soup = config.get(SOUP_KEY)
     if soup:
         chosen = [soup["ingredients"][i] for i in soup["chosen"]]
-        parents = [_source_run(i["path"], i.get(INIT_EXPORT_KEY), run) if is_export(i["path"]) else in_repo(i["path"]) for i in chosen]
+        parents = [_source_run(i["path"], i.get(INIT_EXPORT_KEY), run) if is_export(i["path"]) else Path(i["path"]) for i in chosen]
     else:
         parent = config.get("init_from")
         if parent and is_export(parent):

@@ -234,7 +234,6 @@ def _write_run(
     logit adjustment the release adds)."""
     out.mkdir(parents=True, exist_ok=True)
     classes, net = first.contract.labels, config["model"]
-    val_acc = 0.0
     metrics: dict = {
         "model": net,
         "parameters": count_parameters(soup, trainable_only=False),
@@ -249,7 +248,6 @@ def _write_run(
         x, y = pipeline.eval_tensor(splits[split], first.contract, f"{split} images")
         logits = evaluate.predict(soup, x)
         m = metrics[split] = evaluate.classification_metrics(y.numpy(), logits.argmax(1), classes)
-        val_acc = m["accuracy"] if split == "val" else val_acc
         title = f"{net} soup {split}: top-1 {m['accuracy']:.3f}"
         evaluate.write_confusion(m["confusion_matrix"], classes, out / f"confusion_{split}", title)
         evaluate.write_predictions(out / f"predictions_{split}.csv", [str(s.path) for s in splits[split]], y.numpy(), logits, classes)
@@ -259,7 +257,7 @@ def _write_run(
         "state_dict": soup.state_dict(),
         "contract": first.contract.to_metadata(),
         "epoch": 0,
-        "val_acc": val_acc,
+        "val_acc": metrics["val"]["accuracy"],
     }
     torch.save(checkpoint, out / "best.pt")
     write_manifest(out / "manifest.csv", splits, classes, Path(config["data"]))
