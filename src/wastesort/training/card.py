@@ -71,7 +71,7 @@ def _training(metrics: dict, release: dict) -> str:
     stages = release.get("lineage") or [
         {"epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
     ]
-    runs = " + ".join(f"{s['epochs']} epochs" for s in stages)
+    runs = " + ".join(f"{s['epochs']} epochs" for s in stages if s["epochs"])  # a soup's own stage trains nothing
     minutes = sum(s["train_minutes"] for s in stages)
     devices = "/".join(sorted({s["device"].upper() for s in stages}))
     where = f"{metrics['torch_threads']} threads{', ' + release['machine'] if release else ''}"
