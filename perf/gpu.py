@@ -65,13 +65,15 @@ def skipped_rows(net: str, repository: Path, side: int) -> list[gpu.GpuRow]:
     return rows
 
 
-def write(args: argparse.Namespace, machine: dict, rows: list[gpu.GpuRow]) -> str:
-    """``gpu.md``, ``gpu.json`` and ``machine.json`` in ``args.out``; the table's text."""
+def write(args: argparse.Namespace, machine: dict, rows: list[gpu.GpuRow], models: dict[str, dict]) -> str:
+    """``gpu.md``, ``gpu.json`` (with ``models``: :func:`gpu.measured_model` per network) and
+    ``machine.json`` in ``args.out``; the table's text."""
     args.out.mkdir(parents=True, exist_ok=True)
     text = gpu.table(rows, machine, [*args.note, gpu.precision_note()])
     (args.out / "gpu.md").write_text(text)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    write_json(args.out / "gpu.json", {"machine": machine, "settings": settings, "rows": [asdict(r) for r in rows]})
+    result = {"machine": machine, "settings": settings, gpu.MODELS_KEY: models, "rows": [asdict(r) for r in rows]}
+    write_json(args.out / "gpu.json", result)
     write_json(args.out / "machine.json", machine)
     return text
 
@@ -89,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {mach.one_line(machine)}")
     variants = gpu.QUICK_VARIANTS if args.quick else gpu.VARIANTS
     rows: list[gpu.GpuRow] = []
+    models: dict[str, dict] = {}
     for net in args.nets:
         shipped = ShippedModel(net)
+        models[net] = gpu.measured_model(shipped)
         contract = PreprocessContract.from_onnx(str(shipped.onnx))
         try:
             test = shipped.split("test", args.data)
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{net}: {len(test)} test photos at {contract.height}px; PyTorch rebuild within {diff:.1e} of ONNX Runtime")
         rows += gpu.rows_for(net, model, images, labels, reference, tuple(args.batches), variants, args.iters)
         rows += skipped_rows(net, args.repository, contract.height)
-        text = write(args, machine, rows)  # after each model: a run cut short keeps what it measured
+        text = write(args, machine, rows, models)  # after each model: a run cut short keeps what it measured
     print(text)
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
     return 0

@@ -26,6 +26,7 @@ FP32 on the CPU (FP16 and compiled kernels may move a close call).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy as np
 
 from wastesort.perf.machine import one_line
 from wastesort.perf.timing import Timing, fixed_batch, time_interleaved
+from wastesort.shipped import ShippedModel, sha256
 from wastesort.variants.report import cell
 
 #: Batch sizes of the GPU table.
@@ -99,6 +101,16 @@ class GpuRow:
     agreement: float | None = None  # top-1 agreement with ONNX Runtime FP32 on the CPU
     prepare_s: float | None = None
     skipped: str = ""
+
+
+#: Key of ``gpu.json`` recording, per network, the model file a run timed (:func:`measured_model`).
+MODELS_KEY = "models"
+
+
+def measured_model(model: ShippedModel) -> dict:
+    """What a GPU run records of a model it timed: its ONNX file's sha256 and the test top-1 its
+    release recorded, so that rows measured on an earlier release cannot pass for the current one."""
+    return {"onnx_sha256": sha256(model.onnx), "test_top1_recorded": json.loads(model.metrics.read_text())["test"]["accuracy"]}
 
 
 def unavailable_reason() -> str | None:
