@@ -40,3 +40,51 @@ def test_a_server_stopped_on_purpose_is_not_restarted() -> None:
     status, reason = supervisor.watch()
     timer.join()
     assert reason is None and status == -signal.SIGTERM
+
+
+def test_metrics_are_read_once_the_port_opens_and_a_port_that_stays_closed_is_an_error() -> None:
+    """Tritonserver opens its metrics port a moment after it reports ready: the read waits for it."""
+    import http.server
+    import socket
+    import time
+    import urllib.error
+
+    import pytest
+
+    from wastesort.triton.server import TritonServer
+
+    with socket.socket() as s:  # a free port, closed again: nothing listens yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the handler's API)
+            body = b'nv_inference_count{model="m"} 3\n'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers: list[http.server.HTTPServer] = []
+
+    def open_later() -> None:
+        servers.append(http.server.HTTPServer(("127.0.0.1", port), Metrics))
+        servers[0].serve_forever()
+
+    timer = threading.Timer(0.5, open_later)
+    timer.start()
+    try:
+        assert TritonServer(ports={"metrics": port}).metrics_text(wait_s=10) == 'nv_inference_count{model="m"} 3\n'
+    finally:  # serve_forever runs on the timer's thread until shutdown
+        timer.cancel()
+        while timer.is_alive() and not servers:
+            time.sleep(0.01)
+        if servers:
+            servers[0].shutdown()
+            servers[0].server_close()
+        timer.join()
+    with pytest.raises(urllib.error.URLError):
+        TritonServer(ports={"metrics": port}).metrics_text(wait_s=0.3)

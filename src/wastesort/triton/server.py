@@ -246,10 +246,19 @@ class TritonServer:
         """True when the HTTP endpoint answers ``/v2/health/ready`` with 200."""
         return http_ready(f"http://{self.http_url}/v2/health/ready")
 
-    def metrics_text(self) -> str:
-        """The Prometheus text the metrics endpoint serves now."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
-            return resp.read().decode()
+    def metrics_text(self, wait_s: float = 10.0) -> str:
+        """The Prometheus text the metrics endpoint serves now. Tritonserver opens its metrics
+        port a moment after the HTTP endpoint reports ready (seen right after a restart), so a
+        refused connection is retried for up to ``wait_s`` before it is raised."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+                    return resp.read().decode()
+            except urllib.error.URLError as exc:
+                if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
