@@ -88,10 +88,7 @@ def student_from_onnx(path: str | Path, net: str) -> nn.Module:
     if classifier_bias is None:
         raise ValueError(f"{path} has no {EXPORT_PREFIX}classifier.bias: not an export of {net}")
     model = build_lite(net, num_classes=len(classifier_bias), drop_rate=0.0, drop_path_rate=0.0)
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    if len(layers) != len(norms):
-        raise ValueError(f"{net}: {len(layers)} convolutions but {len(norms)} BatchNorms; expected one after each")
+    pairs = _conv_norm_pairs(model)
 
     def tensor(key: str, shape: torch.Size) -> torch.Tensor:
         if key not in weights:
@@ -102,17 +99,33 @@ def student_from_onnx(path: str | Path, net: str) -> nn.Module:
         return value.reshape(shape)
 
     with torch.no_grad():
-        for (name, conv), norm in zip(layers, norms, strict=True):
+        for name, conv, norm in pairs:
             conv.weight.copy_(tensor(f"{EXPORT_PREFIX}{name}.weight", conv.weight.shape))
-            norm.weight.fill_(1.0)
-            norm.running_mean.zero_()
-            norm.running_var.fill_(1.0 - norm.eps)  # (x - 0) / sqrt(1 - eps + eps) == x
-            norm.bias.copy_(tensor(f"{EXPORT_PREFIX}{name}{FOLDED_BIAS_SUFFIX}", norm.bias.shape))
+            _as_identity(norm, tensor(f"{EXPORT_PREFIX}{name}{FOLDED_BIAS_SUFFIX}", norm.bias.shape))
         model.classifier.weight.copy_(tensor(f"{EXPORT_PREFIX}classifier.weight", model.classifier.weight.shape))
         model.classifier.bias.copy_(tensor(f"{EXPORT_PREFIX}classifier.bias", model.classifier.bias.shape))
-    for norm in norms:
-        norm.weight.requires_grad_(False)  # the scale is folded into the convolution's weight
     return model.eval()
+
+
+def _conv_norm_pairs(model: nn.Module) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+    """Each convolution (its name, module order) with the BatchNorm after it, as EfficientNet-Lite
+    pairs them. Raises ``ValueError`` when the network does not have one BatchNorm per convolution."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if len(layers) != len(norms):
+        raise ValueError(f"{len(layers)} convolutions but {len(norms)} BatchNorms; expected one after each")
+    return [(name, conv, norm) for (name, conv), norm in zip(layers, norms, strict=True)]
+
+
+def _as_identity(norm: nn.BatchNorm2d, bias: torch.Tensor) -> None:
+    """Make ``norm`` the folded form's identity that adds ``bias``: its scale lives in the
+    convolution's weight, so its own weight is 1 and frozen, mean 0 and variance ``1 - eps``
+    (``(x - 0) / sqrt(1 - eps + eps) == x``). Call under ``torch.no_grad()``."""
+    norm.weight.fill_(1.0)
+    norm.weight.requires_grad_(False)
+    norm.running_mean.zero_()
+    norm.running_var.fill_(1.0 - norm.eps)
+    norm.bias.copy_(bias)
 
 
 def fold_batchnorms(model: nn.Module) -> nn.Module:
@@ -125,19 +138,14 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
         ValueError: the network does not pair each convolution with one BatchNorm.
     """
     folded = copy.deepcopy(model).eval()
-    layers = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
-    norms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
-    if len(layers) != len(norms) or any(conv.bias is not None for conv in layers):
-        raise ValueError(f"{len(layers)} convolutions and {len(norms)} BatchNorms: expected one after each bias-free convolution")
+    pairs = _conv_norm_pairs(folded)
+    if any(conv.bias is not None for _, conv, _ in pairs):
+        raise ValueError("a convolution with its own bias: expected bias-free convolutions, each before its BatchNorm")
     with torch.no_grad():
-        for conv, norm in zip(layers, norms, strict=True):
+        for _, conv, norm in pairs:
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            norm.bias.sub_(norm.running_mean * scale)
-            norm.weight.fill_(1.0)
-            norm.running_mean.zero_()
-            norm.running_var.fill_(1.0 - norm.eps)
-            norm.weight.requires_grad_(False)
+            _as_identity(norm, norm.bias - norm.running_mean * scale)
     return folded
 
 

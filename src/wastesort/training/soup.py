@@ -224,14 +224,21 @@ def make_soup(paths: Sequence[Path], net: str, data: Path, out: Path, recipe: st
     }
     config = {**lead.config, "data": str(data), "init_from": None, "out": str(out), SOUP_KEY: record}
     config.pop(INIT_EXPORT_KEY, None)
-    return _write_run(out, soup, first, splits, config, started, command)
+    return _write_run(out, soup, first, splits, {"val": (x_val, y_val)}, config, started, command)
 
 
 def _write_run(
-    out: Path, soup: nn.Module, first: Ingredient, splits: dict[str, list[Sample]], config: dict, started: float, command: str
+    out: Path,
+    soup: nn.Module,
+    first: Ingredient,
+    splits: dict[str, list[Sample]],
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    config: dict,
+    started: float,
+    command: str,
 ) -> dict:
     """Write the soup's run folder as the trainer writes one (figures as trained, without the
-    logit adjustment the release adds)."""
+    logit adjustment the release adds); ``tensors`` holds splits already preprocessed."""
     out.mkdir(parents=True, exist_ok=True)
     classes, net = first.contract.labels, config["model"]
     metrics: dict = {
@@ -245,7 +252,7 @@ def _write_run(
         "split_sizes": {k: len(v) for k, v in splits.items()},
     }
     for split in ("val", "test"):
-        x, y = pipeline.eval_tensor(splits[split], first.contract, f"{split} images")
+        x, y = tensors[split] if split in tensors else pipeline.eval_tensor(splits[split], first.contract, f"{split} images")
         logits = evaluate.predict(soup, x)
         m = metrics[split] = evaluate.classification_metrics(y.numpy(), logits.argmax(1), classes)
         title = f"{net} soup {split}: top-1 {m['accuracy']:.3f}"
