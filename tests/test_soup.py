@@ -6,6 +6,7 @@ release`` takes, and ingredients that do not match are refused."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -155,6 +156,63 @@ def test_release_takes_a_soup_and_its_card_shows_the_averaging(
     assert "## Weight averaging" in text and f"`{export}` as exported from" in text and f"`{run}`" in text
     assert metrics["soup"]["ingredients"][0]["init_export"]["sha256"][:12] in text
     assert "weights of 2 fine-tuned models averaged" in text and "python train/soup.py" in text and f"--out {run}" in text
+
+
+def test_a_released_model_is_an_ingredient_where_its_runs_are_not(synthetic_root: Path, tmp_path: Path) -> None:
+    """On a fresh clone only ``models/`` is there (runs are never committed): the release record
+    carries each run's command and configuration, so the shipped model can be averaged with a new
+    run, released, and its card still gives every command of the lineage."""
+    import release as release_cli
+
+    def release(run: Path, folder: Path) -> ShippedModel:
+        args = [
+            "--run",
+            str(run),
+            "--models-dir",
+            str(folder / "models"),
+            "--card",
+            str(folder / "CARD.md"),
+            "--repository",
+            str(folder / "repo"),
+        ]
+        assert release_cli.main(args) == 0
+        return ShippedModel(DEFAULT_NET, folder=folder / "models")
+
+    export = lite_export(tmp_path / "export", synthetic_root, seed=0)
+    source = Path(json.loads(export.with_suffix(".export.json").read_text())["source_run"])
+    run = lite_run(tmp_path / "run", synthetic_root, seed=5)
+    make_soup([export, run], DEFAULT_NET, synthetic_root, tmp_path / "soup", "uniform", command="python train/soup.py first")
+    shipped = release(tmp_path / "soup", tmp_path / "first")
+    stages = json.loads(shipped.metrics.read_text())["release"]["lineage"]
+    assert [s["command"] for s in stages] == [None, (run / "command.txt").read_text().strip(), "python train/soup.py first"]
+    assert stages[1]["config"] == json.loads((run / "config.json").read_text())
+    for folder in (source, run, tmp_path / "soup"):
+        shutil.rmtree(folder)
+
+    new = lite_run(tmp_path / "new", synthetic_root, seed=7)
+    metrics = make_soup(
+        [shipped.onnx, new], DEFAULT_NET, synthetic_root, tmp_path / "soup2", "uniform", command="python train/soup.py second"
+    )
+    assert metrics["soup"]["chosen"] == [0, 1]
+    assert [r for r, _ in run_lineage(tmp_path / "soup2")] == [source, run, tmp_path / "soup", new, tmp_path / "soup2"]
+    second = release(tmp_path / "soup2", tmp_path / "second")
+    assert [s["run"] for s in json.loads(second.metrics.read_text())["release"]["lineage"]] == [
+        str(source),
+        str(run),
+        str(tmp_path / "soup"),
+        str(new),
+        str(tmp_path / "soup2"),
+    ]
+    card = (tmp_path / "second" / "CARD.md").read_text()
+    assert f"--seed 5 --out {run}" in card and "python train/soup.py first" in card and "python train/soup.py second" in card
+    assert "weights of 2 fine-tuned models averaged (4 training runs in all)" in card
+
+    # A release record from before the runs' configurations were recorded: a clear refusal.
+    old = json.loads(shipped.metrics.read_text())
+    old["release"]["lineage"] = [{k: v for k, v in s.items() if k not in ("command", "config")} for s in old["release"]["lineage"]]
+    shipped.metrics.write_text(json.dumps(old))
+    with pytest.raises(SoupError, match="does not hold the configuration"):
+        make_soup([shipped.onnx, new], DEFAULT_NET, synthetic_root, tmp_path / "soup3")
 
 
 def test_ingredients_that_do_not_match_are_refused(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

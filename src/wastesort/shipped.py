@@ -100,6 +100,11 @@ class ShippedModel:
         return self.file(".metrics.json")
 
     @property
+    def test_top1(self) -> float:
+        """The test-split top-1 the release recorded in :attr:`metrics`."""
+        return float(json.loads(self.metrics.read_text())["test"]["accuracy"])
+
+    @property
     def export_record(self) -> Path:
         return self.file(".export.json")
 

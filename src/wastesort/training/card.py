@@ -17,7 +17,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest, split_seed_of
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import sha256
-from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, run_lineage
+from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, anchored, recorded_stages, run_lineage
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -32,10 +32,17 @@ def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) ->
 
 
 def _commands(run: Path) -> str:
-    """The training commands of the run and of the runs it was initialised from, first run first."""
-    return "\n".join(
-        (r / "command.txt").read_text().strip() if (r / "command.txt").exists() else "(not recorded)" for r, _ in run_lineage(run)
-    )
+    """The training commands of the run and of the runs it was made from, first run first: each
+    run's ``command.txt``, else what the export it was released in recorded."""
+    lineage = run_lineage(run)
+    recorded = recorded_stages(c for _, c in lineage)
+
+    def command(r: Path) -> str:
+        if (r / "command.txt").is_file():
+            return (r / "command.txt").read_text().strip()
+        return recorded.get(anchored(r), {}).get("command") or "(not recorded)"
+
+    return "\n".join(command(r) for r, _ in lineage)
 
 
 def _shown(path: Path) -> Path:

@@ -11,6 +11,7 @@ ONNX contract:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -198,11 +199,39 @@ def export_origins(config: dict) -> list[dict]:
     return [o for o in (config.get(INIT_EXPORT_KEY), *(i.get(INIT_EXPORT_KEY) for i in ingredients)) if o]
 
 
-def _source_run(path: str, origin: dict | None, who: Path) -> Path:
+def recorded_stages(configs: Iterable[dict]) -> dict[Path, dict]:
+    """The training runs the exports named in ``configs`` recorded of their release lineage
+    (:func:`export_origin`), by resolved run folder: epochs, minutes, device and, for releases
+    made since they were recorded, the run's ``command`` and ``config``."""
+    return {anchored(s["run"]): s for c in configs for o in export_origins(c) for s in o.get("lineage", [])}
+
+
+def anchored(run: str | Path) -> Path:
+    """A run folder as a key: resolved, relative paths taken from the checkout's root."""
+    return in_repo(run).resolve()
+
+
+def export_lineage(path: str | Path, origin: dict | None) -> list[tuple[Path, dict]]:
+    """The lineage of the export ``path`` as :func:`run_lineage` gives it, from its
+    :func:`export_origin` record: its source run's lineage when that run is here, else the lineage
+    its release recorded (runs are not committed, so on a fresh clone only the record is). The
+    last entry is the source run with its configuration.
+
+    Raises:
+        ValueError: the source run is not recorded, or is not here and not recorded in full.
+    """
     source = (origin or {}).get("source_run")
     if source is None:
-        raise ValueError(f"{who} started from {path}, whose source run is not recorded: its lineage is unknown")
-    return in_repo(source)
+        raise ValueError(f"{path}: its source run is not recorded, so its lineage is unknown")
+    if (in_repo(source) / "config.json").is_file():
+        return run_lineage(in_repo(source))
+    stages = origin.get("lineage", [])
+    if not stages or any("config" not in s for s in stages):
+        raise ValueError(
+            f"{path}: its source run {source} is not here, and its release record does not hold "
+            "the configuration of every run of its lineage (released before those were recorded)"
+        )
+    return [(in_repo(s["run"]), s["config"]) for s in stages]
 
 
 def run_lineage(run: Path) -> list[tuple[Path, dict]]:
@@ -210,21 +239,28 @@ def run_lineage(run: Path) -> list[tuple[Path, dict]]:
     run it was initialised from (``--init-from``: a run's ``best.pt``, or an export whose source
     run its :func:`export_origin` record names), followed back; for a soup, the lineages of its
     chosen ingredients in their order (a run shared by two listed once). The first one's
-    ``weights`` is where the model's weights began."""
+    ``weights`` is where the model's weights began. An export's runs that are not here come from
+    its recorded release lineage (:func:`recorded_stages`).
+
+    Raises:
+        ValueError: an export in the lineage whose runs are neither here nor recorded.
+    """
     config = json.loads((run / "config.json").read_text())
     soup = config.get(SOUP_KEY)
     if soup:
         chosen = [soup["ingredients"][i] for i in soup["chosen"]]
-        parents = [_source_run(i["path"], i.get(INIT_EXPORT_KEY), run) if is_export(i["path"]) else Path(i["path"]) for i in chosen]
+        parents = [
+            export_lineage(i["path"], i.get(INIT_EXPORT_KEY)) if is_export(i["path"]) else run_lineage(Path(i["path"])) for i in chosen
+        ]
     else:
         parent = config.get("init_from")
         if parent and is_export(parent):
-            parents = [_source_run(parent, config.get(INIT_EXPORT_KEY), run)]
+            parents = [export_lineage(parent, config.get(INIT_EXPORT_KEY))]
         else:
-            parents = [Path(parent).parent] if parent else []
+            parents = [run_lineage(Path(parent).parent)] if parent else []
     lineage: list[tuple[Path, dict]] = []
-    for parent_run in parents:
-        lineage += [(r, c) for r, c in run_lineage(parent_run) if r.resolve() not in {q.resolve() for q, _ in lineage}]
+    for parent_lineage in parents:
+        lineage += [(r, c) for r, c in parent_lineage if r.resolve() not in {q.resolve() for q, _ in lineage}]
     return [*lineage, (run, config)]
 
 

@@ -12,10 +12,9 @@ import shutil
 from pathlib import Path
 
 from wastesort.contract import PreprocessContract
-from wastesort.paths import in_repo
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.card import write_card
-from wastesort.training.export import export_origins, load_checkpoint, run_lineage, run_splits
+from wastesort.training.export import anchored, load_checkpoint, recorded_stages, run_lineage, run_splits
 from wastesort.training.lite import LITE_NETS
 from wastesort.triton.config import write_repository
 from wastesort.variants import gate as g
@@ -81,24 +80,26 @@ def publish(run: Path | None, model: ShippedModel, card: Path, repository: Path)
         print(f"{model.net} is not the default ({DEFAULT_NET}): model_repository/ left as it is (make repository MODEL={model.net})")
 
 
-def _stage(run: Path, recorded: dict[Path, dict]) -> dict:
-    """One training run of a model's lineage: its folder, epochs and minutes (its
-    ``metrics.json``, else what a later run started from its export recorded of it)."""
-    if not (run / "metrics.json").is_file() and _anchored(run) in recorded:
-        return recorded[_anchored(run)]
-    metrics = json.loads((run / "metrics.json").read_text())
-    return {"run": str(run), "epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
-
-
-def _anchored(run: str | Path) -> Path:
-    return in_repo(run).resolve()
+def _stage(run: Path, config: dict, recorded: dict[Path, dict]) -> dict:
+    """One training run of a model's lineage: its folder, epochs, minutes and device (its
+    ``metrics.json``, else what the export it was released in recorded of it:
+    :func:`~wastesort.training.export.recorded_stages`), its command (``command.txt``, else as
+    recorded) and ``config.json`` (``config``), so that the lineage can be followed from the
+    committed files where the runs are not."""
+    if not (run / "metrics.json").is_file() and anchored(run) in recorded:
+        stage = recorded[anchored(run)]
+    else:
+        metrics = json.loads((run / "metrics.json").read_text())
+        stage = {"run": str(run), "epochs": metrics["epochs_run"], "train_minutes": metrics["train_minutes"], "device": metrics["device"]}
+    command = run / "command.txt"
+    return {**stage, "command": command.read_text().strip() if command.is_file() else stage.get("command"), "config": config}
 
 
 def release_record(run: Path, net: str) -> dict:
     """``metrics.json``'s ``release``: the run, this machine, where the weights began (the first
     run of the lineage) and every training run of the lineage with its epochs and minutes."""
     lineage = run_lineage(run)
-    recorded = {_anchored(s["run"]): s for _, c in lineage for o in export_origins(c) for s in o.get("lineage", [])}
+    recorded = recorded_stages(c for _, c in lineage)
     first = lineage[0][1]
     return {
         "run": str(run),
@@ -108,5 +109,5 @@ def release_record(run: Path, net: str) -> dict:
             if net in LITE_NETS and first["weights"] == "imagenet"
             else first["weights"] or "none (from scratch)"
         ),
-        "lineage": [_stage(r, recorded) for r, _ in lineage],
+        "lineage": [_stage(r, c, recorded) for r, c in lineage],
     }

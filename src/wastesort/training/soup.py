@@ -46,11 +46,11 @@ from torch import nn
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, read_manifest, same_split, write_manifest
-from wastesort.paths import in_repo
 from wastesort.training import evaluate, pipeline
 from wastesort.training.export import (
     INIT_EXPORT_KEY,
     SOUP_KEY,
+    export_lineage,
     export_origin,
     export_splits,
     is_export,
@@ -96,16 +96,14 @@ def load_ingredient(path: Path, net: str, data: Path) -> Ingredient:
     try:
         if is_export(path):
             origin = export_origin(path)
-            source = in_repo(origin["source_run"]) / "config.json" if origin["source_run"] else None
-            if source is None or not source.is_file():
-                raise SoupError(f"{path}: the training configuration of its source run ({origin['source_run']}) is not here")
+            _, config = export_lineage(path, origin)[-1]  # its source run's, here or as its release recorded it
             return Ingredient(
                 path=path,
                 model=unadjusted_student(path, net),
                 contract=PreprocessContract.from_onnx(str(path)),
                 splits=export_splits(path, data),
                 balance=BALANCE if recorded(path) else None,
-                config=json.loads(source.read_text()),
+                config=config,
                 record={"path": str(path), INIT_EXPORT_KEY: origin},
             )
         if not (path / "best.pt").is_file():
