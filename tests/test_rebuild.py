@@ -74,7 +74,9 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
     lineage = run_lineage(tmp_path / "run")
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"epochs_run": 1, "train_minutes": 0.5, "device": "cpu"}))
     release = release_record(tmp_path / "run", DEFAULT_NET)  # the source run has no metrics.json: its recorded stage stands in
-    assert release["lineage"] == [origin["lineage"][0], {"run": str(tmp_path / "run"), "epochs": 1, "train_minutes": 0.5, "device": "cpu"}]
+    stages = [{k: v for k, v in s.items() if k not in ("command", "config")} for s in release["lineage"]]
+    assert stages == [origin["lineage"][0], {"run": str(tmp_path / "run"), "epochs": 1, "train_minutes": 0.5, "device": "cpu"}]
+    assert [s["config"] for s in release["lineage"]] == [c for _, c in lineage]  # so the lineage outlives its runs
     assert release["weights"].startswith("ImageNet")
     assert f"continued from the export `{export}`" in card._init(config) and origin["sha256"][:12] in card._init(config)
     assert [run for run, _ in lineage] == [Path(origin["source_run"]), tmp_path / "run"] and lineage[0][1]["weights"] == "imagenet"

@@ -69,11 +69,12 @@ def test_folding_keeps_the_function_and_gives_the_weights_an_export_computes_wit
 
 def test_the_average_is_the_mean_of_every_floating_point_tensor() -> None:
     a, b = fold_batchnorms(random_lite(1, 6)), fold_batchnorms(random_lite(2, 6))
-    soup = average_weights([a, b])
-    sa, sb = a.state_dict(), b.state_dict()
+    soup, weighted = average_weights([a, b]), average_weights([a, b], [2, 1])
+    sa, sb, sw = a.state_dict(), b.state_dict(), weighted.state_dict()
     for key, value in soup.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(value, (sa[key] + sb[key]) / 2, atol=1e-7), key
+            assert torch.allclose(sw[key], (2 * sa[key] + sb[key]) / 3, atol=1e-7), key
     assert float((sa["conv_stem.weight"] - sb["conv_stem.weight"]).abs().max()) > 0.01  # the two really differ
     x = _images(2)
     assert np.abs(_logits(average_weights([a, a]), x) - _logits(a, x)).max() < 1e-5
@@ -193,7 +194,13 @@ def test_a_released_model_is_an_ingredient_where_its_runs_are_not(synthetic_root
     metrics = make_soup(
         [shipped.onnx, new], DEFAULT_NET, synthetic_root, tmp_path / "soup2", "uniform", command="python train/soup.py second"
     )
-    assert metrics["soup"]["chosen"] == [0, 1]
+    # The shipped soup weighs the two models it averages: each of the three gets a third.
+    assert metrics["soup"]["chosen"] == [0, 1] and metrics["soup"]["models"] == 3
+    assert [i["models"] for i in metrics["soup"]["ingredients"]] == [2, 1]
+    x = _images(4)
+    parts = [unadjusted_student(shipped.onnx, DEFAULT_NET), fold_batchnorms(load_checkpoint(new / "best.pt")[0])]
+    reference = average_weights(parts, [2, 1])
+    assert np.abs(_logits(load_checkpoint(tmp_path / "soup2" / "best.pt")[0], x) - _logits(reference, x)).max() < 1e-4
     assert [r for r, _ in run_lineage(tmp_path / "soup2")] == [source, run, tmp_path / "soup", new, tmp_path / "soup2"]
     second = release(tmp_path / "soup2", tmp_path / "second")
     assert [s["run"] for s in json.loads(second.metrics.read_text())["release"]["lineage"]] == [
@@ -205,7 +212,7 @@ def test_a_released_model_is_an_ingredient_where_its_runs_are_not(synthetic_root
     ]
     card = (tmp_path / "second" / "CARD.md").read_text()
     assert f"--seed 5 --out {run}" in card and "python train/soup.py first" in card and "python train/soup.py second" in card
-    assert "weights of 2 fine-tuned models averaged (4 training runs in all)" in card
+    assert "weights of 3 fine-tuned models averaged (3 training runs in all)" in card and "(a soup of 2 models: weight 2)" in card
 
     # A release record from before the runs' configurations were recorded: a clear refusal.
     old = json.loads(shipped.metrics.read_text())

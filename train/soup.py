@@ -19,6 +19,7 @@ from pathlib import Path
 from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.shipped import DEFAULT_NET
+from wastesort.training.export import averaged_models
 from wastesort.training.soup import RECIPES, SoupError, make_soup
 
 SCRIPT = "train/soup.py"
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "all" if step["ingredient"] is None else soup["ingredients"][step["ingredient"]]["path"]
         print(f"{'kept   ' if step['kept'] else 'dropped'} {name}: soup val {step['score']:.4f}")
     val, test = metrics["val"]["accuracy"], metrics["test"]["accuracy"]
-    print(f"soup of {len(soup['chosen'])}: val top-1 {val:.4f}, test top-1 {test:.4f} (as trained) -> {a.out}")
+    print(f"soup of {averaged_models(soup)} models: val top-1 {val:.4f}, test top-1 {test:.4f} (as trained) -> {a.out}")
     print(f"next: make release RUN={a.out}")
     return 0
 

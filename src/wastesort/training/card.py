@@ -17,7 +17,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest, split_seed_of
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import sha256
-from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, anchored, recorded_stages, run_lineage
+from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, anchored, averaged_models, recorded_stages, run_lineage
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -67,7 +67,8 @@ def _origin(run: Path, release: dict) -> str:
     stages = f"two-stage fine-tuning ({first.get('freeze_epochs', 0)} head-only epochs, then the whole network)"
     soup = lineage[-1][1].get(SOUP_KEY)
     if soup:
-        then = f", then the weights of {len(soup['chosen'])} fine-tuned models averaged ({len(lineage) - 1} training runs in all)"
+        runs = sum(SOUP_KEY not in c for _, c in lineage)
+        then = f", then the weights of {averaged_models(soup)} fine-tuned models averaged ({runs} training runs in all)"
     else:
         then = f", then {len(lineage) - 1} continued run(s)" if len(lineage) > 1 else ""
     return f", **ImageNet-pretrained**: {release.get('weights', 'ImageNet weights')}; {stages}{then}"
@@ -89,10 +90,11 @@ def _training(metrics: dict, release: dict) -> str:
 def _ingredient(record: dict) -> str:
     """A soup ingredient as the card names it: a run, or an export with the run it came from and
     its sha256 (a later release overwrites the file; git history keeps it)."""
-    origin = record.get(INIT_EXPORT_KEY)
+    origin, models = record.get(INIT_EXPORT_KEY), record.get("models", 1)
+    weight = f" (a soup of {models} models: weight {models})" if models > 1 else ""
     if not origin:
-        return f"`{record['path']}`"
-    return f"`{record['path']}` as exported from `{origin['source_run']}` (sha256 {origin['sha256'][:12]}…)"
+        return f"`{record['path']}`{weight}"
+    return f"`{record['path']}` as exported from `{origin['source_run']}` (sha256 {origin['sha256'][:12]}…){weight}"
 
 
 def _soup_section(metrics: dict) -> str:
@@ -109,7 +111,7 @@ def _soup_section(metrics: dict) -> str:
         for k, i in enumerate(soup["ingredients"])
     ]
     return f"""## Weight averaging
-This model is the average of the weights of {len(soup["chosen"])} fine-tuned models (a {soup["recipe"]} model soup,
+This model is the average of the weights of {averaged_models(soup)} fine-tuned models (a {soup["recipe"]} model soup,
 `train/soup.py`, `wastesort.training.soup`): each model with its BatchNorms folded into its convolutions, averaged tensor by
 tensor, the BatchNorms then re-expanded on {soup["bn_statistics_images"]} training photos. One network at inference.
 Greedy: ranked by their own val top-1, each next model kept if the soup's val top-1 does not drop

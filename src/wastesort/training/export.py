@@ -41,6 +41,12 @@ INIT_EXPORT_KEY = "init_export"
 SOUP_KEY = "soup"
 
 
+def averaged_models(soup: dict) -> int:
+    """How many fine-tuned models the soup record ``soup`` averages (each chosen ingredient by
+    its own count; records from before the count was kept: its chosen ingredients)."""
+    return int(soup.get("models", len(soup["chosen"])))
+
+
 class ExportError(RuntimeError):
     """The exported model does not reproduce the PyTorch model."""
 

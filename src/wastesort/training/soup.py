@@ -21,6 +21,10 @@ Contract:
   serving preprocessing, with the logit adjustment the release will add when the ingredients
   were trained with the class-weighted loss, so the choice is made on what will be served. The
   test split plays no part. ``uniform`` averages them all.
+* **A soup counts as its models**: an ingredient that is itself a soup (a soup run, or an export
+  released from one) weighs as many fine-tuned models as it averages (:func:`averaged_models`),
+  so adding a new model to a shipped soup of two gives each of the three a third, as averaging
+  all three would; the soup records the total under ``models``.
 * **Output**: the soup's BatchNorms re-expanded on training photos
   (:func:`~wastesort.training.rebuild.reexpand_batchnorms`), written as a run folder
   (``best.pt``, ``config.json``, ``manifest.csv``, ``metrics.json``, confusion matrices,
@@ -50,6 +54,7 @@ from wastesort.training import evaluate, pipeline
 from wastesort.training.export import (
     INIT_EXPORT_KEY,
     SOUP_KEY,
+    averaged_models,
     export_lineage,
     export_origin,
     export_splits,
@@ -86,6 +91,12 @@ class Ingredient:
     balance: str | None
     config: dict
     record: dict
+
+    @property
+    def models(self) -> int:
+        """How many fine-tuned models its weights average: a soup's count, else 1."""
+        soup = self.config.get(SOUP_KEY)
+        return averaged_models(soup) if soup else 1
 
 
 def load_ingredient(path: Path, net: str, data: Path) -> Ingredient:
@@ -140,15 +151,19 @@ def check_compatible(ingredients: Sequence[Ingredient]) -> None:
             raise SoupError(f"{other.path} was trained with class balance {other.balance!r}, {first.path} with {first.balance!r}")
 
 
-def average_weights(models: Sequence[nn.Module]) -> nn.Module:
+def average_weights(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
     """A copy of ``models[0]`` whose every floating-point parameter and buffer is the mean of the
-    models' (accumulated in float64); integer buffers are the first model's."""
+    models' weighted by ``weights`` (default: equal; accumulated in float64); integer buffers
+    are the first model's."""
     states = [m.state_dict() for m in models]
+    w = torch.tensor([1.0] * len(models) if weights is None else list(weights), dtype=torch.float64)
+    w = w / w.sum()
     soup = copy.deepcopy(models[0])
-    averaged = {
-        key: torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype) if value.is_floating_point() else value
-        for key, value in states[0].items()
-    }
+
+    def mean(key: str) -> torch.Tensor:
+        return torch.tensordot(w, torch.stack([s[key].double() for s in states]), dims=1)
+
+    averaged = {key: mean(key).to(value.dtype) if value.is_floating_point() else value for key, value in states[0].items()}
     soup.load_state_dict(averaged)
     return soup.eval()
 
@@ -174,14 +189,19 @@ def greedy_soup(ingredients: Sequence[T], score: Callable[[list[T]], float]) -> 
     return chosen, alone, steps
 
 
-def _val_scorer(x: torch.Tensor, y: np.ndarray, offsets: np.ndarray) -> Callable[[list[nn.Module]], float]:
-    """Val top-1 of the average of some folded networks, ``offsets`` added to the logits."""
+def _val_scorer(x: torch.Tensor, y: np.ndarray, offsets: np.ndarray) -> Callable[[list[Ingredient]], float]:
+    """Val top-1 of the average of some ingredients' folded networks (each weighted by the models
+    it averages), ``offsets`` added to the logits."""
 
-    def score(models: list[nn.Module]) -> float:
-        logits = evaluate.predict(average_weights(models), x) + offsets
+    def score(ingredients: list[Ingredient]) -> float:
+        logits = evaluate.predict(_average(ingredients), x) + offsets
         return float((logits.argmax(1) == y).mean())
 
     return score
+
+
+def _average(ingredients: Sequence[Ingredient]) -> nn.Module:
+    return average_weights([i.model for i in ingredients], [i.models for i in ingredients])
 
 
 def make_soup(paths: Sequence[Path], net: str, data: Path, out: Path, recipe: str = RECIPES[0], command: str = "") -> dict:
@@ -203,20 +223,20 @@ def make_soup(paths: Sequence[Path], net: str, data: Path, out: Path, recipe: st
     x_val, y_val = pipeline.eval_tensor(splits["val"], first.contract, "val images")
     offsets = offsets_for(splits["train"], len(classes)) if first.balance == BALANCE else np.zeros(len(classes), np.float32)
     score = _val_scorer(x_val, y_val.numpy(), offsets)
-    models = [i.model for i in ingredients]
     if recipe == "greedy":
-        chosen, alone, steps = greedy_soup(models, score)
+        chosen, alone, steps = greedy_soup(ingredients, score)
     else:
-        alone = [score([m]) for m in models]
-        chosen, steps = list(range(len(models))), [{"ingredient": None, "score": score(models), "kept": True}]
+        alone = [score([i]) for i in ingredients]
+        chosen, steps = list(range(len(ingredients))), [{"ingredient": None, "score": score(ingredients), "kept": True}]
     x_stats, _ = pipeline.eval_tensor(statistics_sample(splits["train"]), first.contract, "BatchNorm statistics images")
-    soup = reexpand_batchnorms(average_weights([models[i] for i in chosen]), x_stats)
+    soup = reexpand_batchnorms(_average([ingredients[i] for i in chosen]), x_stats)
     lead = ingredients[chosen[0]]
     record = {
         "recipe": recipe,
         "scored_on": "val top-1, serving preprocessing" + (", with the release's logit adjustment" if first.balance == BALANCE else ""),
-        "ingredients": [{**i.record, "val": a} for i, a in zip(ingredients, alone, strict=True)],
+        "ingredients": [{**i.record, "val": a, "models": i.models} for i, a in zip(ingredients, alone, strict=True)],
         "chosen": chosen,
+        "models": sum(ingredients[i].models for i in chosen),
         "steps": steps,
         "bn_statistics_images": len(x_stats),
     }
