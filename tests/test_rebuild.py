@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,16 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
     assert release["weights"].startswith("ImageNet")
     assert f"continued from the export `{export}`" in card._init(config) and origin["sha256"][:12] in card._init(config)
     assert [run for run, _ in lineage] == [Path(origin["source_run"]), tmp_path / "run"] and lineage[0][1]["weights"] == "imagenet"
+    # Where the source run is gone (runs are not committed), the lineage comes from the record the
+    # run kept of the export: refused while it lacks the run's configuration, followed once it has it.
+    source = Path(origin["source_run"])
+    source_config = json.loads((source / "config.json").read_text())
+    shutil.rmtree(source)
+    with pytest.raises(ValueError, match="does not hold the configuration"):
+        run_lineage(tmp_path / "run")
+    config[INIT_EXPORT_KEY]["lineage"][0]["config"] = source_config
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert run_lineage(tmp_path / "run") == [(source, source_config), (tmp_path / "run", config)]
 
 
 def test_an_export_of_another_split_or_input_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
