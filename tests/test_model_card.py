@@ -43,7 +43,10 @@ def test_card_names_the_first_runs_weights_and_sums_the_training(tmp_path: Path)
     metrics = {"epochs_run": 4, "train_minutes": 5.5, "device": "cpu", "best_epoch": 3, "torch_threads": 1}
     assert "4 epochs + 4 epochs" in model_card._training(metrics, release)
     assert "16 min in all" in model_card._training(metrics, release)
-    assert model_card._commands(second).splitlines() == [f"python train/train.py --out {first}", f"python train/train.py --out {second}"]
+    commands = [f"python train/train.py --out {first}", f"python train/train.py --out {second}"]
+    assert model_card._commands(second, release).splitlines() == commands  # a record without them: each command.txt
+    kept = {**release, "lineage": [{**stage, "command": c} for stage, c in zip(release["lineage"], ("python a", None), strict=True)]}
+    assert model_card._commands(second, kept).splitlines() == ["python a", "(not recorded)"]  # as the release record keeps them
 
 
 def test_card_shows_the_logit_adjustment_before_and_after() -> None:

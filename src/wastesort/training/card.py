@@ -17,7 +17,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest, split_seed_of
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import sha256
-from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, anchored, averaged_models, recorded_stages, run_lineage
+from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, averaged_models, run_lineage
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -31,18 +31,16 @@ def confused_pairs(matrix: list[list[int]], classes: list[str], top: int = 3) ->
     return [f"{t} -> {p} ({n})" for n, t, p in sorted(cells, reverse=True)[:top] if n > 0]
 
 
-def _commands(run: Path) -> str:
-    """The training commands of the run and of the runs it was made from, first run first: each
-    run's ``command.txt``, else what the export it was released in recorded."""
-    lineage = run_lineage(run)
-    recorded = recorded_stages(c for _, c in lineage)
-
-    def command(r: Path) -> str:
-        if (r / "command.txt").is_file():
-            return (r / "command.txt").read_text().strip()
-        return recorded.get(anchored(r), {}).get("command") or "(not recorded)"
-
-    return "\n".join(command(r) for r, _ in lineage)
+def _commands(run: Path, release: dict) -> str:
+    """The training commands of the run and of the runs it was made from, first run first: as the
+    release record keeps them (each run's ``command.txt``, else what its export recorded), or for
+    a record from before commands were kept, each run's ``command.txt``."""
+    stages = release.get("lineage")
+    if stages and all("command" in s for s in stages):
+        return "\n".join(s["command"] or "(not recorded)" for s in stages)
+    return "\n".join(
+        (r / "command.txt").read_text().strip() if (r / "command.txt").exists() else "(not recorded)" for r, _ in run_lineage(run)
+    )
 
 
 def _shown(path: Path) -> Path:
@@ -196,7 +194,7 @@ def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path("."
     release = metrics.get("release", {})
     config = json.loads((run / "config.json").read_text())
     export = json.loads(onnx_path.with_suffix(".export.json").read_text())
-    command = _commands(run)
+    command = _commands(run, release)
     proto = onnx.load(str(onnx_path), load_external_data=False)
     contract = PreprocessContract.from_metadata({p.key: p.value for p in proto.metadata_props})
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
