@@ -1,89 +1,75 @@
-"""Top-1 along the line between two exports' folded weights (the experiment behind docs/soup/README.md).
+"""Top-1 along the line between two models (the experiment behind docs/soup/README.md).
 
-Each row mixes the ONNX initialisers of export A and export B as ``(1 - t) A + t B`` (both
-logit-adjusted with A's recorded offsets: the adjustment is a bias shift, so it mixes exactly),
-and measures the result with ONNX Runtime through the serving preprocessing on the shipped split's
-val and test photos: plain, and flip-averaged (TTA). Analysis only: ``train/soup.py`` chooses on
-val alone.
+A and B are what ``make soup`` takes (a run folder or an export of one Lite network, on one
+split): each is loaded as the soup loads an ingredient (:func:`~wastesort.training.soup.load_ingredient`:
+its folded network, without the release's logit adjustment) and each row is
+:func:`~wastesort.training.soup.average_weights` of the two with weights ``1 - t`` and ``t``,
+scored as the soup scores (PyTorch, the serving preprocessing, the release's logit adjustment
+when they were trained with the class-weighted loss) on the split's val and test photos: plain,
+and flip-averaged (TTA). ``t = k / m`` for a soup of ``k`` models and ``m - k`` others is that
+count-weighted soup, before its BatchNorms are re-expanded on training photos (``make soup``
+does that; this script does not, so a row can differ from the released soup by a photo).
+Analysis only: ``train/soup.py`` chooses on val alone.
 
-Example (A: the release before the soup, from git history, with its manifest beside it):
-    mkdir -p /tmp/prev && for f in onnx manifest.csv; do
-        git show db60c77:models/efficientnet_lite0.$f > /tmp/prev/efficientnet_lite0.$f; done
-    python train/export.py --run runs/lite0_long_224_bgft --out /tmp/long.onnx
-    python docs/soup/interpolate.py --a /tmp/prev/efficientnet_lite0.onnx --b /tmp/long.onnx --out docs/soup/interpolation.md
+Example (A: the committed soup; B: a new lineage's last run):
+    python docs/soup/interpolate.py --a models/efficientnet_lite0.onnx --b runs/lite0_plain_s1_224_bgft \
+        --steps 6 --out docs/soup/interpolation_third.md
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
+import torch
 from scipy.special import softmax
 
-from wastesort.contract import PreprocessContract
-from wastesort.inference import OnnxClassifier
+from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.perf.machine import describe, one_line
-from wastesort.preprocess import preprocess_files
-from wastesort.shipped import LOGITS, ShippedModel
+from wastesort.shipped import DEFAULT_NET
+from wastesort.training import evaluate, pipeline
 from wastesort.training.evaluate import classification_metrics
-from wastesort.training.logit_adjust import adjust_onnx, recorded, recorded_offsets
-
-
-def mix(a: onnx.ModelProto, b: onnx.ModelProto, t: float) -> onnx.ModelProto:
-    """``a`` with every floating-point initialiser replaced by ``(1 - t) a + t b`` (same graph)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(a)
-    for init, other in zip(out.graph.initializer, b.graph.initializer, strict=True):
-        x, y = numpy_helper.to_array(init), numpy_helper.to_array(other)
-        if init.name != other.name or x.shape != y.shape:
-            raise ValueError(f"the exports differ: {init.name} {x.shape} against {other.name} {y.shape}")
-        if x.dtype.kind == "f":
-            init.CopyFrom(numpy_helper.from_array(((1 - t) * x.astype(np.float64) + t * y).astype(x.dtype), init.name))
-    return out
+from wastesort.training.logit_adjust import BALANCE, offsets_for
+from wastesort.training.soup import average_weights, check_compatible, load_ingredient
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--a", type=Path, required=True, help="logit-adjusted export with its manifest beside it (models/<net>.onnx)")
-    p.add_argument("--b", type=Path, required=True, help="export of another run on the same split (adjusted with A's offsets if not yet)")
+    p.add_argument("--a", type=Path, required=True, help="run folder or export (t = 0)")
+    p.add_argument("--b", type=Path, required=True, help="run folder or export on the same split (t = 1)")
+    p.add_argument("--net", default=DEFAULT_NET)
+    p.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="the dataset the manifests name")
     p.add_argument("--steps", type=int, default=4, help="intervals between A and B")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    shipped = ShippedModel(a.a.stem, folder=a.a.parent)
-    contract = PreprocessContract.from_onnx(str(a.a))
-    with tempfile.TemporaryDirectory() as tmp:
-        b_path = a.b if recorded(a.b) else adjust_onnx(a.b, recorded_offsets(a.a), Path(tmp) / "b.onnx")
-        proto_a, proto_b = onnx.load(str(a.a)), onnx.load(str(b_path))
-        splits = {s: shipped.split(s) for s in ("val", "test")}
-        images = {s: preprocess_files([x.path for x in v], contract) for s, v in splits.items()}
-        labels = {s: np.array([x.label for x in v]) for s, v in splits.items()}
-        rows = []
-        for k in range(a.steps + 1):
-            t = k / a.steps
-            path = Path(tmp) / f"mix{k}.onnx"
-            onnx.save(mix(proto_a, proto_b, t), str(path))
-            clf = OnnxClassifier(path)
-            row = [f"{t:.2f}"]
-            for s in ("val", "test"):
-                logits = clf.batched(LOGITS, images[s])
-                flipped = clf.batched(LOGITS, np.ascontiguousarray(images[s][..., ::-1]))
-                tta = softmax(logits, axis=1) + softmax(flipped, axis=1)
-                for pred in (logits.argmax(1), tta.argmax(1)):
-                    m = classification_metrics(labels[s], pred, contract.labels)
-                    row += [f"{m['accuracy']:.4f}", f"{m['per_class']['trash']['f1']:.3f}"]
-            rows.append(row)
-            print(" | ".join(row), flush=True)
-    header = ["t (0: A, 1: B)"] + [
-        f"{s} {kind} {metric}" for s in ("val", "test") for kind in ("plain", "TTA") for metric in ("top-1", "trash F1")
-    ]
+    ends = [load_ingredient(path, a.net, a.data) for path in (a.a, a.b)]
+    check_compatible(ends)
+    first = ends[0]
+    classes = first.contract.labels
+    offsets = offsets_for(first.splits["train"], len(classes)) if first.balance == BALANCE else np.zeros(len(classes), np.float32)
+    tensors = {s: pipeline.eval_tensor(first.splits[s], first.contract, f"{s} images") for s in ("val", "test")}
+    rows = []
+    for k in range(a.steps + 1):
+        t = k / a.steps
+        model = average_weights([e.model for e in ends], [1 - t, t])
+        row = [f"{t:.2f}"]
+        for x, y in tensors.values():
+            logits = evaluate.predict(model, x) + offsets
+            flipped = evaluate.predict(model, torch.flip(x, dims=[3])) + offsets
+            tta = softmax(logits, axis=1) + softmax(flipped, axis=1)
+            for pred in (logits.argmax(1), tta.argmax(1)):
+                m = classification_metrics(y.numpy(), pred, classes)
+                row += [f"{m['accuracy']:.4f}", f"{m['per_class']['trash']['f1']:.3f}"]
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+    header = ["t (0: A, 1: B)"] + [f"{s} {kind} {metric}" for s in tensors for kind in ("plain", "TTA") for metric in ("top-1", "trash F1")]
+    adjusted = ", logit-adjusted" if first.balance == BALANCE else ""
     lines = [
-        f"Interpolation between `{a.a}` (A) and `{a.b}` (B), folded weights mixed as (1 - t) A + t B, logit-adjusted;",
-        f"ONNX Runtime, serving preprocessing, {len(labels['val'])} val and {len(labels['test'])} test photos.",
+        f"Interpolation between `{a.a}` (A) and `{a.b}` (B): folded weights averaged as (1 - t) A + t B{adjusted},",
+        "BatchNorms not re-expanded; PyTorch, serving preprocessing, "
+        f"{len(tensors['val'][1])} val and {len(tensors['test'][1])} test photos (`docs/soup/interpolate.py`).",
         f"Machine: {one_line(describe())}.",
         "",
         "| " + " | ".join(header) + " |",
