@@ -16,7 +16,7 @@ from wastesort.shipped import DEFAULT_NET
 from wastesort.training.cli import parse_args
 from wastesort.training.export import export_onnx
 from wastesort.training.lite import build_lite
-from wastesort.training.logit_adjust import adjust_onnx
+from wastesort.training.logit_adjust import adjust_onnx, offsets_for
 from wastesort.training.models import describe
 from wastesort.training.trainer import contract_for
 
@@ -40,18 +40,21 @@ def _config(data: Path, out: Path, side: int, *extra: str) -> tuple[object, dict
     return cfg, asdict(cfg)
 
 
-def lite_export(folder: Path, data: Path, seed: int, side: int = 64) -> Path:
+def lite_export(folder: Path, data: Path, seed: int, side: int = 64, release_offsets: bool = False) -> Path:
     """A Lite0 export of random weights for ``data`` at ``side`` px, logit-adjusted, with the
     split of ``seed`` as its manifest and an export record naming a (fake) source run whose
-    ``config.json`` is a full training configuration (class-weighted loss)."""
+    ``config.json`` is a full training configuration (class-weighted loss). The adjustment is a
+    fixed one unless ``release_offsets``: then the one a release adds for that training split."""
     scan = scan_image_folder(data)
     source = folder / "source_run"
     cfg, config = _config(data, source, side, "--balance", "loss")
     model = random_lite(seed, len(scan.classes))
     path = folder / f"{DEFAULT_NET}.onnx"
     export_onnx(model, contract_for(cfg, scan.classes), path)
-    adjust_onnx(path, np.linspace(-0.5, 0.5, len(scan.classes)).astype(np.float32))
-    write_manifest(path.with_suffix(".manifest.csv"), stratified_split(scan.samples, cfg.split, seed), scan.classes, data)
+    split = stratified_split(scan.samples, cfg.split, seed)
+    fixed = np.linspace(-0.5, 0.5, len(scan.classes)).astype(np.float32)
+    adjust_onnx(path, offsets_for(split["train"], len(scan.classes)) if release_offsets else fixed)
+    write_manifest(path.with_suffix(".manifest.csv"), split, scan.classes, data)
     source.mkdir(parents=True)
     (source / "config.json").write_text(json.dumps({**config, "classes": list(scan.classes), "weights": "imagenet", "init_from": None}))
     path.with_suffix(".export.json").write_text(json.dumps({"source_run": str(source)}))
