@@ -22,7 +22,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from scipy.special import softmax
 
@@ -31,7 +30,7 @@ from wastesort.perf.machine import describe, one_line
 from wastesort.shipped import DEFAULT_NET
 from wastesort.training import evaluate, pipeline
 from wastesort.training.evaluate import classification_metrics
-from wastesort.training.logit_adjust import BALANCE, offsets_for
+from wastesort.training.logit_adjust import BALANCE
 from wastesort.training.soup import average_weights, check_compatible, load_ingredient
 
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     check_compatible(ends)
     first = ends[0]
     classes = first.contract.labels
-    offsets = offsets_for(first.splits["train"], len(classes)) if first.balance == BALANCE else np.zeros(len(classes), np.float32)
+    offsets = first.release_offsets()
     tensors = {s: pipeline.eval_tensor(first.splits[s], first.contract, f"{s} images") for s in ("val", "test")}
     rows = []
     for k in range(a.steps + 1):

@@ -98,6 +98,12 @@ class Ingredient:
         soup = self.config.get(SOUP_KEY)
         return averaged_models(soup) if soup else 1
 
+    def release_offsets(self) -> np.ndarray:
+        """float32 ``(C,)``: the logit adjustment a release adds to its network (the class-weighted
+        loss's offsets for its training split), zeros when it was trained without that loss."""
+        classes = len(self.contract.labels)
+        return offsets_for(self.splits["train"], classes) if self.balance == BALANCE else np.zeros(classes, np.float32)
+
 
 def load_ingredient(path: Path, net: str, data: Path) -> Ingredient:
     """A run folder (its ``best.pt``) or an export of ``net`` as an :class:`Ingredient`; the
@@ -219,10 +225,9 @@ def make_soup(paths: Sequence[Path], net: str, data: Path, out: Path, recipe: st
     ingredients = [load_ingredient(Path(p), net, data) for p in paths]
     check_compatible(ingredients)
     first = ingredients[0]
-    classes, splits = first.contract.labels, first.splits
+    splits = first.splits
     x_val, y_val = pipeline.eval_tensor(splits["val"], first.contract, "val images")
-    offsets = offsets_for(splits["train"], len(classes)) if first.balance == BALANCE else np.zeros(len(classes), np.float32)
-    score = _val_scorer(x_val, y_val.numpy(), offsets)
+    score = _val_scorer(x_val, y_val.numpy(), first.release_offsets())
     if recipe == "greedy":
         chosen, alone, steps = greedy_soup(ingredients, score)
     else:
