@@ -12,7 +12,10 @@ median), on the same photos in the same run:
   (``interpolation="bilinear"``, full-size decode unless a 1/2, 1/4, 1/8 draft stays above the
   target): what the service ran before.
 * one-thread steps: where one image's time goes (decode, resize, normalise), so that a change
-  can be judged by the step it speeds up.
+  can be judged by the step it speeds up;
+* ``entropy-decoding floor``: the same decoder at libjpeg-turbo's smallest DCT scale (1/8), where
+  the inverse DCT, upsampling and colour conversion shrink to almost nothing while the Huffman
+  decoding of the whole file stays: no scaled decode of these files on this core can beat it.
 
 Without ``--data`` (or if the folder is missing) it uses synthetic 512x384 JPEGs and says so.
 """
@@ -33,8 +36,11 @@ from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.perf.machine import describe, one_line
 from wastesort.perf.timing import time_interleaved
-from wastesort.preprocess import decode_for, draft_size, load_rgb, normalize, preprocess_batch, preprocess_bytes, resize
+from wastesort.preprocess import decode_array, decode_for, draft_size, load_rgb, normalize, preprocess_batch, preprocess_bytes, resize
 from wastesort.shipped import ShippedModel
+
+#: A draft target every image exceeds: :func:`decode_array` then takes the smallest DCT scale.
+SMALLEST_DRAFT = (1, 1)
 
 
 def load_photos(data_dir: Path | None, n: int) -> tuple[list[bytes], str]:
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             (f"Pillow (previous decoder), {cores} threads", cores, pooled(pillow, photos, pool)),
             ("1 thread: preprocess_bytes", 1, lambda: [preprocess_bytes(d, contract) for d in photos]),
             ("1 thread:   decode (DCT-scaled)", 1, lambda: [decode_for(d, contract, size) for d in photos]),
+            ("1 thread:   entropy-decoding floor (1/8 DCT scale)", 1, lambda: [decode_array(d, SMALLEST_DRAFT, 1.0) for d in photos]),
             ("1 thread:   resize", 1, lambda: [resize(a, contract) for a in decoded]),
             ("1 thread:   normalise", 1, lambda: normalize(resized, contract)),
             ("1 thread: Pillow decode + resize", 1, lambda: [load_rgb(d, pillow) for d in photos]),

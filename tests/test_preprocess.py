@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from wastesort.contract import PreprocessContract
+from wastesort.paths import REPO_ROOT
 from wastesort.preprocess import (
     ImageDecodeError,
     _has_exif_segment,
@@ -255,3 +257,19 @@ def test_preprocess_batch_fills_slots_and_reports_each_error() -> None:
     assert errors[0] is None and errors[2] is None and isinstance(errors[1], ImageDecodeError)
     np.testing.assert_array_equal(batch[0], preprocess_bytes(good[0], c))
     np.testing.assert_array_equal(batch[2], preprocess_bytes(good[1], c))
+
+
+def test_preprocess_bench_times_every_step_down_to_the_entropy_decoding_floor(tmp_path, capsys) -> None:
+    """``perf/preprocess_bench.py`` runs each row (synthetic photos without ``--data``), and its
+    floor row decodes at libjpeg-turbo's smallest DCT scale, 1/8."""
+    sys.path.insert(0, str(REPO_ROOT / "perf"))
+    import preprocess_bench
+
+    data = _encode(Image.new("RGB", (384, 512), (90, 120, 150)), quality=80)
+    assert decode_array(data, preprocess_bench.SMALLEST_DRAFT, 1.0).shape == (64, 48, 3)
+    preprocess_bench.main(["--data", str(tmp_path / "absent"), "--batch", "4", "--iters", "1"])
+    out = capsys.readouterr().out
+    assert "4 SYNTHETIC 512x384 JPEGs" in out
+    rows = [line for line in out.splitlines() if line.startswith(("served", "Pillow", "1 thread"))]
+    assert len(rows) == 8 and any("entropy-decoding floor" in r for r in rows)
+    assert all(float(r.split()[-3]) > 0 for r in rows)
