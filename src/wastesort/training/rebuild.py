@@ -35,10 +35,10 @@ from wastesort.training.qat import student_from_onnx
 BN_STATISTICS_IMAGES = 256
 
 
-def statistics_sample(train: list[Sample]) -> list[Sample]:
-    """The :data:`BN_STATISTICS_IMAGES` training photos (evenly spaced over the split) whose
-    statistics re-expand a folded network's BatchNorms."""
-    return train[:: max(1, len(train) // BN_STATISTICS_IMAGES)][:BN_STATISTICS_IMAGES]
+def statistics_sample(train: list[Sample], count: int = BN_STATISTICS_IMAGES) -> list[Sample]:
+    """``count`` training photos, evenly spaced over the split; by default the
+    :data:`BN_STATISTICS_IMAGES` whose statistics re-expand a folded network's BatchNorms."""
+    return train[:: max(1, len(train) // count)][:count]
 
 
 def _input_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor]]:
