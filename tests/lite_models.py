@@ -4,6 +4,7 @@ files a real run or release leaves, with BatchNorms that are not identities."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +23,17 @@ from wastesort.training.trainer import contract_for
 
 #: The recorded training stage of a fake source run.
 SOURCE_STAGE = {"epochs": 3, "train_minutes": 1.5, "device": "cpu"}
+
+
+def unbalanced_copy(root: Path, dest: Path) -> Path:
+    """A copy of the ImageFolder ``root`` at ``dest`` with ``metal`` cut to 4 photos and
+    ``cardboard`` to 20, so the classes' sizes differ and a release's logit adjustment changes
+    answers. Returns ``dest``."""
+    shutil.copytree(root, dest)
+    for label, keep in (("metal", 4), ("cardboard", 20)):
+        for photo in sorted((dest / label).iterdir())[keep:]:
+            photo.unlink()
+    return dest
 
 
 def random_lite(seed: int, num_classes: int) -> nn.Module:

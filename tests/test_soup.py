@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from lite_models import lite_export, lite_run, random_lite
+from lite_models import lite_export, lite_run, random_lite, unbalanced_copy
 from onnx import numpy_helper
 from torch import nn
 
@@ -253,11 +253,7 @@ def test_the_interpolation_script_scores_its_ends_as_their_served_files_score(sy
     from wastesort.training.logit_adjust import adjust_onnx
     from wastesort.variants import gate
 
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_root, data)
-    for label, keep in (("metal", 4), ("cardboard", 20)):  # B answers metal; the classes' sizes differ
-        for photo in sorted((data / label).iterdir())[keep:]:
-            photo.unlink()
+    data = unbalanced_copy(synthetic_root, tmp_path / "data")  # B answers metal; the classes' sizes differ
     export = lite_export(tmp_path / "a", data, seed=0, release_offsets=True)
     run = lite_run(tmp_path / "b", data, seed=5, split_seed=0)
     out = tmp_path / "line.md"

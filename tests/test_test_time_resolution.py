@@ -4,14 +4,13 @@ BatchNorm re-estimation measures what it says."""
 from __future__ import annotations
 
 import copy
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from lite_models import lite_export
+from lite_models import lite_export, unbalanced_copy
 from torch import nn
 
 from wastesort.shipped import DEFAULT_NET
@@ -26,21 +25,11 @@ sys.path.insert(0, str(ROOT / "docs" / "test_time_resolution"))
 import measure  # noqa: E402
 
 
-def _unbalanced(synthetic_root: Path, tmp_path: Path) -> Path:
-    """The synthetic set with two classes cut down, so the logit adjustment changes answers."""
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_root, data)
-    for label, keep in (("metal", 4), ("cardboard", 20)):
-        for photo in sorted((data / label).iterdir())[keep:]:
-            photo.unlink()
-    return data
-
-
 def test_the_served_side_scores_as_onnx_runtime_scores_the_export(synthetic_root: Path, tmp_path: Path) -> None:
     """The row of the served side reproduces ONNX Runtime's val and test top-1 on the committed
     (logit-adjusted) file, another side gives other answers, and every row the docstring names is
     written, the re-estimated ones included."""
-    data = _unbalanced(synthetic_root, tmp_path)
+    data = unbalanced_copy(synthetic_root, tmp_path / "data")
     export = lite_export(tmp_path / "a", data, seed=0, release_offsets=True)
     out = tmp_path / "table.md"
     argv = ["--model", str(export), "--data", str(data), "--sides", "64", "80", "--recalibrate", "--recalibration-photos", "40"]
@@ -83,7 +72,8 @@ def test_batchnorm_re_estimation_sets_each_statistic_from_the_photos_and_keeps_t
         stem = ingredient.model.conv_stem(photos).double()
     stem_norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert torch.allclose(stem_norm.running_mean.double(), stem.mean(dim=(0, 2, 3)), atol=1e-4)
-    batch_vars = [stem[i : i + 32].var(dim=(0, 2, 3)) for i in range(0, 64, 32)]  # unbiased, as BatchNorm keeps it
+    step = measure.RECALIBRATION_BATCH
+    batch_vars = [stem[i : i + step].var(dim=(0, 2, 3)) for i in range(0, 64, step)]  # unbiased, as BatchNorm keeps it
     assert torch.allclose(stem_norm.running_var.double(), torch.stack(batch_vars).mean(0), rtol=1e-3)
     assert torch.equal(model.conv_stem.weight, ingredient.model.conv_stem.weight)
     after = ingredient.model.state_dict()

@@ -10,7 +10,7 @@ served, so a row is what a release at that side would serve):
 * the probabilities averaged over every side, and over every side and its mirror (multi-scale TTA);
 * with ``--recalibrate``, each side again after every BatchNorm's running statistics were
   re-estimated at that side on ``--recalibration-photos`` training photos (serving
-  preprocessing, batches of 32, cumulative average): the test-time half of FixRes (Touvron et
+  preprocessing, batches of :data:`RECALIBRATION_BATCH`, cumulative average): the test-time half of FixRes (Touvron et
   al., 2019), which corrects the apparent object size that random-resized-crop training shifts.
 
 Analysis only: nothing here changes what is served. A test-time change would earn a release
@@ -45,6 +45,8 @@ from wastesort.training.soup import Ingredient, load_ingredient
 #: The class whose F1 the accurate-model issue sets a target for.
 TRASH = "trash"
 SPLITS = ("val", "test")
+#: Photos per forward pass while the BatchNorm statistics are re-estimated.
+RECALIBRATION_BATCH = 32
 
 
 def recalibrated(ingredient: Ingredient, train_at_side: torch.Tensor, statistics: torch.Tensor) -> nn.Module:
@@ -58,8 +60,8 @@ def recalibrated(ingredient: Ingredient, train_at_side: torch.Tensor, statistics
         norm.momentum = None
         norm.train()
     with torch.no_grad():
-        for start in range(0, len(train_at_side), 32):
-            model(train_at_side[start : start + 32])
+        for start in range(0, len(train_at_side), RECALIBRATION_BATCH):
+            model(train_at_side[start : start + RECALIBRATION_BATCH])
     return model.eval()
 
 
