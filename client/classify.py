@@ -293,7 +293,7 @@ class Classifier:
             raise ClientError(f"cannot reach {where}: {_message(exc)}. {hint}") from exc
         if not ready:
             raise ClientError(f"{where} is up but not ready (models still loading, or one failed to load: see the server log)")
-        if self.model is None:  # the INT8 ensemble when make build installed it, else FP32
+        if self.model is None:  # the first ready of the ensembles make build may install, else the FP32 one
             ready_flags = [await self.client.is_model_ready(name, **kw) for name in DEFAULT_MODELS]
             self.model = next((name for name, ok in zip(DEFAULT_MODELS, ready_flags, strict=True) if ok), DEFAULT_MODELS[-1])
         if not await self.client.is_model_ready(self.model, **kw):
@@ -444,7 +444,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"model taking encoded image bytes (default: {DEFAULT_MODELS[0]} when make build installed it, else {DEFAULT_MODELS[1]})",
+        help=f"model taking encoded image bytes (default: the first ready of {', '.join(DEFAULT_MODELS)})",
     )
     parser.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request (default: %(default)s)")

@@ -53,7 +53,7 @@ from wastesort.perf import write_json
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
-from wastesort.triton.naming import default_ensembles, installed_file, variant_name
+from wastesort.triton.naming import INT8, default_ensembles, ensemble_name, ensemble_of, installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.variants import gate as g
 
@@ -79,7 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
     parser.add_argument("--measurement-ms", type=int, default=None, help="perf_analyzer window (default 2000, quick 1000)")
     parser.add_argument(
-        "--models", nargs="*", default=None, help="served models (default: every ready one; quick: the FP32 and INT8 ensembles)"
+        "--models",
+        nargs="*",
+        default=None,
+        help="served models (default: every ready one; quick: the FP32 and INT8 ensembles and the client's default)",
     )
     parser.add_argument("--server", default=None, help="drive this running server (host) instead of starting one, e.g. the compose service")
     parser.add_argument("--http-port", type=int, default=8000, help="with --server")
@@ -170,10 +173,9 @@ def run_inprocess(
 
 
 def served_ensembles(net: str) -> dict[str, str]:
-    """The ensembles compared with the in-process pipelines, by classifier precision (the
-    service's defaults: INT8 first, then FP32)."""
-    int8, fp32 = default_ensembles(net)
-    return {"fp32": fp32, "int8": int8}
+    """The ensembles compared with the in-process pipelines (one pass per photo), by classifier
+    precision."""
+    return {"fp32": ensemble_name(net), "int8": ensemble_of(variant_name(net, INT8))}
 
 
 def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> list[tuple[str, str]]:
@@ -181,7 +183,9 @@ def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> 
     variants are GPU variants: on a server without a GPU they are left out (and say so)."""
     client = httpclient.InferenceServerClient(server.http_url)
     ready = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
-    wanted = args.models if args.models is not None else (list(served_ensembles(args.net).values()) if args.quick else ready)
+    # --quick: the two compared with the pipelines, and the client's default when it is another (a TTA ensemble)
+    default = next((e for e in default_ensembles(args.net) if e in ready), None)
+    wanted = args.models if args.models is not None else ([*served_ensembles(args.net).values(), default] if args.quick else ready)
     chosen = []
     for name in ready:
         if name not in wanted or name == "preprocess":

@@ -99,6 +99,32 @@ def test_tta_export_is_the_mean_of_image_and_mirror(tmp_path: Path) -> None:
     np.testing.assert_allclose(tta.run([PROBABILITIES], x[:1])[0], expected[:1], atol=1e-6)  # batch of one
 
 
+def test_the_onnx_tta_rewrite_equals_the_pytorch_tta_export(tmp_path: Path) -> None:
+    """``variants.tta.flip_averaged`` (what ``make build`` applies to the INT8 model) computes on
+    the ONNX graph what ``FlipAveraged`` exports from PyTorch: the mean of the image and its
+    mirror, with the classifier contract (names, metadata, PROBABILITIES = softmax(LOGITS))."""
+    from wastesort.shipped import LOGITS
+    from wastesort.variants.tta import flip_averaged
+
+    contract = PreprocessContract(height=32, width=32)
+    model = Asymmetric().eval()
+    plain_path = export_onnx(model, contract, tmp_path / "plain.onnx")
+    plain = OnnxClassifier(plain_path)
+    rewritten = OnnxClassifier(flip_averaged(plain_path, tmp_path / "rewritten.onnx"))
+    exported = OnnxClassifier(export_onnx(FlipAveraged(model), contract, tmp_path / "tta.onnx"))
+    for n in (1, 4):
+        x = np.random.default_rng(n).normal(size=(n, 3, 32, 32)).astype(np.float32)
+        expected = (plain.probabilities(x) + plain.probabilities(np.ascontiguousarray(x[..., ::-1]))) / 2
+        logits, probs = rewritten.run([LOGITS, PROBABILITIES], x)
+        np.testing.assert_allclose(probs, expected, atol=1e-6)
+        np.testing.assert_allclose(probs, exported.run([PROBABILITIES], x)[0], atol=1e-6)
+        np.testing.assert_allclose(np.exp(logits), expected, atol=1e-6)
+        assert np.abs(probs - plain.probabilities(x)).max() > 1e-3
+    assert rewritten.contract == contract and rewritten.labels == plain.labels
+    with pytest.raises(ValueError, match="already has test-time augmentation"):
+        flip_averaged(tmp_path / "rewritten.onnx", tmp_path / "twice.onnx")
+
+
 def test_the_proxy_report_keeps_earlier_rows_marked_and_ships_by_its_rule() -> None:
     from wastesort.training.proxy import carried, choose
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from wastesort.paths import REPO_ROOT, shown
 from wastesort.training import card as model_card
 from wastesort.training.export import run_lineage
 
@@ -62,3 +63,12 @@ def test_card_shows_the_logit_adjustment_before_and_after() -> None:
     assert "a +0.500, b -0.500" in section and "| b F1 |" in section  # the rare class's F1 is the column shown
     assert "| plain | test | 0.9000 → 0.9500 | 0.8000 → 0.8500 | 0.500 → 0.750 |" in section
     assert model_card._logit_adjustment_section({}) == ""
+
+
+def test_paths_are_shown_relative_to_the_checkout_only_when_inside_it(tmp_path: Path) -> None:
+    """The card, the explanation report, compress and the test-time-resolution table name files
+    through one rule: checkout-relative inside it (however the path was spelled), absolute outside."""
+    assert shown(str(REPO_ROOT / "MODEL_CARD.md")) == Path("MODEL_CARD.md")
+    assert shown(REPO_ROOT / "models" / ".." / "models" / "x.onnx") == Path("models/x.onnx")
+    assert shown(tmp_path / "y.onnx") == (tmp_path / "y.onnx").resolve()
+    assert shown(tmp_path / "y.onnx").is_absolute()

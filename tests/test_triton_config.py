@@ -35,7 +35,7 @@ def test_repository_has_the_three_roles() -> None:
     names = set(_configs())
     assert {"preprocess", f"{NET}_onnx", f"ensemble_{NET}"} <= names
     variants = names - {"preprocess", f"{NET}_onnx", f"ensemble_{NET}"}
-    assert all(re.fullmatch(rf"(ensemble_)?{NET}_(onnx|trt)_(fp32|fp16|int8|tta)", name) for name in variants), variants
+    assert all(re.fullmatch(rf"(ensemble_)?{NET}_(onnx|trt)_(fp32|fp16|int8|tta|int8_tta)", name) for name in variants), variants
     assert (REPOSITORY / f"{NET}_onnx" / "configs" / "gpu.pbtxt").is_file()
 
 

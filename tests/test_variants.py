@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from scipy.special import softmax
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, scan_image_folder, stratified_split
@@ -24,6 +25,7 @@ from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import ArrayCalibrationReader, calibration_tensor, select_calibration
 from wastesort.variants.ort import Int8Settings, convert_fp16, int8_settings, one_more_float_layer, optimize_fp32, pick_int8, quantize_int8
 from wastesort.variants.report import VariantRow, write_report
+from wastesort.variants.tta import flip_averaged
 
 # the INT8 graph rewrites are checked on the MobileNetV3 model, whose h-swish and squeeze-excite they target
 NET = FROM_SCRATCH_NET
@@ -99,6 +101,13 @@ def test_ort_variants_keep_interface_metadata_and_accuracy(tmp_path: Path, contr
     assert sum(n.op_type == "Conv" for n in graph.node[:first_quantized]) == int8_settings(NET).float_prefix_convs
     assert np.abs(_probs(int8, x) - reference).max() < 0.5  # quantised, not broken
     assert int8.stat().st_size < ONNX.stat().st_size / 2
+    # the INT8 TTA variant: the QDQ graph itself on the image and its mirror, probabilities averaged
+    int8_tta = flip_averaged(int8, tmp_path / "int8_tta.onnx")
+    session = OnnxClassifier(int8)
+    each = [softmax(session.run(["LOGITS"], v)[0], axis=1) for v in (x, np.ascontiguousarray(x[..., ::-1]))]
+    np.testing.assert_allclose(_probs(int8_tta, x), (each[0] + each[1]) / 2, atol=1e-5)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(int8_tta)).graph.node}
+    assert PreprocessContract.from_onnx(str(int8_tta)) == contract
 
 
 def test_int8_settings_describe_themselves() -> None:

@@ -21,7 +21,7 @@ from wastesort.compression import report
 from wastesort.compression.workflow import CLUSTERED, PRUNED, Settings, compress, save_json
 from wastesort.data import DatasetError
 from wastesort.inference import OnnxClassifier
-from wastesort.paths import REPO_ROOT, RUNS_DIR
+from wastesort.paths import REPO_ROOT, RUNS_DIR, shown
 from wastesort.perf.machine import describe, one_line
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton.config import remove_variant, write_variant
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     a.report.parent.mkdir(parents=True, exist_ok=True)
     plot = a.report.with_name(a.report.stem + "_sensitivity.png")
     report.plot_scan(result, plot)
-    shown = run.resolve().relative_to(REPO_ROOT) if run.resolve().is_relative_to(REPO_ROOT) else run
-    result.run = shown
+    result.run = shown(run)
     command = shlex.join(["python", "train/compress.py", *(argv if argv is not None else sys.argv[1:])])
     a.report.write_text(report.markdown(result, one_line(describe()), plot.name, command))
     save_json(result, a.report.with_suffix(".json"))

@@ -34,7 +34,7 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
+from wastesort.paths import DEFAULT_TRASHNET, shown
 from wastesort.perf.machine import describe, one_line
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training import evaluate, pipeline
@@ -123,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     table = [[name, *scores(prob, labels, classes)] for name, prob in rows]
     for row in table:
         print(" | ".join(row), flush=True)
-    shown = a.model.resolve().relative_to(REPO_ROOT) if a.model.resolve().is_relative_to(REPO_ROOT) else a.model
     lines = [
-        f"`{shown}` ({a.net}, served at {served.width}x{served.height} px) at other test-time sides: PyTorch, the serving",
+        f"`{shown(a.model)}` ({a.net}, served at {served.width}x{served.height} px) at other test-time sides: PyTorch, the serving",
         f"preprocessing at each side, the release's logit adjustment; {len(labels['val'])} val and {len(labels['test'])} test photos",
         "(`docs/test_time_resolution/measure.py`"
         + (f"; BatchNorm statistics re-estimated on {len(recal_photos)} training photos)." if a.recalibrate else ")."),

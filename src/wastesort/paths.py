@@ -19,3 +19,10 @@ def in_repo(recorded: str | Path) -> Path:
     """A path as the project's records hold it (a run in ``.export.json``, ``config.json``, a
     release's lineage): relative to the checkout's root; an absolute path stays itself."""
     return REPO_ROOT / recorded
+
+
+def shown(path: str | Path) -> Path:
+    """``path`` as a record or report names it: relative to the checkout's root when it lies
+    inside the checkout (records are read there), otherwise resolved to an absolute path."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path

@@ -15,7 +15,7 @@ import onnx
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest, split_seed_of
-from wastesort.paths import REPO_ROOT
+from wastesort.paths import shown
 from wastesort.shipped import sha256
 from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, averaged_models, run_lineage
 
@@ -41,12 +41,6 @@ def _commands(run: Path, release: dict) -> str:
     return "\n".join(
         (r / "command.txt").read_text().strip() if (r / "command.txt").exists() else "(not recorded)" for r, _ in run_lineage(run)
     )
-
-
-def _shown(path: Path) -> Path:
-    """``path`` relative to the checkout when it lies inside it (the card is read there)."""
-    path = path.resolve()
-    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def _init(config: dict) -> str:
@@ -233,7 +227,7 @@ Waste-sorting image classifier: one photo of one item in, one of {len(classes)} 
 | **test top-1** | **{test["accuracy"]:.4f}** on {metrics["split_sizes"]["test"]} held-out photos (macro F1 {test["macro_f1"]:.4f}) |
 | val top-1 | {val["accuracy"]:.4f} on {metrics["split_sizes"]["val"]} photos (used for checkpoint selection) |
 | training | {_training(metrics, release)} |
-| file | `{_shown(onnx_path)}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
+| file | `{shown(onnx_path)}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
 | input | `IMAGES` float32 (N, 3, {contract.height}, {contract.width}), RGB, resize `{contract.resize}` ({contract.interpolation}), mean {list(contract.mean)}, std {list(contract.std)} |
 | outputs | `LOGITS` and `PROBABILITIES` float32 (N, {len(classes)}) |
 | export check | ONNX Runtime vs PyTorch on {export["images"]} real held-out photos: top-1 agreement {export["top1_agreement"]:.0%}, max abs logit difference {export["max_abs_logit_diff"]:.1e} (tolerance {export["tolerance"]:.0e}) |
@@ -246,7 +240,7 @@ ONNX consumer) needs nothing else.
 TrashNet (Yang & Thung, MIT licence), the {sum(metrics["split_sizes"].values())} photos in `../shared/data/trashnet`
 after content-hash deduplication; photos of single items on a white/grey background, 512x384.
 Stratified split {config["split"][0]:.0%}/{config["split"][1]:.0%}/{config["split"][2]:.0%}, seed {split_seed_of(config)}, by content hash
-(file names and order do not matter). The split is committed as `{_shown(manifest)}` (relative paths and sha256, no images).
+(file names and order do not matter). The split is committed as `{shown(manifest)}` (relative paths and sha256, no images).
 
 {count_table}
 

@@ -5,9 +5,11 @@
 * ``<net>_<variant>``: a precision or TTA variant (``onnx_int8``, ``onnx_tta``, ``trt_fp16``...).
 * ``ensemble_<net>`` serves the base classifier and ``ensemble_<net>_<variant>`` a variant:
   bytes in, probabilities out.
-* The service's default, in order of preference (:func:`default_ensembles`): the INT8
-  ensemble, which ``make build`` installs only when it passes the accuracy gate, then the
-  FP32 one (always in the committed repository, and always kept).
+* The service's default, in order of preference (:func:`default_ensembles`): the test-time
+  augmented ensembles first (``make build`` installs them only when ``make release`` kept the
+  TTA model, which it does only when TTA beats the plain model on val), INT8 before FP32 (INT8
+  only when it passes the accuracy gate); then the plain INT8 ensemble; then the FP32 one
+  (always in the committed repository, and always kept).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 PREPROCESS = "preprocess"
+#: Variants of the ONNX Runtime classifier that the default ensembles serve.
+INT8 = "onnx_int8"
+TTA = "onnx_tta"
+INT8_TTA = "onnx_int8_tta"
+#: The variants a client prefers to the base classifier, best first (see the module docstring).
+PREFERRED_VARIANTS = (INT8_TTA, TTA, INT8)
 
 
 def classifier_name(net: str) -> str:
@@ -42,5 +50,6 @@ def installed_file(repository: Path, model: str, file: str = "model.onnx") -> Pa
 
 
 def default_ensembles(net: str) -> tuple[str, ...]:
-    """The ensembles a client uses for ``net`` when none is named, the first ready one wins."""
-    return ensemble_of(variant_name(net, "onnx_int8")), ensemble_name(net)
+    """The ensembles a client uses for ``net`` when none is named, the first ready one wins
+    (:data:`PREFERRED_VARIANTS`' ensembles, then the base one)."""
+    return *(ensemble_of(variant_name(net, v)) for v in PREFERRED_VARIANTS), ensemble_name(net)
