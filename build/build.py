@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             if precision == "fp32":
                 optimize_fp32(onnx, path)
                 row.settings = "ONNX Runtime ORT_ENABLE_EXTENDED graph optimisations, saved"
-            elif precision == "tta":
-                optimize_fp32(model.tta_onnx, path)
-                row.settings = "image and its mirror in one graph, probabilities averaged; ORT_ENABLE_EXTENDED, saved"
+            elif precision == "tta":  # the committed export as it is: make release also writes it into the repository
+                path = model.tta_onnx
+                row.settings = "the committed export (models/<net>.tta.onnx): image and its mirror in one graph, probabilities averaged"
             elif variant == INT8_TTA:
                 flip_averaged(int8_built, path)
                 row.settings = f"the {variant_name(args.net, INT8)} model with its mirror in one graph, probabilities averaged"

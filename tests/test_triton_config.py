@@ -18,6 +18,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton import config as tc
+from wastesort.triton.naming import TTA, ensemble_of, variant_name
 from wastesort.triton.server import DEFAULT_ADDRESS, server_command
 
 REPOSITORY = REPO_ROOT / "model_repository"
@@ -31,7 +32,8 @@ def _configs() -> dict[str, mc.ModelConfig]:
 
 
 def test_repository_has_the_three_roles() -> None:
-    """The committed models; anything else is a variant ``make build`` installed (untracked)."""
+    """The committed models (and the TTA classifier when the release kept one); anything else is a
+    variant ``make build`` installed (untracked)."""
     names = set(_configs())
     assert {"preprocess", f"{NET}_onnx", f"ensemble_{NET}"} <= names
     variants = names - {"preprocess", f"{NET}_onnx", f"ensemble_{NET}"}
@@ -58,6 +60,33 @@ def test_repository_is_in_sync_with_the_generator() -> None:
     """Configs, thin model.py files, labels and warm-up data are exactly what build/repository.py
     writes from the committed model, and 1/model.onnx is a copy of it."""
     assert tc.check_repository(REPOSITORY, ONNX, NET) == []
+
+
+def test_the_tta_classifier_is_served_exactly_when_the_release_kept_one(tmp_path: Path) -> None:
+    """``make release`` commits ``<net>.tta.onnx`` only when TTA beats the plain model on val;
+    the repository then holds ``<net>_onnx_tta`` and its ensemble (a copy of that file), and
+    loses them when a later release drops it."""
+    tta = variant_name(NET, TTA)
+    assert (REPOSITORY / tta).is_dir() == ShippedModel().tta_onnx.is_file()
+    models = tmp_path / "models"
+    models.mkdir()
+    plain = models / ONNX.name
+    plain.write_bytes(ONNX.read_bytes())
+    repo = tmp_path / "repo"
+    tc.write_repository(repo, plain, NET)
+    assert not (repo / tta).exists() and tc.check_repository(repo, plain, NET) == []
+    shipped_tta = ShippedModel(NET, models).tta_onnx
+    shipped_tta.write_bytes(plain.read_bytes())  # any classifier file stands in for the TTA export here
+    assert any("missing" in p for p in tc.check_repository(repo, plain, NET))
+    tc.write_repository(repo, plain, NET)
+    assert tc.check_repository(repo, plain, NET) == []
+    assert (repo / tta / "1" / "model.onnx").read_bytes() == shipped_tta.read_bytes()
+    assert tc.parse_config(repo / ensemble_of(tta) / "config.pbtxt").ensemble_scheduling.step[1].model_name == tta
+    shipped_tta.unlink()
+    assert any("no TTA export" in p for p in tc.check_repository(repo, plain, NET))
+    tc.write_repository(repo, plain, NET)
+    assert not (repo / tta).exists() and not (repo / ensemble_of(tta)).exists()
+    assert tc.check_repository(repo, plain, NET) == []
 
 
 def test_check_mode_catches_drift(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from wastesort.shipped import IMAGE_BYTES, IMAGES, LOGITS, PROBABILITIES
-from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name, ensemble_of, installed_file
+from wastesort.shipped import IMAGE_BYTES, IMAGES, LOGITS, PROBABILITIES, ShippedModel
+from wastesort.triton.naming import PREPROCESS, TTA, classifier_name, ensemble_name, ensemble_of, installed_file, variant_name
 
 LABELS_FILE = "labels.txt"
 #: Custom config name (``tritonserver --model-config-name=gpu``) of the classifier's
@@ -276,17 +276,38 @@ def _write_files(repository: Path, files: dict[str, bytes]) -> list[Path]:
     return written
 
 
+def _source(model_path: Path) -> str:
+    """How a config's header names the file its model was copied from."""
+    return f"models/{model_path.name}" if model_path.parent.name == "models" else model_path.name
+
+
+def committed_tta(onnx_path: Path, net: str) -> Path | None:
+    """The TTA export beside ``onnx_path`` (``make release`` keeps one only when it beats the
+    plain model on val), or ``None``: the committed repository serves it as ``<net>_onnx_tta``."""
+    tta = ShippedModel(net, onnx_path.parent).tta_onnx
+    return tta if tta.is_file() else None
+
+
+def _models(onnx_path: Path, net: str) -> dict[str, Path]:
+    """The classifiers the generated repository holds (name -> the ONNX file it copies)."""
+    tta = committed_tta(onnx_path, net)
+    return {classifier_name(net): onnx_path, **({variant_name(net, TTA): tta} if tta else {})}
+
+
 def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> dict[str, bytes]:
-    """Every generated file of the repository (relative path -> content), ONNX model excluded."""
+    """Every generated file of the repository (relative path -> content), ONNX models excluded:
+    ``preprocess``, the classifier and its ensemble, and the TTA classifier and its ensemble
+    when the release kept one (:func:`committed_tta`)."""
     contract = PreprocessContract.from_onnx(str(onnx_path))
-    source = f"models/{onnx_path.name}" if onnx_path.parent.name == "models" else onnx_path.name
+    source = _source(onnx_path)
     files = {
         f"{PREPROCESS}/config.pbtxt": to_text(preprocess_config(contract, opts), source).encode(),
         f"{PREPROCESS}/1/model.py": THIN_MODEL_PY.format(model=PREPROCESS, impl=PREPROCESS_IMPL).encode(),
         f"{PREPROCESS}/warmup/{WARMUP_FILE}": serialize_bytes_tensor([warmup_jpeg()]),
     }
-    classifier, _ = _classifier_files(net, classifier_name(net), contract, opts, source, "onnxruntime")
-    return {**files, **classifier}
+    for name, path in _models(onnx_path, net).items():
+        files.update(_classifier_files(net, name, contract, opts, _source(path), "onnxruntime")[0])
+    return files
 
 
 def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[Path]:
@@ -296,11 +317,16 @@ def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingO
     Returns the paths written."""
     for stale in stale_models(repository, net):
         shutil.rmtree(repository / stale)
+    models = _models(onnx_path, net)
+    if variant_name(net, TTA) not in models:  # the release dropped its TTA model
+        remove_variant(repository, variant_name(net, TTA))
     written = _write_files(repository, repository_files(onnx_path, net, opts))
-    model = installed_file(repository, classifier_name(net))
-    if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
-        shutil.copyfile(onnx_path, model)
-    return [*written, model]
+    for name, source in models.items():
+        model = installed_file(repository, name)
+        if not model.exists() or model.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, model)
+        written.append(model)
+    return written
 
 
 def stale_models(repository: Path, net: str) -> list[str]:
@@ -327,7 +353,7 @@ def write_variant(
 ) -> list[Path]:
     """Install one precision variant as ``<variant>/`` plus ``ensemble_<variant>/`` (``backend``
     "onnxruntime" or "tensorrt", as in the base classifier's files)."""
-    files, target = _classifier_files(net, variant, contract, opts, model_path.name, backend, tensorrt_precision)
+    files, target = _classifier_files(net, variant, contract, opts, _source(model_path), backend, tensorrt_precision)
     remove_variant(repository, variant)
     written = _write_files(repository, files)
     (repository / target).parent.mkdir(parents=True, exist_ok=True)  # a plan's version folder holds nothing else
@@ -351,9 +377,13 @@ def check_repository(repository: Path, onnx_path: Path, net: str, opts: ServingO
             problems.append(f"missing {rel}")
         elif path.read_bytes() != body:
             problems.append(f"differs from the generator: {rel}")
-    model = installed_file(repository, classifier_name(net))
-    if not model.exists() or model.read_bytes() != onnx_path.read_bytes():
-        problems.append(f"{model.relative_to(repository)} is not a copy of {onnx_path}")
+    models = _models(onnx_path, net)
+    for name, source in models.items():
+        model = installed_file(repository, name)
+        if not model.exists() or model.read_bytes() != source.read_bytes():
+            problems.append(f"{model.relative_to(repository)} is not a copy of {source}")
+    if variant_name(net, TTA) not in models and (repository / variant_name(net, TTA)).is_dir():
+        problems.append(f"{variant_name(net, TTA)} is served but there is no TTA export beside {onnx_path}")
     return problems
 
 
