@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
 from wastesort.preprocess import preprocess_bytes
-from wastesort.shipped import DEFAULT_NET
+from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.synthetic import make_image
 from wastesort.triton.server import TritonServer, free_port
 
@@ -120,6 +121,24 @@ def test_ensemble_matches_in_process_onnxruntime(server: TritonServer, reference
     assert served.shape == (n, 6) and served.dtype == np.float32
     np.testing.assert_allclose(served, expected, atol=ATOL, rtol=0)
     assert (served.argmax(1) == expected.argmax(1)).all()
+
+
+@pytest.mark.skipif(not ShippedModel().tta_onnx.is_file(), reason="the release did not keep a TTA model")
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_committed_tta_ensemble_matches_the_tta_export(server: TritonServer, protocol: str) -> None:
+    """The TTA ensemble the committed repository serves (the client's default without make build)
+    gives what models/<net>.tta.onnx gives in process, and differs from the plain model."""
+    from wastesort.triton.naming import TTA, ensemble_of, variant_name
+
+    images = encoded_images(5, seed=11)
+    module = PROTOCOLS[protocol]
+    out = [module.InferRequestedOutput("PROBABILITIES")]
+    served = _client(server, protocol).infer(ensemble_of(variant_name(NET, TTA)), [_bytes_input(module, images)], outputs=out)
+    np.testing.assert_allclose(
+        served.as_numpy("PROBABILITIES"), _expected(OnnxClassifier(ShippedModel().tta_onnx), images), atol=ATOL, rtol=0
+    )
+    plain = _expected(OnnxClassifier(ShippedModel().onnx), images)
+    assert np.abs(served.as_numpy("PROBABILITIES") - plain).max() > 1e-4
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -282,16 +301,25 @@ def test_client_cli_says_when_the_server_or_model_is_missing(server: TritonServe
 
 
 @pytest.mark.skipif(not DEFAULT_TRASHNET.is_dir(), reason=f"real TrashNet photos not found at {DEFAULT_TRASHNET}")
-def test_real_trashnet_photos_get_the_in_process_labels(server: TritonServer, reference: OnnxClassifier) -> None:
-    """The done-when check on real photos: 24 held-out test photos, served labels == in-process
-    labels, and the served accuracy on them is what the model gets in process."""
+def test_real_trashnet_photos_get_the_in_process_labels(server: TritonServer) -> None:
+    """The done-when check on real photos: 24 held-out test photos through the client's default
+    ensemble (the TTA one when the release kept it), served labels == in-process labels of the
+    classifier file that ensemble serves, and a trained model's accuracy on them."""
+    from wastesort.triton.naming import PREFERRED_VARIANTS, ensemble_of, installed_file, variant_name
+
     rows = read_manifest(MODELS_DIR / f"{NET}.manifest.csv", DEFAULT_TRASHNET)["test"][::13][:24]
     result = _run_client(*(str(r.path) for r in rows), "--url", server.grpc_url, "--protocol", "grpc", "--json")
     assert result.returncode == 0, result.stderr
+    chosen = re.search(r"with (\S+) over grpc", result.stderr)
+    assert chosen, result.stderr
+    classifier = next(c for c in (CLASSIFIER, *(variant_name(NET, v) for v in PREFERRED_VARIANTS)) if ensemble_of(c) == chosen[1])
+    if ShippedModel().tta_onnx.is_file():
+        assert "tta" in classifier  # the committed repository serves the kept TTA model by default
+    served_model = OnnxClassifier(installed_file(server.repository, classifier))
     served = {json.loads(line)["path"]: json.loads(line)["label"] for line in result.stdout.splitlines()}
-    expected = _expected(reference, [r.path.read_bytes() for r in rows]).argmax(1)
-    assert [served[str(r.path)] for r in rows] == [reference.labels[i] for i in expected]
-    correct = sum(served[str(r.path)] == reference.labels[r.label] for r in rows)
+    expected = _expected(served_model, [r.path.read_bytes() for r in rows]).argmax(1)
+    assert [served[str(r.path)] for r in rows] == [served_model.labels[i] for i in expected]
+    correct = sum(served[str(r.path)] == served_model.labels[r.label] for r in rows)
     assert correct >= len(rows) // 2  # a trained model, not chance (1/6); the exact figure is in MODEL_CARD.md
 
 
@@ -331,7 +359,9 @@ def test_a_built_variant_is_served_through_its_own_ensemble(tmp_path: Path, refe
     from wastesort.variants.ort import int8_settings, optimize_fp32, quantize_int8
 
     repo = tmp_path / "repo"
-    onnx = MODELS_DIR / f"{NET}.onnx"
+    onnx = tmp_path / "models" / f"{NET}.onnx"  # without the TTA export beside it: no TTA ensemble
+    onnx.parent.mkdir()
+    onnx.write_bytes((MODELS_DIR / f"{NET}.onnx").read_bytes())
     write_repository(repo, onnx, NET)
     variant = f"{NET}_onnx_fp32"
     write_variant(repo, NET, variant, optimize_fp32(onnx, tmp_path / "fp32.onnx"), reference.contract, "onnxruntime")
