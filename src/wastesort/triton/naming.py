@@ -6,10 +6,10 @@
 * ``ensemble_<net>`` serves the base classifier and ``ensemble_<net>_<variant>`` a variant:
   bytes in, probabilities out.
 * The service's default, in order of preference (:func:`default_ensembles`): the test-time
-  augmented ensembles first (``make build`` installs them only when ``make release`` kept the
-  TTA model, which it does only when TTA beats the plain model on val), INT8 before FP32 (INT8
-  only when it passes the accuracy gate); then the plain INT8 ensemble; then the FP32 one
-  (always in the committed repository, and always kept).
+  augmented ensembles first, INT8 before FP32 (they exist only when ``make release`` kept the
+  TTA model, which it does only when TTA beats the plain model on val; the release commits the
+  FP32 one, ``make build`` adds the INT8 one when it passes the accuracy gate); then the plain
+  INT8 ensemble (``make build``, gated); then the FP32 one (always committed, always kept).
 """
 
 from __future__ import annotations
