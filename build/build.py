@@ -114,19 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     built: list[tuple[VariantRow, Path]] = []
     refused = []
     trt_reason = trt.unavailable_reason()
+    int8_built = args.out / f"{variant_name(args.net, INT8)}.onnx"
+    evaluations: dict[str, g.Evaluation] = {}  # by variant, for the INT8 TTA gate's reference
     for variant in args.variants:
         name = variant_name(args.net, variant)
         backend, precision = ("onnxruntime" if variant.startswith("onnx") else "tensorrt"), variant.split("_", 1)[1]
         row = VariantRow(name, backend, precision)
-        int8_built = args.out / f"{variant_name(args.net, INT8)}.onnx"
-        if variant == INT8_TTA and not (INT8 in args.variants and int8_built.is_file() and name_installed(rows, INT8, args.net)):
-            row.reason = f"skipped: needs {variant_name(args.net, INT8)} built and installed in the same run"
-            print(f"{name}: {row.reason}")
-            remove_variant(args.repository, name)
-            rows.append(row)
-            continue
         if variant in (TTA, INT8_TTA) and not model.tta_onnx.is_file():
             row.reason = f"skipped: no {model.tta_onnx.name} (make release keeps it only when it beats the plain model on val)"
+        elif variant == INT8_TTA and not name_installed(rows, INT8, args.net):
+            row.reason = f"skipped: needs {variant_name(args.net, INT8)} built and installed in the same run"
+        if row.reason:
             print(f"{name}: {row.reason}")
             remove_variant(args.repository, name)
             rows.append(row)
@@ -172,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = g.evaluate(path, test_x, test_y, contract.labels)
         row.path, row.size_mb = str(path), round(_size_mb(path), 2)
         row.top1, row.macro_f1, row.per_class_f1 = evaluation.top1, evaluation.macro_f1, evaluation.per_class_f1
-        # a TTA variant is judged against the FP32 TTA model (its FP32 counterpart)
-        fp32 = g.evaluate(model.tta_onnx, test_x, test_y, contract.labels) if variant == INT8_TTA else reference
+        evaluations[variant] = evaluation
+        # the INT8 TTA variant is judged against the FP32 TTA model (its FP32 counterpart; the TTA row evaluated that same file)
+        fp32 = reference
+        if variant == INT8_TTA:
+            fp32 = evaluations.get(TTA) or g.evaluate(model.tta_onnx, test_x, test_y, contract.labels)
         row.agreement_with_fp32 = evaluation.agreement(fp32.predictions)
         passed, row.reason = g.gate(evaluation, fp32, args.threshold)
         if fp32 is not reference:
