@@ -185,7 +185,8 @@ def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> 
     ready = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
     # --quick: the two compared with the pipelines, and the client's default when it is another (a TTA ensemble)
     default = next((e for e in default_ensembles(args.net) if e in ready), None)
-    wanted = args.models if args.models is not None else ([*served_ensembles(args.net).values(), default] if args.quick else ready)
+    quick = [*served_ensembles(args.net).values(), *([default] if default else [])]
+    wanted = args.models if args.models is not None else (quick if args.quick else ready)
     chosen = []
     for name in ready:
         if name not in wanted or name == "preprocess":

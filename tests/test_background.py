@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -123,6 +124,12 @@ def test_the_onnx_tta_rewrite_equals_the_pytorch_tta_export(tmp_path: Path) -> N
     assert rewritten.contract == contract and rewritten.labels == plain.labels
     with pytest.raises(ValueError, match="already has test-time augmentation"):
         flip_averaged(tmp_path / "rewritten.onnx", tmp_path / "twice.onnx")
+    half = onnx.load(str(plain_path))
+    half.graph.output[1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    with pytest.raises(ValueError, match="is not float32"):
+        flip_averaged(tmp_path / "half.onnx", tmp_path / "half_tta.onnx")
+    assert not (tmp_path / "half_tta.onnx").exists()
 
 
 def test_the_proxy_report_keeps_earlier_rows_marked_and_ships_by_its_rule() -> None:

@@ -59,6 +59,9 @@ def flip_averaged(src: Path, dst: Path) -> Path:
     graph = model.graph
     if [i.name for i in graph.input] != [IMAGES] or {LOGITS, PROBABILITIES} - {o.name for o in graph.output}:
         raise ValueError(f"{src}: expected one input {IMAGES} and outputs {LOGITS}, {PROBABILITIES}")
+    for output in graph.output:
+        if output.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise ValueError(f"{src}: output {output.name} is not float32")
     if any(n.name.startswith(PREFIX) for n in graph.node):
         raise ValueError(f"{src} already has test-time augmentation nodes ({PREFIX}*)")
     classes = _classes(graph)
@@ -96,9 +99,6 @@ def flip_averaged(src: Path, dst: Path) -> Path:
     graph.initializer.extend(kept)
     # shapes inferred for the inner batch of 2N no longer hold for N: let the runtime infer them
     del graph.value_info[:]
-    for output in graph.output:
-        if output.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise ValueError(f"{src}: output {output.name} is not float32")
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return dst
