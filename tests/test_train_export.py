@@ -200,6 +200,11 @@ def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
     contract = PreprocessContract.from_onnx(str(shipped.onnx))
     x, y = g.test_tensors(shipped.split("test", data), contract)
     assert g.evaluate(shipped.onnx, x, y, contract.labels).top1 == pytest.approx(metrics["test"]["accuracy"])
+    served = metrics["served"]  # the file the ensemble serves, measured as it is served
+    assert served["file"] == shipped.served_onnx.name == (shipped.tta_onnx if metrics["tta"]["kept"] else shipped.onnx).name
+    assert served["test"]["accuracy"] == pytest.approx(g.evaluate(shipped.served_onnx, x, y, contract.labels).top1)
+    low, high = served["test"]["interval"]["top1"]
+    assert low <= served["test"]["accuracy"] <= high
     text = card.read_text()
     assert "--balance loss" in text and f"{metrics['test']['accuracy']:.4f}" in text
 

@@ -1,26 +1,43 @@
 """Write MODEL_CARD.md for a shipped model (:mod:`wastesort.training.card`); ``make release``
-does this itself.
+does this itself. The card is rebuilt from the committed files alone where the release record
+keeps every run's configuration, so the runs need not be here. ``--measure-served DATA``
+first (re)measures the served file on the split's photos under DATA
+(:func:`wastesort.training.served.record_served`: figures with bootstrap intervals, and the
+confusion PNG), for a release made before ``make release`` recorded it.
 
 Example:
-    python train/model_card.py --run runs/mobilenet_v3_small --onnx models/mobilenet_v3_small.onnx
+    python train/model_card.py --onnx models/efficientnet_lite0.onnx --measure-served ../shared/data/trashnet
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from wastesort.paths import REPO_ROOT
+from wastesort.shipped import ShippedModel
 from wastesort.training.card import write_card
+from wastesort.training.served import record_served, summary
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--onnx", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=Path("MODEL_CARD.md"))
+    p.add_argument("--onnx", type=Path, required=True, help="the committed plain export, models/<net>.onnx")
+    p.add_argument("--run", type=Path, help="the run it was released from (default: the one its release record names)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
+    p.add_argument("--measure-served", type=Path, metavar="DATA", help="re-measure the served file on the photos under DATA first")
     a = p.parse_args(argv)
-    write_card(a.run, a.onnx, a.out)
+    metrics = json.loads(a.onnx.with_suffix(".metrics.json").read_text())
+    recorded = metrics.get("release", {}).get("run")
+    if not a.run and not recorded:
+        print(f"error: {a.onnx.name}'s metrics name no release run; pass --run", file=sys.stderr)
+        return 1
+    run = a.run or Path(recorded)
+    if a.measure_served:
+        print(summary(record_served(ShippedModel(metrics["model"], folder=a.onnx.parent), a.measure_served)))
+    write_card(run, a.onnx, a.out)
     print(f"wrote {a.out}")
     return 0
 

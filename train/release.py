@@ -2,7 +2,8 @@
 
 Writes every ``models/<net>.*`` file from the run: the verified FP32 ONNX export and its
 ``.export.json`` record, the split manifest, ``metrics.json`` (the run's, plus the TTA and
-release records), the test confusion matrix; exports the flip-averaged TTA model and keeps
+release records), the served file's val and test figures with bootstrap intervals and its test
+confusion matrix (:mod:`wastesort.training.served`); exports the flip-averaged TTA model and keeps
 it as ``models/<net>.tta.onnx`` only if it beats the plain model on the validation split
 (after the logit adjustment, if any; both figures are recorded either way); logit-adjusts a model trained with the class-weighted loss
 (:mod:`wastesort.training.logit_adjust`; ``--no-logit-adjust`` keeps the logits as trained) and
@@ -40,6 +41,7 @@ from wastesort.training.export import (
 )
 from wastesort.training.logit_adjust import BALANCE, AdjustError, adjust_shipped, report
 from wastesort.training.release import decoder_record, install, publish, release_record, tta_record
+from wastesort.training.served import record_served, summary
 
 
 def stage(
@@ -54,7 +56,6 @@ def stage(
         return 1
     print(f"exported {model.onnx.name} ({model.onnx.stat().st_size / 1e6:.1f} MB): agreement {export['top1_agreement']:.0%}")
     shutil.copy(a.run / "manifest.csv", model.manifest)
-    shutil.copy(a.run / "confusion_test.png", model.confusion)
     metrics = json.loads((a.run / "metrics.json").read_text())
     adjust = config.get("balance") == BALANCE and not a.no_logit_adjust
     if not adjust:  # else adjust_shipped measures both files once adjusted and decides on those figures
@@ -71,6 +72,7 @@ def stage(
         except AdjustError as exc:
             print(f"error: logit adjustment failed: {exc} (--no-logit-adjust releases the logits as trained)", file=sys.stderr)
             return 1
+    print(summary(record_served(model, Path(config["data"]))))
     return 0
 
 

@@ -72,6 +72,12 @@ class ShippedModel:
             return f"{self.qat_onnx.name} was fine-tuned from another export than {self.onnx.name}"
         return None
 
+    @property
+    def served_onnx(self) -> Path:
+        """The FP32 file the default ensemble serves: :attr:`tta_onnx` where the release kept it
+        (:meth:`settle_tta` removes one that loses on val), else :attr:`onnx`."""
+        return self.tta_onnx if self.tta_onnx.is_file() else self.onnx
+
     def settle_tta(self, val_plain: float, val_tta: float) -> bool:
         """Keep :attr:`tta_onnx` only if it beats the plain export's top-1 ``val_plain`` on the
         validation split; otherwise remove it and its export record. Returns whether it is kept."""

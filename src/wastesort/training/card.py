@@ -18,6 +18,7 @@ from wastesort.data import SPLITS, read_manifest, split_seed_of
 from wastesort.paths import shown
 from wastesort.shipped import sha256
 from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, averaged_models, run_lineage
+from wastesort.training.served import CONFIDENCE
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -50,9 +51,20 @@ def _init(config: dict) -> str:
     return f"; continued from `{config['init_from']}`" if config.get("init_from") else ""
 
 
+def lineage_of(run: Path, release: dict) -> list[tuple[Path, dict]]:
+    """The runs the model was made from, first run first, each with its configuration: as the
+    release record keeps them where it keeps every configuration (so the card of a committed model
+    is rebuilt without its runs), else followed back from ``run``'s files
+    (:func:`~wastesort.training.export.run_lineage`)."""
+    stages = release.get("lineage")
+    if stages and all("config" in s for s in stages):
+        return [(Path(s["run"]), s["config"]) for s in stages]
+    return run_lineage(run)
+
+
 def _origin(run: Path, release: dict) -> str:
     """Where the weights began: the first run of the lineage (``--init-from`` followed back)."""
-    lineage = run_lineage(run)
+    lineage = lineage_of(run, release)
     first = lineage[0][1]
     if first.get("weights") != "imagenet":
         return ", trained **from scratch** (no pretrained weights)"
@@ -183,10 +195,32 @@ is refused if the test top-1 drops.{"" if metrics.get("logit_adjustment") else "
 """
 
 
+def _interval(bounds: list[float], digits: int) -> str:
+    return f"{bounds[0]:.{digits}f}–{bounds[1]:.{digits}f}"
+
+
+def _top1_rows(metrics: dict, plain_file: str) -> str:
+    """The summary's test and val top-1 rows: the served file's, with their bootstrap intervals
+    (:mod:`wastesort.training.served`) and the plain file's figure when another file is served;
+    without a served record, the plain file's."""
+    served = metrics.get("served")
+    rows = []
+    for split, name, use in (("test", "**test top-1**", "held-out photos"), ("val", "val top-1", "photos, used for checkpoint selection")):
+        m = served[split] if served else metrics[split]
+        figure = f"**{m['accuracy']:.4f}**" if split == "test" else f"{m['accuracy']:.4f}"
+        text = f"{figure} on {metrics['split_sizes'][split]} {use} (macro F1 {m['macro_f1']:.4f})"
+        if served:
+            text += f"; {CONFIDENCE:.0%} interval {_interval(m['interval']['top1'], 4)}; served file `{served['file']}`"
+            if served["file"] != plain_file:
+                text += f" (the plain file: {metrics[split]['accuracy']:.4f})"
+        rows.append(f"| {name} | {text} |")
+    return "\n".join(rows)
+
+
 def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path(".")) -> str:
     metrics = json.loads(onnx_path.with_suffix(".metrics.json").read_text())
     release = metrics.get("release", {})
-    config = json.loads((run / "config.json").read_text())
+    config = lineage_of(run, release)[-1][1]
     export = json.loads(onnx_path.with_suffix(".export.json").read_text())
     command = _commands(run, release)
     proto = onnx.load(str(onnx_path), load_external_data=False)
@@ -199,17 +233,22 @@ def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path("."
     splits = read_manifest(manifest, Path(config["data"]))
     counts = {c: [sum(s.label == i for s in splits[k]) for k in SPLITS] for i, c in enumerate(classes)}
 
+    served = metrics.get("served")
+    if served:  # the per-class figures are the served file's, with their intervals
+        test, val = served["test"], served["val"]
     per_class = [
         [
             c,
             f"{test['per_class'][c]['precision']:.3f}",
             f"{test['per_class'][c]['recall']:.3f}",
             f"{test['per_class'][c]['f1']:.3f}",
+            *([_interval(test["interval"]["f1"][c], 3)] if served else []),
             str(test["per_class"][c]["support"]),
             f"{val['per_class'][c]['f1']:.3f}",
         ]
         for c in classes
     ]
+    per_class_header = ["class", "precision", "recall", "F1", *([f"F1 {CONFIDENCE:.0%} interval"] if served else []), "support", "val F1"]
     cm_rows = [[classes[i], *[str(v) for v in row]] for i, row in enumerate(test["confusion_matrix"])]
     worst = min(classes, key=lambda c: test["per_class"][c]["f1"])
     cm_table = _table(["true \\ pred", *classes], cm_rows)
@@ -224,8 +263,7 @@ Waste-sorting image classifier: one photo of one item in, one of {len(classes)} 
 |---|---|
 | architecture | {metrics["model"]} (`wastesort.training.models`){_origin(run, release)} |
 | parameters | {metrics["parameters"]:,} |
-| **test top-1** | **{test["accuracy"]:.4f}** on {metrics["split_sizes"]["test"]} held-out photos (macro F1 {test["macro_f1"]:.4f}) |
-| val top-1 | {val["accuracy"]:.4f} on {metrics["split_sizes"]["val"]} photos (used for checkpoint selection) |
+{_top1_rows(metrics, onnx_path.name)}
 | training | {_training(metrics, release)} |
 | file | `{shown(onnx_path)}`, {onnx_path.stat().st_size / 1e6:.1f} MB, ONNX opset {opset}, sha256 `{digest[:16]}…` |
 | input | `IMAGES` float32 (N, 3, {contract.height}, {contract.width}), RGB, resize `{contract.resize}` ({contract.interpolation}), mean {list(contract.mean)}, std {list(contract.std)} |
@@ -256,8 +294,8 @@ rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {co
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class)
-{_table(["class", "precision", "recall", "F1", "support", "val F1"], per_class)}
+{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`" if served else ""})
+{_table(per_class_header, per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):
 

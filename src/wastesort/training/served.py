@@ -1,0 +1,106 @@
+"""The served file's own figures, with their uncertainty: :func:`served_record` measures the file
+the default ensemble serves (:attr:`ShippedModel.served_onnx`: the TTA export where the release
+kept it) on the val and test splits through ONNX Runtime and the serving preprocessing, and gives
+each split's top-1 and per-class F1 a percentile bootstrap interval (scipy's ``bootstrap``,
+photos resampled with their predictions). ``make release`` records it (:func:`record_served`) as
+``metrics.json``'s ``served``, and the model card shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import bootstrap
+from sklearn.metrics import precision_recall_fscore_support
+
+from wastesort.contract import PreprocessContract
+from wastesort.inference import OnnxClassifier
+from wastesort.preprocess import preprocess_files
+from wastesort.shipped import LOGITS, ShippedModel
+from wastesort.training.evaluate import classification_metrics, write_confusion
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+SPLITS = ("val", "test")
+
+
+def intervals(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...], resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """``{"top1": [low, high], "f1": {class: [low, high]}}``: :data:`CONFIDENCE` percentile
+    bootstrap intervals over the photos (each resample draws photos with their true and predicted
+    labels; ``seed`` makes it repeatable)."""
+    labels = list(range(len(classes)))
+
+    def statistic(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+        f1 = precision_recall_fscore_support(t, p, labels=labels, zero_division=0)[2]
+        return np.array([np.mean(t == p), *f1])
+
+    ci = bootstrap(
+        (np.asarray(y_true), np.asarray(y_pred)),
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    bounds = [[float(lo), float(hi)] for lo, hi in zip(ci.low, ci.high, strict=True)]
+    return {"top1": bounds[0], "f1": dict(zip(classes, bounds[1:], strict=True))}
+
+
+def served_record(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -> dict:
+    """The served file's name, :func:`~wastesort.training.evaluate.classification_metrics` and
+    :func:`intervals` per split (the photos of ``model``'s split under ``data``).
+
+    Raises:
+        DatasetError: the split's photos are not under ``data``.
+    """
+    served = model.served_onnx
+    contract = PreprocessContract.from_onnx(str(served))
+    classifier = OnnxClassifier(served)
+    record: dict = {
+        "file": served.name,
+        "measured": "ONNX Runtime, serving preprocessing",
+        "intervals": f"{CONFIDENCE:.0%} percentile bootstrap over photos, {resamples} resamples",
+    }
+    for split in SPLITS:
+        samples = model.split(split, data)
+        x = preprocess_files([s.path for s in samples], contract, desc=f"{split} images")
+        y = np.array([s.label for s in samples])
+        pred = classifier.batched(LOGITS, x).argmax(1)
+        record[split] = {**classification_metrics(y, pred, contract.labels), "interval": intervals(y, pred, contract.labels, resamples)}
+    return record
+
+
+def record_served(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -> dict:
+    """Write :func:`served_record` into ``model``'s ``metrics.json`` (``served``) and draw its
+    test confusion matrix as the committed confusion PNG; returns the record."""
+    record = served_record(model, data, resamples)
+    metrics = json.loads(model.metrics.read_text())
+    metrics["served"] = record
+    model.metrics.write_text(json.dumps(metrics, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        stem = Path(tmp) / "confusion_test"
+        write_confusion(
+            record["test"]["confusion_matrix"], tuple(metrics["classes"]), stem, f"{model.net} (served: {record['file']}), test split"
+        )
+        shutil.copy(stem.with_suffix(".png"), model.confusion)
+    return record
+
+
+def summary(record: dict) -> str:
+    """One line per split: the served file's top-1 and its rarest class's F1, with intervals."""
+    lines = []
+    for split in SPLITS:
+        m = record[split]
+        rare = min(m["per_class"], key=lambda c: m["per_class"][c]["support"])
+        (lo, hi), (flo, fhi) = m["interval"]["top1"], m["interval"]["f1"][rare]
+        lines.append(
+            f"served {record['file']} {split}: top-1 {m['accuracy']:.4f} [{lo:.4f}, {hi:.4f}], "
+            f"{rare} F1 {m['per_class'][rare]['f1']:.3f} [{flo:.3f}, {fhi:.3f}]"
+        )
+    return "\n".join(lines)
