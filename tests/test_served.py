@@ -14,7 +14,7 @@ import pytest
 from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import ShippedModel
-from wastesort.training.card import build_card
+from wastesort.training.card import build_card, notes_of
 from wastesort.training.served import intervals, served_record
 
 CLASSES = ("a", "b", "c")
@@ -46,8 +46,7 @@ def test_the_committed_card_is_what_the_committed_files_give() -> None:
     never committed), so it cannot drift from the metrics it shows."""
     model = ShippedModel()
     run = json.loads(model.metrics.read_text())["release"]["run"]
-    notes = model.onnx.with_suffix(".notes.md")
-    card = build_card(Path(run), model.onnx, notes.read_text().rstrip() if notes.is_file() else "", REPO_ROOT)
+    card = build_card(Path(run), model.onnx, notes_of(model.onnx), REPO_ROOT)
     assert card == (REPO_ROOT / "MODEL_CARD.md").read_text()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import ShippedModel
 from wastesort.training.card import write_card
-from wastesort.training.served import record_served, summary
+from wastesort.training.served import record_served, served_record, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     run = a.run or Path(recorded)
     if a.measure_served:
-        print(summary(record_served(ShippedModel(metrics["model"], folder=a.onnx.parent), a.measure_served)))
+        model = ShippedModel(metrics["model"], folder=a.onnx.parent)
+        record = served_record(model, a.measure_served)
+        record_served(model, record)
+        print(summary(record))
     write_card(run, a.onnx, a.out)
     print(f"wrote {a.out}")
     return 0

@@ -41,7 +41,7 @@ from wastesort.training.export import (
 )
 from wastesort.training.logit_adjust import BALANCE, AdjustError, adjust_shipped, report
 from wastesort.training.release import decoder_record, install, publish, release_record, tta_record
-from wastesort.training.served import record_served, summary
+from wastesort.training.served import record_served, served_record, summary
 
 
 def stage(
@@ -72,7 +72,9 @@ def stage(
         except AdjustError as exc:
             print(f"error: logit adjustment failed: {exc} (--no-logit-adjust releases the logits as trained)", file=sys.stderr)
             return 1
-    print(summary(record_served(model, Path(config["data"]))))
+    else:
+        record_served(model, served_record(model, Path(config["data"])))
+    print(summary(json.loads(model.metrics.read_text())["served"]))
     return 0
 
 

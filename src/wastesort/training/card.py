@@ -312,9 +312,13 @@ Confusion matrix on the test split (rows: true class, columns: predicted):
 """
 
 
+def notes_of(onnx_path: Path) -> str:
+    """The hand-written ``models/<net>.notes.md`` beside ``onnx_path`` ("" without one)."""
+    notes_file = onnx_path.with_suffix(".notes.md")
+    return notes_file.read_text().rstrip() if notes_file.is_file() else ""
+
+
 def write_card(run: Path, onnx_path: Path, out: Path) -> None:
     """Write the card of the committed model ``onnx_path`` (trained in ``run``) to ``out``;
-    ``models/<net>.notes.md``, if present, is appended to its known weaknesses."""
-    notes_file = onnx_path.with_suffix(".notes.md")
-    notes = notes_file.read_text().rstrip() if notes_file.is_file() else ""
-    out.write_text(build_card(run, onnx_path, notes, out.parent))
+    its :func:`notes_of`, if any, are appended to its known weaknesses."""
+    out.write_text(build_card(run, onnx_path, notes_of(onnx_path), out.parent))

@@ -37,7 +37,8 @@ from wastesort.data import Sample, class_weights
 from wastesort.inference import OnnxClassifier
 from wastesort.preprocess import preprocess_files
 from wastesort.shipped import LOGITS, ShippedModel
-from wastesort.training.evaluate import classification_metrics, write_confusion
+from wastesort.training.evaluate import classification_metrics
+from wastesort.training.served import record_served, served_figures
 
 #: ONNX ``metadata_props`` key holding the adjustment applied to a file (JSON).
 METADATA_KEY = "logit_adjustment"
@@ -133,7 +134,8 @@ def adjust_shipped(model: ShippedModel, data: Path) -> dict:
     """Adjust ``model``'s committed plain and TTA exports with the offsets of its training split
     (photos under ``data``) and rewrite its metrics: ``val``/``test`` from the adjusted plain
     export (ONNX Runtime, serving preprocessing), the ``tta`` record re-measured (the TTA file is
-    removed if it no longer beats the plain one on val), the test confusion PNG, and a
+    removed if it no longer beats the plain one on val), the served file's figures and its test
+    confusion PNG (:func:`~wastesort.training.served.record_served`, from these measurements), and a
     ``logit_adjustment`` record with every figure before and after. Returns that record.
 
     Raises:
@@ -171,10 +173,8 @@ def adjust_shipped(model: ShippedModel, data: Path) -> dict:
         metrics["tta"] = tta
     metrics["logit_adjustment"] = record
     model.metrics.write_text(json.dumps(metrics, indent=2))
-    with tempfile.TemporaryDirectory() as tmp:
-        stem = Path(tmp) / "confusion_test"
-        write_confusion(after["plain"]["test"]["confusion_matrix"], classes, stem, f"{model.net} (logit-adjusted), test split")
-        shutil.copy(stem.with_suffix(".png"), model.confusion)
+    served = next(name for name, path in files.items() if path == model.served_onnx)  # after settle_tta
+    record_served(model, served_figures(model.served_onnx, after[served], classes))
     return record
 
 

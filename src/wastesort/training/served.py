@@ -3,7 +3,8 @@ the default ensemble serves (:attr:`ShippedModel.served_onnx`: the TTA export wh
 kept it) on the val and test splits through ONNX Runtime and the serving preprocessing, and gives
 each split's top-1 and per-class F1 a percentile bootstrap interval (scipy's ``bootstrap``,
 photos resampled with their predictions). ``make release`` records it (:func:`record_served`) as
-``metrics.json``'s ``served``, and the model card shows it.
+``metrics.json``'s ``served``, from the logit adjustment's own measurement where there is one
+(:func:`~wastesort.training.logit_adjust.adjust_shipped`), and the model card shows it.
 """
 
 from __future__ import annotations
@@ -52,9 +53,29 @@ def intervals(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...], 
     return {"top1": bounds[0], "f1": dict(zip(classes, bounds[1:], strict=True))}
 
 
+def with_interval(metrics: dict, classes: tuple[str, ...], resamples: int = RESAMPLES) -> dict:
+    """``metrics`` (:func:`~wastesort.training.evaluate.classification_metrics`) with its
+    :func:`intervals` as ``interval``, drawn from the photos its confusion matrix counts."""
+    matrix = np.asarray(metrics["confusion_matrix"])
+    true, pred = np.nonzero(matrix)
+    counts = matrix[true, pred]
+    return {**metrics, "interval": intervals(np.repeat(true, counts), np.repeat(pred, counts), classes, resamples)}
+
+
+def served_figures(file: Path, by_split: dict[str, dict], classes: tuple[str, ...], resamples: int = RESAMPLES) -> dict:
+    """The ``served`` record of ``file`` from its metrics per split (:data:`SPLITS`), each with
+    :func:`with_interval`."""
+    return {
+        "file": file.name,
+        "measured": "ONNX Runtime, serving preprocessing",
+        "intervals": f"{CONFIDENCE:.0%} percentile bootstrap over photos, {resamples} resamples",
+        **{split: with_interval(by_split[split], classes, resamples) for split in SPLITS},
+    }
+
+
 def served_record(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -> dict:
-    """The served file's name, :func:`~wastesort.training.evaluate.classification_metrics` and
-    :func:`intervals` per split (the photos of ``model``'s split under ``data``).
+    """:func:`served_figures` of :attr:`ShippedModel.served_onnx`, measured on the photos of
+    ``model``'s split under ``data``.
 
     Raises:
         DatasetError: the split's photos are not under ``data``.
@@ -62,34 +83,26 @@ def served_record(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -
     served = model.served_onnx
     contract = PreprocessContract.from_onnx(str(served))
     classifier = OnnxClassifier(served)
-    record: dict = {
-        "file": served.name,
-        "measured": "ONNX Runtime, serving preprocessing",
-        "intervals": f"{CONFIDENCE:.0%} percentile bootstrap over photos, {resamples} resamples",
-    }
+    by_split = {}
     for split in SPLITS:
         samples = model.split(split, data)
         x = preprocess_files([s.path for s in samples], contract, desc=f"{split} images")
         y = np.array([s.label for s in samples])
-        pred = classifier.batched(LOGITS, x).argmax(1)
-        record[split] = {**classification_metrics(y, pred, contract.labels), "interval": intervals(y, pred, contract.labels, resamples)}
-    return record
+        by_split[split] = classification_metrics(y, classifier.batched(LOGITS, x).argmax(1), contract.labels)
+    return served_figures(served, by_split, contract.labels, resamples)
 
 
-def record_served(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -> dict:
-    """Write :func:`served_record` into ``model``'s ``metrics.json`` (``served``) and draw its
-    test confusion matrix as the committed confusion PNG; returns the record."""
-    record = served_record(model, data, resamples)
+def record_served(model: ShippedModel, record: dict) -> None:
+    """Write ``record`` (:func:`served_figures`) into ``model``'s ``metrics.json`` as ``served``
+    and draw its test confusion matrix as the committed confusion PNG."""
     metrics = json.loads(model.metrics.read_text())
     metrics["served"] = record
     model.metrics.write_text(json.dumps(metrics, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         stem = Path(tmp) / "confusion_test"
-        write_confusion(
-            record["test"]["confusion_matrix"], tuple(metrics["classes"]), stem, f"{model.net} (served: {record['file']}), test split"
-        )
+        title = f"{model.net} (served: {record['file']}), test split"
+        write_confusion(record["test"]["confusion_matrix"], tuple(record["test"]["per_class"]), stem, title)
         shutil.copy(stem.with_suffix(".png"), model.confusion)
-    return record
 
 
 def summary(record: dict) -> str:
