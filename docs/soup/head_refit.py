@@ -1,0 +1,89 @@
+"""Head refit on the soup's own features (docs/soup/README.md, "Refitting the head").
+
+The soup averages three lineages' heads as well as their backbones, so its head need not be
+the best linear classifier of its own pooled features. This fits one (scikit-learn's
+multinomial ``LogisticRegression``, unweighted so that it learns the training split's class
+frequencies, as the logit-adjusted head does) on the served plain file's pooled features of
+the training photos and their mirrors, with C chosen by 5-fold cross-validation over training
+photos (both views of a photo in one fold). Prints top-1 and trash F1 of the served head and
+the refitted one, both flip-averaged like the served TTA model, on train, val and test.
+
+Example:
+    python docs/soup/head_refit.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from scipy.special import softmax
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from wastesort.contract import PreprocessContract
+from wastesort.inference import OnnxClassifier
+from wastesort.paths import DEFAULT_TRASHNET
+from wastesort.preprocess import preprocess_files
+from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.training.evaluate import classification_metrics
+
+SERVED = ShippedModel(DEFAULT_NET)
+CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+SPLITS = ("train", "val", "test")
+
+
+def features(proto: onnx.ModelProto, splits: tuple[str, ...]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per split ``(pooled features, mirrored pooled features, labels)``, and the head's W, b."""
+    (head,) = [n for n in proto.graph.node if n.op_type == "Gemm"]
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
+    contract = PreprocessContract.from_onnx(str(SERVED.onnx))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(proto, str(Path(tmp) / "features.onnx"))
+        clf = OnnxClassifier(Path(tmp) / "features.onnx")
+        out = {}
+        for split in splits:
+            samples = SERVED.split(split, DEFAULT_TRASHNET)
+            x = preprocess_files([s.path for s in samples], contract, desc=split)
+            views = [clf.batched(head.input[0], v) for v in (x, np.ascontiguousarray(x[..., ::-1]))]
+            out[split] = (*views, np.array([s.label for s in samples]))
+    return out, inits[head.input[1]], inits[head.input[2]]
+
+
+def flip_mean(predict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (predict(a) + predict(b)) / 2
+
+
+def choose_c(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
+    """C with the best 5-fold flip-averaged top-1 over training photos (ties: the larger C)."""
+    scores = {}
+    for c in CS:
+        right = 0
+        for fit, held in StratifiedKFold(5, shuffle=True, random_state=0).split(a, y):
+            lr = LogisticRegression(C=c, max_iter=3000).fit(np.concatenate([a[fit], b[fit]]), np.concatenate([y[fit]] * 2))
+            right += int(np.sum(flip_mean(lr.predict_proba, a[held], b[held]).argmax(1) == y[held]))
+        scores[c] = right / len(y)
+        print(f"C {c:5.2f} cross-validated top-1 {scores[c]:.4f}")
+    return max(CS, key=lambda c: (scores[c], c))
+
+
+def main() -> None:
+    data, weight, bias = features(onnx.load(str(SERVED.onnx)), SPLITS)
+    labels = PreprocessContract.from_onnx(str(SERVED.onnx)).labels
+    a, b, y = data["train"]
+    c = choose_c(a, b, y)
+    refit = LogisticRegression(C=c, max_iter=3000).fit(np.concatenate([a, b]), np.concatenate([y, y]))
+    heads = {"served head": lambda f: softmax(f @ weight.T + bias, axis=1), f"refit, C {c}": refit.predict_proba}
+    for name, predict in heads.items():
+        for split, (a, b, y) in data.items():
+            m = classification_metrics(y, flip_mean(predict, a, b).argmax(1), labels)
+            right = round(m["accuracy"] * len(y))
+            print(f"{name:14s} {split:5s} top-1 {m['accuracy']:.4f} ({right}/{len(y)}) trash F1 {m['per_class']['trash']['f1']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
