@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def features(proto: onnx.ModelProto, splits: tuple[str, ...]) -> tuple[dict, np.
     return out, inits[head.input[1]], inits[head.input[2]]
 
 
-def flip_mean(predict, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def flip_mean(predict: Callable[[np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Class probabilities averaged over a photo and its mirror, as the served TTA graph does."""
     return (predict(a) + predict(b)) / 2
 
 
