@@ -25,34 +25,31 @@ from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import DEFAULT_TRASHNET
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.evaluate import classification_metrics
+from wastesort.variants.gate import test_tensors
 
 SERVED = ShippedModel(DEFAULT_NET)
 CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 SPLITS = ("train", "val", "test")
 
 
-def features(proto: onnx.ModelProto, splits: tuple[str, ...]) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Per split ``(pooled features, mirrored pooled features, labels)``, and the head's W, b."""
+def features(proto: onnx.ModelProto, splits: tuple[str, ...]) -> tuple[dict, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Per split ``(pooled features, mirrored pooled features, labels)``, the head's W and b, and
+    the class names."""
     (head,) = [n for n in proto.graph.node if n.op_type == "Gemm"]
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     proto.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
-    contract = PreprocessContract.from_onnx(str(SERVED.onnx))
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(proto, str(Path(tmp) / "features.onnx"))
         clf = OnnxClassifier(Path(tmp) / "features.onnx")
         out = {}
         for split in splits:
-            samples = SERVED.split(split, DEFAULT_TRASHNET)
-            x = preprocess_files([s.path for s in samples], contract, desc=split)
-            views = [clf.batched(head.input[0], v) for v in (x, np.ascontiguousarray(x[..., ::-1]))]
-            out[split] = (*views, np.array([s.label for s in samples]))
-    return out, inits[head.input[1]], inits[head.input[2]]
+            x, y = test_tensors(SERVED.split(split, DEFAULT_TRASHNET), clf.contract)
+            out[split] = (*[clf.batched(head.input[0], v) for v in (x, np.ascontiguousarray(x[..., ::-1]))], y)
+    return out, inits[head.input[1]], inits[head.input[2]], clf.labels
 
 
 def flip_mean(predict: Callable[[np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,8 +71,7 @@ def choose_c(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
 
 
 def main() -> None:
-    data, weight, bias = features(onnx.load(str(SERVED.onnx)), SPLITS)
-    labels = PreprocessContract.from_onnx(str(SERVED.onnx)).labels
+    data, weight, bias, labels = features(onnx.load(str(SERVED.onnx)), SPLITS)
     a, b, y = data["train"]
     c = choose_c(a, b, y)
     refit = LogisticRegression(C=c, max_iter=3000).fit(np.concatenate([a, b]), np.concatenate([y, y]))

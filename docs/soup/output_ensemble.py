@@ -17,9 +17,9 @@ import numpy as np
 from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import DEFAULT_NET, PROBABILITIES, ShippedModel
 from wastesort.training.evaluate import classification_metrics
+from wastesort.variants.gate import test_tensors
 
 SERVED = ShippedModel(DEFAULT_NET)
 FILES = {
@@ -38,9 +38,7 @@ ENSEMBLES = {
 def main(splits: list[str]) -> None:
     contract = PreprocessContract.from_onnx(str(SERVED.onnx))
     for split in splits:
-        samples = SERVED.split(split, DEFAULT_TRASHNET)
-        x = preprocess_files([s.path for s in samples], contract, desc=split)
-        y = np.array([s.label for s in samples])
+        x, y = test_tensors(SERVED.split(split, DEFAULT_TRASHNET), contract)
         probs = {k: OnnxClassifier(f).batched(PROBABILITIES, x) for k, f in FILES.items() if f.is_file()}
         for name, parts in {**{k: [k] for k in probs}, **ENSEMBLES}.items():
             if all(p in probs for p in parts):

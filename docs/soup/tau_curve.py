@@ -17,32 +17,28 @@ import sys
 import numpy as np
 from scipy.special import softmax
 
-from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import DEFAULT_TRASHNET
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
 from wastesort.training.evaluate import classification_metrics
 from wastesort.training.logit_adjust import recorded_offsets
+from wastesort.variants.gate import test_tensors
 
 SERVED = ShippedModel(DEFAULT_NET)
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def main(splits: list[str]) -> None:
-    contract = PreprocessContract.from_onnx(str(SERVED.onnx))
     offsets = recorded_offsets(SERVED.onnx)
     if offsets is None:
         raise SystemExit(f"{SERVED.onnx} carries no logit adjustment")
     clf = OnnxClassifier(SERVED.onnx)
     for split in splits:
-        samples = SERVED.split(split, DEFAULT_TRASHNET)
-        x = preprocess_files([s.path for s in samples], contract, desc=split)
-        y = np.array([s.label for s in samples])
+        x, y = test_tensors(SERVED.split(split, DEFAULT_TRASHNET), clf.contract)
         passes = [clf.batched(LOGITS, x), clf.batched(LOGITS, np.ascontiguousarray(x[..., ::-1]))]
         for tau in TAUS:
             probs = np.mean([softmax(z + (tau - 1) * offsets, axis=1) for z in passes], 0)
-            m = classification_metrics(y, probs.argmax(1), contract.labels)
+            m = classification_metrics(y, probs.argmax(1), clf.labels)
             right = round(m["accuracy"] * len(y))
             print(f"{split} tau {tau:4.2f} top-1 {m['accuracy']:.4f} ({right}/{len(y)}) trash F1 {m['per_class']['trash']['f1']:.3f}")
 

@@ -18,11 +18,10 @@ import numpy as np
 from scipy.stats import bootstrap
 from sklearn.metrics import precision_recall_fscore_support
 
-from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import LOGITS, ShippedModel
 from wastesort.training.evaluate import classification_metrics, write_confusion
+from wastesort.variants.gate import test_tensors
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -80,16 +79,12 @@ def served_record(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -
     Raises:
         DatasetError: the split's photos are not under ``data``.
     """
-    served = model.served_onnx
-    contract = PreprocessContract.from_onnx(str(served))
-    classifier = OnnxClassifier(served)
+    classifier = OnnxClassifier(model.served_onnx)
     by_split = {}
     for split in SPLITS:
-        samples = model.split(split, data)
-        x = preprocess_files([s.path for s in samples], contract, desc=f"{split} images")
-        y = np.array([s.label for s in samples])
-        by_split[split] = classification_metrics(y, classifier.batched(LOGITS, x).argmax(1), contract.labels)
-    return served_figures(served, by_split, contract.labels, resamples)
+        x, y = test_tensors(model.split(split, data), classifier.contract)
+        by_split[split] = classification_metrics(y, classifier.batched(LOGITS, x).argmax(1), classifier.labels)
+    return served_figures(model.served_onnx, by_split, classifier.labels, resamples)
 
 
 def record_served(model: ShippedModel, record: dict) -> None:
