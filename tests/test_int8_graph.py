@@ -125,6 +125,17 @@ def test_float_prefix_ends_at_the_requested_convolution() -> None:
         ig.float_prefix(model, 4)
 
 
+def test_float_head_starts_at_the_last_weighted_layer() -> None:
+    model = _model()
+    assert ig.float_head(model) == ["conv3", "pool2", "flatten"]
+    model.graph.node.append(helper.make_node("Gemm", ["Y", "WG"], ["L"], name="classifier"))
+    model.graph.node.append(helper.make_node("Softmax", ["L"], ["P"], name="softmax"))
+    assert ig.float_head(model) == ["classifier", "softmax"]
+    del model.graph.node[:]
+    with pytest.raises(ValueError, match="no Conv, Gemm or MatMul"):
+        ig.float_head(model)
+
+
 def test_name_nodes_names_only_the_unnamed_and_keeps_names_unique() -> None:
     model = _model()
     model.graph.node[1].name = ""

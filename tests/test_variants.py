@@ -100,6 +100,10 @@ def test_ort_variants_keep_interface_metadata_and_accuracy(tmp_path: Path, contr
     first_quantized = next(i for i, n in enumerate(graph.node) if n.op_type == "QuantizeLinear" and n.input[0] != "IMAGES")
     assert sum(n.op_type == "Conv" for n in graph.node[:first_quantized]) == int8_settings(NET).float_prefix_convs
     assert np.abs(_probs(int8, x) - reference).max() < 0.5  # quantised, not broken
+    # the head stays in float: probabilities are the float softmax of the logits, not steps of 1/255
+    logits, probabilities = OnnxClassifier(int8).run(["LOGITS", "PROBABILITIES"], x)
+    np.testing.assert_allclose(probabilities, softmax(logits, axis=1), atol=1e-6)
+    assert {producer[n.input[0]] for n in graph.node if n.op_type == "Softmax"} == {"Gemm"}
     assert int8.stat().st_size < ONNX.stat().st_size / 2
     # the INT8 TTA variant: the QDQ graph itself on the image and its mirror, probabilities averaged
     int8_tta = flip_averaged(int8, tmp_path / "int8_tta.onnx")

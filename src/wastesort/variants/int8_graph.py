@@ -87,6 +87,17 @@ def float_prefix(model: onnx.ModelProto, convolutions: int) -> list[str]:
     raise ValueError(f"the model has only {seen} Conv nodes, fewer than the {convolutions} asked to stay in float")
 
 
+def float_head(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes from the last weighted layer (``Conv``, ``Gemm`` or ``MatMul``: the
+    one that computes the logits) to the end, which the build keeps in float: a few thousand
+    multiplications per image, and a quantised softmax gives probabilities in steps of 1/255."""
+    nodes = list(model.graph.node)
+    weighted = [i for i, n in enumerate(nodes) if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if not weighted:
+        raise ValueError("the model has no Conv, Gemm or MatMul node, so no classifier layer to keep in float")
+    return [n.name for n in nodes[weighted[-1] :]]
+
+
 def weighted_modules(model: onnx.ModelProto) -> list[str]:
     """The modules of the ``Conv`` and ``Gemm`` nodes in graph order, named as their weight
     initialiser (``<module>.weight``) names them. Every such node must have one: the list lines

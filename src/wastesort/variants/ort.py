@@ -194,6 +194,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8S
         input_name = model.graph.input[0].name
         excluded = [n.name for n in model.graph.node if n.op_type in settings.exclude_ops]
         excluded += int8_graph.float_prefix(model, settings.float_prefix_convs)
+        excluded += int8_graph.float_head(model)
         excluded += int8_graph.reading_weights(model, [f"{m}.weight" for m in settings.float_modules])
         extra: dict[str, object] = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if settings.method == "Percentile":
