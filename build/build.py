@@ -8,7 +8,11 @@ For each variant: build it from ``models/<net>.onnx``, evaluate it on the test s
 model's committed manifest (top-1, per-class F1, agreement with FP32), time it side by side
 with FP32 (ONNX Runtime on this CPU, same batch, interleaved), and install it into the model
 repository as ``<net>_<variant>`` with its ensemble ``ensemble_<net>_<variant>`` if its top-1
-is within ``--threshold`` points of FP32 (the INT8 TTA variant: of the FP32 TTA model). Writes ``build/report.md`` and ``build/report.json``
+is within ``--threshold`` points of FP32 (the INT8 TTA variant: of the FP32 TTA model). INT8 rows also
+record how far their probabilities are from their FP32 model's. Then it picks the service's
+default among the installed ensembles by the rule of ``wastesort.triton.default`` (val and
+test photos together, throughputs from the same interleaved timing) and marks it. Writes
+``build/report.md``, ``build/report.json`` and ``build/served_default.json``
 and exits 1 if the gate refused a variant (unless ``--force``). TensorRT variants are skipped
 with one line saying why when there is no GPU/TensorRT; their ``trtexec`` equivalents are printed.
 """
@@ -16,6 +20,7 @@ with one line saying why when there is no GPU/TensorRT; their ``trtexec`` equiva
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -25,9 +30,11 @@ from pathlib import Path
 from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
+from wastesort.perf import machine as mach
 from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.triton.config import ServingOptions, remove_variant, write_variant
-from wastesort.triton.naming import INT8, INT8_TTA, TTA, classifier_name, ensemble_name, variant_name
+from wastesort.triton import default as served_default
+from wastesort.triton.config import ServingOptions, committed_default, remove_variant, set_default_mark, write_variant
+from wastesort.triton.naming import INT8, INT8_TTA, TTA, classifier_name, default_ensembles, ensemble_name, ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import calibration_tensor, select_calibration
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     contract = PreprocessContract.from_onnx(str(onnx))
     try:
-        splits = {name: model.split(name, args.data) for name in ("train", "test")}
+        splits = {name: model.split(name, args.data) for name in ("train", "val", "test")}
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         if variant == INT8_TTA:
             fp32 = evaluations.get(TTA) or g.evaluate(model.tta_onnx, test_x, test_y, contract.labels)
         row.agreement_with_fp32 = evaluation.agreement(fp32.predictions)
+        if precision in ("int8", "int8_tta"):
+            row.probability_diff_median, row.probability_diff_max = evaluation.probability_difference(fp32)
         passed, row.reason = g.gate(evaluation, fp32, args.threshold)
         if fp32 is not reference:
             row.reason += f" (FP32 here: {model.tta_onnx.name})"
@@ -183,7 +192,14 @@ def main(argv: list[str] | None = None) -> int:
             refused.append(name)
         if passed or args.force:
             write_variant(
-                args.repository, args.net, name, path, contract, backend, tensorrt_precision="FP16" if variant == "onnx_fp16" else None
+                args.repository,
+                args.net,
+                name,
+                path,
+                contract,
+                backend,
+                tensorrt_precision="FP16" if variant == "onnx_fp16" else None,
+                default=ensemble_of(name) == committed_default(onnx, args.net),  # the committed TTA keeps the release's mark
             )
             row.installed = True
             row.reason += "" if passed else "; installed anyway (--force)"
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         row.speedup_vs_fp32 = round(timing.img_s / timings[0].img_s, 3)
         row.img_s_1_thread = round(one.img_s, 1)
         row.speedup_vs_fp32_1_thread = round(one.img_s / single[0].img_s, 3)
+    default_note = mark_served_default(args, contract.labels, rows, built, onnx, g.test_tensors(splits["val"], contract), (test_x, test_y))
     notes = [
         f"Measured by `python build/build.py` on {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}): "
         f"accuracy on the {len(test_y)} test images of `models/{args.net}.manifest.csv`; throughput with ONNX Runtime on this CPU at "
@@ -215,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "FP16 is not timed on CPU "
         "(ONNX Runtime runs FP16 on the CPU through slow fallbacks; it is a GPU variant).",
         f"Gate: a variant is installed when its top-1 is at most {args.threshold} points below FP32.",
+        "INT8 rows: median and largest absolute difference of their probabilities from their FP32 model's on the test photos.",
+        *default_note,
     ]
     write_report(rows, args.report, args.report.with_suffix(".md"), f"Precision variants of {args.net}", notes)
     print(f"report: {args.report.with_suffix('.md')} and {args.report}")
@@ -222,6 +241,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the accuracy gate refused {', '.join(refused)} (use --force to install anyway)", file=sys.stderr)
         return 1
     return 0
+
+
+def mark_served_default(
+    args: argparse.Namespace, labels: tuple[str, ...], rows: list[VariantRow], built: list[tuple[VariantRow, Path]], onnx: Path, val, test
+) -> list[str]:
+    """Apply the served-default rule to the installed ensembles that were timed in this run,
+    mark the pick when it is one this build installs (the committed ones carry the release's
+    mark), write ``served_default.json`` beside the report; returns the report's lines."""
+    paths = {rows[0].name: onnx, **{r.name: path for r, path in built if r.installed}}
+    speeds = {r.name: r.img_s for r in rows if r.img_s is not None}
+    candidates = []
+    for ensemble in default_ensembles(args.net):
+        classifier = next((c for c in paths if ensemble_of(c) == ensemble and c in speeds), None)
+        if classifier is None:
+            continue
+        correct = sum(int((g.evaluate(paths[classifier], x, y, labels).predictions == y).sum()) for x, y in (val, test))
+        candidates.append(served_default.Candidate(ensemble, correct, len(val[1]) + len(test[1]), speeds[classifier]))
+    candidates.sort(key=lambda c: c.img_s, reverse=True)
+    choice, why = served_default.pick(candidates)
+    ours = [ensemble_of(variant_name(args.net, v)) for v in (INT8, INT8_TTA)]
+    for ensemble in ours:
+        if (args.repository / ensemble / "config.pbtxt").is_file():
+            set_default_mark(args.repository, ensemble, ensemble == choice.ensemble)
+    committed = committed_default(onnx, args.net)
+    if choice.ensemble not in ours and choice.ensemble != committed:
+        why.append(f"warning: the committed repository marks {committed}; run make repository to mark {choice.ensemble}")
+    machine = mach.describe()
+    record = {"rule": served_default.__doc__.split("\n\n")[1].replace("\n", " "), "default": choice.ensemble, "steps": why}
+    record["measured_on"] = f"{mach.one_line(machine)}; val and test photos of models/{args.net}.manifest.csv, img/s of the report's timing"
+    record["candidates"] = [vars(c) for c in candidates]
+    (args.report.parent / "served_default.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"served default: {choice.ensemble}")
+    for line in why:
+        print(f"  {line}")
+    return [f"Served default: `{choice.ensemble}` (rule: `wastesort.triton.default`).", *(f"- {line}" for line in why)]
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from wastesort.shipped import DEFAULT_NET, PROBABILITIES
+from wastesort.triton.default import choose, marked_in
 from wastesort.triton.naming import default_ensembles
 
 DEFAULT_MODELS = default_ensembles(DEFAULT_NET)
@@ -293,9 +294,10 @@ class Classifier:
             raise ClientError(f"cannot reach {where}: {_message(exc)}. {hint}") from exc
         if not ready:
             raise ClientError(f"{where} is up but not ready (models still loading, or one failed to load: see the server log)")
-        if self.model is None:  # the first ready of the ensembles make build may install, else the FP32 one
-            ready_flags = [await self.client.is_model_ready(name, **kw) for name in DEFAULT_MODELS]
-            self.model = next((name for name, ok in zip(DEFAULT_MODELS, ready_flags, strict=True) if ok), DEFAULT_MODELS[-1])
+        if self.model is None:  # the ready ensemble the rule marked (wastesort.triton.default), else the FP32 one
+            ready = [name for name in DEFAULT_MODELS if await self.client.is_model_ready(name, **kw)]
+            marks = {name: marked_in(await self.client.get_model_config(name, **kw, **self.proto.json_kw())) for name in ready}
+            self.model = choose(ready, marks.__getitem__) or DEFAULT_MODELS[-1]
         if not await self.client.is_model_ready(self.model, **kw):
             try:
                 index = await self.client.get_model_repository_index(**kw, **self.proto.json_kw())
@@ -444,7 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"model taking encoded image bytes (default: the first ready of {', '.join(DEFAULT_MODELS)})",
+        help=f"model taking encoded image bytes (default: the marked ready one of {', '.join(DEFAULT_MODELS)})",
     )
     parser.add_argument("--top-k", type=int, default=1, help="classes to report per image (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request (default: %(default)s)")

@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -33,6 +34,8 @@ from wastesort.perf import analyzer as pa
 from wastesort.perf import machine as mach
 from wastesort.perf import model_analyzer as ma
 from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, ShippedModel
+from wastesort.triton.config import marked_default
+from wastesort.triton.default import choose
 from wastesort.triton.naming import default_ensembles
 from wastesort.triton.server import MODEL_REPOSITORY, free_port
 
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("perf/results") / mach.host_name() / "model_analyzer"
     out.mkdir(parents=True, exist_ok=True)
     search = ma.Search(mode=args.mode, p99_budget_ms=args.budget_ms, min_trials=args.trials[0], max_trials=args.trials[1])
-    ensemble = ready[0]
+    ensemble = choose(ready, partial(marked_default, args.repository))
     print(f"machine: {mach.one_line(machine)}\nprofiling {ensemble} with Model Analyzer (log: {out / 'model_analyzer.log'})")
     with tempfile.TemporaryDirectory(prefix="wastesort-ma-") as scratch:
         work = Path(scratch)

@@ -53,11 +53,10 @@ from wastesort.perf import write_json
 from wastesort.perf.profile import profile_table
 from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
+from wastesort.triton.default import choose, marked_in
 from wastesort.triton.naming import INT8, default_ensembles, ensemble_name, ensemble_of, installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 from wastesort.variants import gate as g
-
-BASELINE = ("pytorch", "fp32", "cpu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -166,7 +165,7 @@ def run_inprocess(
         row.img_s, row.top1, row.note = round(t.img_s, 1), accuracy[id(c)], c.note
         rows.append(row)
     for r in rows:
-        base = rep.find_row(rows, *BASELINE, resolution=r.resolution)
+        base = rep.torch_baseline(rows, r.resolution)
         if base and r.img_s and r.backend != ip.PREPROCESS_BACKEND:
             r.speedup = round(r.img_s / base.img_s, 2)
     return rows
@@ -184,7 +183,8 @@ def served_models(server: TritonServer, args: argparse.Namespace, gpu: bool) -> 
     client = httpclient.InferenceServerClient(server.http_url)
     ready = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
     # --quick: the two compared with the pipelines, and the client's default when it is another (a TTA ensemble)
-    default = next((e for e in default_ensembles(args.net) if e in ready), None)
+    candidates = [e for e in default_ensembles(args.net) if e in ready]
+    default = choose(candidates, lambda e: marked_in(client.get_model_config(e)))
     quick = [*served_ensembles(args.net).values(), *([default] if default else [])]
     wanted = args.models if args.models is not None else (quick if args.quick else ready)
     chosen = []
@@ -275,7 +275,9 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
 
     rows = [] if args.skip_inprocess else run_inprocess(args, onnx, contract, test, test_x, test_y, encoded)
     if rows:
-        table = rep.inprocess_table(rows, machine, "PyTorch eager FP32 on CPU", contract.height)
+        table = rep.inprocess_table(
+            rows, machine, "the faster PyTorch eager FP32 row on CPU (default layout or channels-last)", contract.height
+        )
         (args.out / "table.md").write_text(table)
         print(table)
 

@@ -248,6 +248,15 @@ def test_summary_holds_rows_ratios_and_targets() -> None:
     assert both["served_over_inprocess"] == pytest.approx(230.205 / 800.0, abs=1e-3)  # INT8 ensemble / INT8 pipeline
 
 
+def test_the_torch_baseline_is_the_faster_eager_layout() -> None:
+    rows = _rows()
+    faster = rep.InprocessRow("PyTorch eager, channels-last", "pytorch", "fp32", "cpu", 64, None, 5, 80.0, 81.0, 82.0, 800.0, 1.0, 0.80)
+    assert rep.torch_baseline(rows).name == "PyTorch eager"
+    assert rep.torch_baseline([*rows, faster]) is faster
+    assert rep.ratios([*rows, faster], _sweeps(), 100.0)["ort_fp32_over_torch"] == pytest.approx(3200 / 800)
+    assert rep.torch_baseline(rows, resolution=224) is None  # no row at that side
+
+
 def test_tables_show_every_row_and_the_skip_reasons() -> None:
     table = rep.inprocess_table(_rows(), MACHINE, "PyTorch eager FP32 on CPU", 160)
     assert table.count("\n| ") == 11  # header and ten rows

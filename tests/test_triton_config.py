@@ -163,7 +163,9 @@ def test_generator_follows_the_models_metadata(tmp_path: Path) -> None:
     opts = tc.ServingOptions(max_batch_size=16)
     assert list(tc.preprocess_config(contract, opts).output[0].dims) == [3, 96, 128]
     clf = tc.classifier_python_config("tiny", contract, opts)
-    assert [list(o.dims) for o in clf.output] == [[3], [3]] and clf.max_batch_size == 16
+    # one input and one output (what NVIDIA's image_client.py expects of a classifier), labelled
+    assert [(o.name, list(o.dims), o.label_filename) for o in clf.output] == [("PROBABILITIES", [3], tc.LABELS_FILE)]
+    assert [i.format for i in clf.input] == [mc.ModelInput.FORMAT_NCHW] and clf.max_batch_size == 16
     assert sorted(w.batch_size for w in clf.model_warmup) == [1, 16]
     ens = tc.ensemble_config("tiny", contract, opts)
     assert ens.name == "ensemble_tiny" and ens.ensemble_scheduling.step[1].model_name == "tiny_onnx"

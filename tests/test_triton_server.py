@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,12 @@ NET = DEFAULT_NET
 ENSEMBLE, CLASSIFIER = f"ensemble_{NET}", f"{NET}_onnx"
 ATOL = 1e-4
 CLIENT = REPO_ROOT / "client" / "classify.py"
+#: NVIDIA's client examples, unchanged, beside the checkout (never copied into it)
+NVIDIA_EXAMPLES = REPO_ROOT.parent / "shared" / "nvidia-client-examples"
+needs_nvidia_examples = pytest.mark.skipif(
+    not (NVIDIA_EXAMPLES / "image_client.py").is_file(), reason=f"NVIDIA's client examples not found at {NVIDIA_EXAMPLES}"
+)
+SAMPLE = REPO_ROOT / "samples" / "glass" / "glass363.jpg"
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 
 
@@ -163,7 +170,37 @@ def test_classifier_takes_preprocessed_tensors_directly(server: TritonServer, re
     tensor.set_data_from_numpy(x)
     result = _client(server, "http").infer(CLASSIFIER, [tensor])
     np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), reference.probabilities(x), atol=ATOL, rtol=0)
-    assert result.as_numpy("LOGITS").shape == (5, 6)
+    meta = _client(server, "http").get_model_metadata(CLASSIFIER)
+    assert [o["name"] for o in meta["outputs"]] == ["PROBABILITIES"] and len(meta["inputs"]) == 1
+
+
+def _nvidia(script: str, *args: str) -> list[tuple[float, int, str]]:
+    """Run one of NVIDIA's example clients as it is; returns its printed ``score (index) = label`` lines."""
+    result = subprocess.run(
+        [sys.executable, str(NVIDIA_EXAMPLES / script), *args], capture_output=True, text=True, timeout=120, cwd=NVIDIA_EXAMPLES
+    )
+    assert result.returncode == 0 and "PASS" in result.stdout, result.stdout + result.stderr
+    rows = re.findall(r"^\s+([0-9.]+) \((\d+)\) = (\w+)$", result.stdout, re.MULTILINE)
+    return [(float(score), int(index), label) for score, index, label in rows]
+
+
+@needs_nvidia_examples
+def test_nvidia_image_client_classifies_with_the_classifier_over_grpc(server: TritonServer, reference: OnnxClassifier) -> None:
+    """NVIDIA's image_client.py decodes and scales the photo itself (``-s INCEPTION`` is this
+    model's (x/255 - 0.5)/0.5) and needs a classifier of one input and one output."""
+    assert reference.contract.mean == reference.contract.std == (0.5, 0.5, 0.5)  # what INCEPTION scaling computes
+    rows = _nvidia("image_client.py", "-m", CLASSIFIER, "-c", "3", "-s", "INCEPTION", "-i", "grpc", "-u", server.grpc_url, str(SAMPLE))
+    assert len(rows) == 3 and rows[0][2] == "glass" == reference.labels[rows[0][1]]
+    assert [r[0] for r in rows] == sorted((r[0] for r in rows), reverse=True)
+
+
+@needs_nvidia_examples
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_nvidia_ensemble_client_classifies_the_bytes(server: TritonServer, reference: OnnxClassifier, protocol: str) -> None:
+    rows = _nvidia("ensemble_image_client.py", "-m", ENSEMBLE, "-c", "3", "-i", protocol, "-u", _url(server, protocol), str(SAMPLE))
+    expected = _expected(reference, [SAMPLE.read_bytes()])[0]
+    assert [r[1] for r in rows] == np.argsort(-expected)[:3].tolist()
+    np.testing.assert_allclose([r[0] for r in rows], np.sort(expected)[::-1][:3], atol=1e-5)  # printed with 6 decimals
 
 
 def _preprocess_counts(server: TritonServer) -> tuple[int, int]:
@@ -303,9 +340,11 @@ def test_client_cli_says_when_the_server_or_model_is_missing(server: TritonServe
 @pytest.mark.skipif(not DEFAULT_TRASHNET.is_dir(), reason=f"real TrashNet photos not found at {DEFAULT_TRASHNET}")
 def test_real_trashnet_photos_get_the_in_process_labels(server: TritonServer) -> None:
     """The done-when check on real photos: 24 held-out test photos through the client's default
-    ensemble (the TTA one when the release kept it), served labels == in-process labels of the
+    ensemble (the one the repository marks), served labels == in-process labels of the
     classifier file that ensemble serves, and a trained model's accuracy on them."""
-    from wastesort.triton.naming import PREFERRED_VARIANTS, ensemble_of, installed_file, variant_name
+    from wastesort.triton.config import marked_default
+    from wastesort.triton.default import choose
+    from wastesort.triton.naming import PREFERRED_VARIANTS, default_ensembles, ensemble_of, installed_file, variant_name
 
     rows = read_manifest(MODELS_DIR / f"{NET}.manifest.csv", DEFAULT_TRASHNET)["test"][::13][:24]
     result = _run_client(*(str(r.path) for r in rows), "--url", server.grpc_url, "--protocol", "grpc", "--json")
@@ -313,8 +352,8 @@ def test_real_trashnet_photos_get_the_in_process_labels(server: TritonServer) ->
     chosen = re.search(r"with (\S+) over grpc", result.stderr)
     assert chosen, result.stderr
     classifier = next(c for c in (CLASSIFIER, *(variant_name(NET, v) for v in PREFERRED_VARIANTS)) if ensemble_of(c) == chosen[1])
-    if ShippedModel().tta_onnx.is_file():
-        assert "tta" in classifier  # the committed repository serves the kept TTA model by default
+    on_disk = [e for e in default_ensembles(NET) if (server.repository / e / "config.pbtxt").is_file()]
+    assert chosen[1] == choose(on_disk, partial(marked_default, server.repository))  # the marked one (release's, or build's)
     served_model = OnnxClassifier(installed_file(server.repository, classifier))
     served = {json.loads(line)["path"]: json.loads(line)["label"] for line in result.stdout.splitlines()}
     expected = _expected(served_model, [r.path.read_bytes() for r in rows]).argmax(1)
@@ -353,7 +392,8 @@ def test_make_serve_entry_point_stops_cleanly_on_signals(tmp_path: Path) -> None
 
 def test_a_built_variant_is_served_through_its_own_ensemble(tmp_path: Path, reference: OnnxClassifier, photo_dir: Path) -> None:
     """What `make build` installs: a variant model plus `ensemble_<variant>`, next to the base
-    ones; once an INT8 variant is installed, the client uses its ensemble unless told otherwise."""
+    ones; once the INT8 ensemble is installed with the rule's mark, the client uses it unless
+    told otherwise, and NVIDIA's ensemble client reads float probabilities from it."""
     from wastesort.triton.config import write_repository, write_variant
     from wastesort.triton.naming import INT8, default_ensembles, ensemble_of, variant_name
     from wastesort.variants.ort import int8_settings, optimize_fp32, quantize_int8
@@ -367,18 +407,24 @@ def test_a_built_variant_is_served_through_its_own_ensemble(tmp_path: Path, refe
     write_variant(repo, NET, variant, optimize_fp32(onnx, tmp_path / "fp32.onnx"), reference.contract, "onnxruntime")
     calibration = np.stack([preprocess_bytes(b, reference.contract) for b in encoded_images(8, seed=5)])
     int8 = quantize_int8(onnx, tmp_path / "int8.onnx", calibration, replace(int8_settings(NET), calibration_batch=4))
-    write_variant(repo, NET, f"{NET}_onnx_int8", int8, reference.contract, "onnxruntime")
+    write_variant(repo, NET, f"{NET}_onnx_int8", int8, reference.contract, "onnxruntime", default=True)  # as make build marks it
     images = encoded_images(4, seed=31)
+    int8_ensemble = ensemble_of(variant_name(NET, INT8))
     with TritonServer(repo, log_path=tmp_path / "server.log") as srv:
         client = httpclient.InferenceServerClient(srv.http_url)
         assert client.is_model_ready(variant) and client.is_model_ready(f"ensemble_{variant}") and client.is_model_ready(ENSEMBLE)
         served = client.infer(f"ensemble_{variant}", [_bytes_input(httpclient, images)]).as_numpy("PROBABILITIES")
         result = _run_client(str(photo_dir), "--url", _url(srv, "http"), "--protocol", "http", "--json")
+        nvidia = None
+        if (NVIDIA_EXAMPLES / "ensemble_image_client.py").is_file():
+            nvidia = _nvidia("ensemble_image_client.py", "-m", int8_ensemble, "-c", "3", "-i", "grpc", "-u", srv.grpc_url, str(SAMPLE))
     np.testing.assert_allclose(served, _expected(reference, images), atol=ATOL, rtol=0)
     assert result.returncode == 0, result.stderr
-    int8_ensemble = ensemble_of(variant_name(NET, INT8))
     assert [e for e in default_ensembles(NET) if e in (int8_ensemble, ENSEMBLE)] == [int8_ensemble, ENSEMBLE]
-    assert f"with {int8_ensemble} over http" in result.stderr  # no TTA variant installed: the INT8 one
+    assert f"with {int8_ensemble} over http" in result.stderr  # build's mark wins over the release's
+    if nvidia:  # NVIDIA's ensemble client prints float probabilities, not steps of 1/255 (the softmax stays in float)
+        scores = [r[0] for r in nvidia]
+        assert len(scores) == 3 and any(abs(x * 255 - round(x * 255)) > 0.01 for x in scores), scores
     paths = sorted(p for p in photo_dir.rglob("*") if p.is_file())
     in_process = OnnxClassifier(int8).probabilities(np.stack([preprocess_bytes(p.read_bytes(), reference.contract) for p in paths]))
     by_path = {r["path"]: r["label"] for r in map(json.loads, result.stdout.splitlines())}

@@ -11,6 +11,7 @@ the machine, then ONNX Runtime FP32, as a self-hosted service would run it).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +59,8 @@ class Skipped:
 
 
 def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: np.ndarray, batch: int = 64) -> list[Candidate | Skipped]:
-    """PyTorch eager on the CPU and, when present, on CUDA (each compile-free GPU variant of
+    """PyTorch eager on the CPU (default layout and channels-last, both under
+    ``torch.inference_mode``; the faster is the baseline) and, when present, on CUDA (each compile-free GPU variant of
     :mod:`wastesort.perf.gpu` prepared for ``batch``; ``make perf-gpu`` times them all at
     several batches), with the weights of ``onnx_path``; the rebuilt model is checked against
     ONNX Runtime on ``check_images`` first."""
@@ -74,11 +76,20 @@ def torch_candidates(onnx_path: Path, net: str, num_classes: int, check_images: 
     diff = check_against_onnx(model, onnx_path, check_images[:8])
     note = f"torchvision {net}, weights from the ONNX file (max logit diff {diff:.1e})"
 
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
     def on_cpu(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    rows: list[Candidate | Skipped] = [Candidate("PyTorch eager", "pytorch", "fp32", "cpu", on_cpu, note=note)]
+    def on_cpu_channels_last(x: np.ndarray) -> np.ndarray:  # the input's conversion is part of the timed work
+        with torch.inference_mode():
+            return channels_last(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
+
+    rows: list[Candidate | Skipped] = [
+        Candidate("PyTorch eager", "pytorch", "fp32", "cpu", on_cpu, note=note),
+        Candidate("PyTorch eager, channels-last", "pytorch", "fp32", "cpu", on_cpu_channels_last, note=note),
+    ]
     reason = gpu.unavailable_reason()
     if reason:
         return [*rows, Skipped("PyTorch eager", "pytorch", "fp32", "cuda", reason)]

@@ -8,13 +8,17 @@ Tensor contract of the served models (N = batch, at most ``max_batch_size``):
 
 * ``preprocess``: ``IMAGE_BYTES`` BYTES ``[N, 1]`` (encoded JPEG/PNG/...) ->
   ``IMAGES`` FP32 ``[N, 3, H, W]`` (RGB, ``(x/255 - mean)/std``).
-* ``<net>_onnx``: ``IMAGES`` FP32 ``[N, 3, H, W]`` -> ``LOGITS``, ``PROBABILITIES`` FP32 ``[N, C]``.
+* ``<net>_onnx``: ``IMAGES`` FP32 ``[N, 3, H, W]`` (``FORMAT_NCHW``) -> ``PROBABILITIES`` FP32
+  ``[N, C]`` with ``labels.txt``: one input and one output, as NVIDIA's ``image_client.py``
+  expects of a classifier (the ONNX file also computes ``LOGITS``; the config does not serve them).
 * ``ensemble_<net>``: ``IMAGE_BYTES`` BYTES ``[N, 1]`` -> ``PROBABILITIES`` FP32 ``[N, C]``
-  with ``labels.txt``, so ``class_count=k`` returns ``"score:index:label"`` strings.
+  with ``labels.txt``, so ``class_count=k`` returns ``"score:index:label"`` strings. The
+  ensemble the rule of :mod:`wastesort.triton.default` picked carries its parameter.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 from dataclasses import dataclass
@@ -25,7 +29,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from wastesort.shipped import IMAGE_BYTES, IMAGES, LOGITS, PROBABILITIES, ShippedModel
+from wastesort.shipped import IMAGE_BYTES, IMAGES, PROBABILITIES, ShippedModel
+from wastesort.triton.default import DEFAULT_PARAMETER, Candidate, pick
 from wastesort.triton.naming import PREPROCESS, TTA, classifier_name, ensemble_name, ensemble_of, installed_file, variant_name
 
 LABELS_FILE = "labels.txt"
@@ -112,9 +117,8 @@ def preprocess_config(contract: PreprocessContract, opts: ServingOptions = Servi
 
 def _classifier_io(cfg: mc.ModelConfig, contract: PreprocessContract, opts: ServingOptions) -> None:
     _latest_only(cfg)
-    cfg.input.append(_tensor(mc.ModelInput, IMAGES, mc.TYPE_FP32, image_dims(contract)))
+    cfg.input.append(_tensor(mc.ModelInput, IMAGES, mc.TYPE_FP32, image_dims(contract), format=mc.ModelInput.FORMAT_NCHW))
     classes = len(contract.labels)
-    cfg.output.append(_tensor(mc.ModelOutput, LOGITS, mc.TYPE_FP32, [classes]))
     cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [classes], label_filename=LABELS_FILE))
     _batching(cfg, opts)
     for batch in sorted({1, opts.max_batch_size}):
@@ -171,13 +175,16 @@ def tensorrt_plan_config(name: str, contract: PreprocessContract, opts: ServingO
 
 
 def ensemble_config(
-    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), classifier: str | None = None
+    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), classifier: str | None = None, default: bool = False
 ) -> mc.ModelConfig:
     """Bytes in, probabilities (with labels) out: ``preprocess`` then ``classifier``
-    (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``)."""
+    (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``).
+    ``default``: carry :data:`~wastesort.triton.default.DEFAULT_PARAMETER` (the rule's pick)."""
     name = ensemble_of(classifier or classifier_name(net))
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
+    if default:
+        _params(cfg, {DEFAULT_PARAMETER: "1"})
     cfg.input.append(_tensor(mc.ModelInput, IMAGE_BYTES, mc.TYPE_STRING, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [len(contract.labels)], label_filename=LABELS_FILE))
     pre = cfg.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
@@ -236,6 +243,7 @@ def _classifier_files(
     source: str,
     backend: str,
     tensorrt_precision: str | None = None,
+    default: bool = False,
 ) -> tuple[dict[str, bytes], str]:
     """Files of one classifier model and the ensemble that feeds it bytes (model file excluded),
     and the relative path the model file goes to.
@@ -243,7 +251,7 @@ def _classifier_files(
     ``backend`` "onnxruntime": ``config.pbtxt`` runs it on CPU in the Python backend and
     ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``.
     """
-    ensemble = ensemble_config(net, contract, opts, classifier=classifier)
+    ensemble = ensemble_config(net, contract, opts, classifier=classifier, default=default)
     labels = ("\n".join(contract.labels) + "\n").encode()
     if backend == "onnxruntime":
         gpu = classifier_onnxruntime_config(net, contract, opts, name=classifier, tensorrt_precision=tensorrt_precision)
@@ -305,9 +313,30 @@ def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOp
         f"{PREPROCESS}/1/model.py": THIN_MODEL_PY.format(model=PREPROCESS, impl=PREPROCESS_IMPL).encode(),
         f"{PREPROCESS}/warmup/{WARMUP_FILE}": serialize_bytes_tensor([warmup_jpeg()]),
     }
+    default = committed_default(onnx_path, net)
     for name, path in _models(onnx_path, net).items():
-        files.update(_classifier_files(net, name, contract, opts, _source(path), "onnxruntime")[0])
+        files.update(_classifier_files(net, name, contract, opts, _source(path), "onnxruntime", default=ensemble_of(name) == default)[0])
     return files
+
+
+def committed_default(onnx_path: Path, net: str) -> str:
+    """The committed ensemble the rule of :mod:`wastesort.triton.default` picks: the plain one
+    or, when the release kept a TTA export, the TTA one, on the val and test figures of both
+    that the release recorded (TTA runs the network twice per photo: the slower by
+    construction). The plain one where the release recorded no such figures."""
+    plain = ensemble_name(net)
+    metrics = ShippedModel(net, onnx_path.parent).metrics
+    record = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    figures, sizes = record.get("tta"), record.get("split_sizes", {})
+    if committed_tta(onnx_path, net) is None or not figures:
+        return plain
+    photos = sizes["val"] + sizes["test"]
+
+    def correct(kind: str) -> int:
+        return sum(round(figures[f"{split}_{kind}"] * sizes[split]) for split in ("val", "test"))
+
+    tta = ensemble_of(variant_name(net, TTA))
+    return pick([Candidate(plain, correct("plain"), photos), Candidate(tta, correct("tta"), photos)])[0].ensemble
 
 
 def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[Path]:
@@ -350,10 +379,12 @@ def write_variant(
     backend: str,
     opts: ServingOptions = ServingOptions(),
     tensorrt_precision: str | None = None,
+    default: bool = False,
 ) -> list[Path]:
     """Install one precision variant as ``<variant>/`` plus ``ensemble_<variant>/`` (``backend``
-    "onnxruntime" or "tensorrt", as in the base classifier's files)."""
-    files, target = _classifier_files(net, variant, contract, opts, _source(model_path), backend, tensorrt_precision)
+    "onnxruntime" or "tensorrt", as in the base classifier's files; ``default``: the ensemble
+    carries the rule's mark)."""
+    files, target = _classifier_files(net, variant, contract, opts, _source(model_path), backend, tensorrt_precision, default)
     remove_variant(repository, variant)
     written = _write_files(repository, files)
     (repository / target).parent.mkdir(parents=True, exist_ok=True)  # a plan's version folder holds nothing else
@@ -390,3 +421,20 @@ def check_repository(repository: Path, onnx_path: Path, net: str, opts: ServingO
 def contract_from_config(cfg: mc.ModelConfig) -> PreprocessContract:
     """The preprocessing contract a ``preprocess`` config carries in its parameters."""
     return PreprocessContract.from_metadata({k: v.string_value for k, v in cfg.parameters.items()})
+
+
+def marked_default(repository: Path, ensemble: str) -> bool:
+    """Whether ``ensemble``'s config on disk carries the rule's mark (:func:`wastesort.triton.default.choose` reads it)."""
+    path = repository / ensemble / "config.pbtxt"
+    return path.is_file() and parse_config(path).parameters[DEFAULT_PARAMETER].string_value == "1"
+
+
+def set_default_mark(repository: Path, ensemble: str, on: bool) -> None:
+    """Add or remove the rule's mark in an installed ensemble's config, keeping its header."""
+    path = repository / ensemble / "config.pbtxt"
+    header, cfg = path.read_text().splitlines(keepends=True)[0], parse_config(path)
+    if on:
+        cfg.parameters[DEFAULT_PARAMETER].string_value = "1"
+    else:
+        cfg.parameters.pop(DEFAULT_PARAMETER, None)
+    path.write_text(header + text_format.MessageToString(cfg))

@@ -5,11 +5,9 @@
 * ``<net>_<variant>``: a precision or TTA variant (``onnx_int8``, ``onnx_tta``, ``trt_fp16``...).
 * ``ensemble_<net>`` serves the base classifier and ``ensemble_<net>_<variant>`` a variant:
   bytes in, probabilities out.
-* The service's default, in order of preference (:func:`default_ensembles`): the test-time
-  augmented ensembles first, INT8 before FP32 (they exist only when ``make release`` kept the
-  TTA model, which it does only when TTA beats the plain model on val; the release commits the
-  FP32 one, ``make build`` adds the INT8 one when it passes the accuracy gate); then the plain
-  INT8 ensemble (``make build``, gated); then the FP32 one (always committed, always kept).
+* The service's default: the ensemble the rule of :mod:`wastesort.triton.default` picked,
+  marked in its config, among :func:`default_ensembles` (the ones ``make build`` installs first,
+  then the ones ``make release`` commits); the first ready one where none is marked.
 """
 
 from __future__ import annotations
@@ -21,8 +19,10 @@ PREPROCESS = "preprocess"
 INT8 = "onnx_int8"
 TTA = "onnx_tta"
 INT8_TTA = "onnx_int8_tta"
-#: The variants a client prefers to the base classifier, best first (see the module docstring).
-PREFERRED_VARIANTS = (INT8_TTA, TTA, INT8)
+#: The variants that may be the service's default besides the base classifier: ``make build``'s
+#: (gated INT8, plain and TTA) before ``make release``'s (TTA), so that a mark ``make build``
+#: set wins over the committed one.
+PREFERRED_VARIANTS = (INT8, INT8_TTA, TTA)
 
 
 def classifier_name(net: str) -> str:
@@ -50,6 +50,7 @@ def installed_file(repository: Path, model: str, file: str = "model.onnx") -> Pa
 
 
 def default_ensembles(net: str) -> tuple[str, ...]:
-    """The ensembles a client uses for ``net`` when none is named, the first ready one wins
-    (:data:`PREFERRED_VARIANTS`' ensembles, then the base one)."""
+    """The ensembles that may serve ``net`` when a client names none, in the order
+    :func:`wastesort.triton.default.choose` reads them (:data:`PREFERRED_VARIANTS`' ensembles,
+    then the base one)."""
     return *(ensemble_of(variant_name(net, v)) for v in PREFERRED_VARIANTS), ensemble_name(net)

@@ -7,7 +7,7 @@ model on every test image, and throughput (ONNX Runtime on CPU, median of timed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,16 +27,24 @@ DEFAULT_MAX_DROP_POINTS = 1.0
 
 @dataclass
 class Evaluation:
-    """Accuracy of one model on the test split; ``predictions`` are top-1 class indices."""
+    """Accuracy of one model on the test split; ``predictions`` are top-1 class indices,
+    ``probabilities`` the model's output (``None`` for a backend that gives only labels)."""
 
     top1: float
     macro_f1: float
     per_class_f1: dict[str, float]
     predictions: np.ndarray = field(repr=False)
+    probabilities: np.ndarray | None = field(default=None, repr=False)
 
     def agreement(self, reference: np.ndarray) -> float:
         """Share of images whose top-1 equals ``reference``'s."""
         return float((self.predictions == reference).mean())
+
+    def probability_difference(self, reference: Evaluation) -> tuple[float, float]:
+        """Median and largest absolute difference between this model's probabilities and
+        ``reference``'s on the same photos."""
+        difference = np.abs(self.probabilities - reference.probabilities)
+        return float(np.median(difference)), float(difference.max())
 
 
 def test_tensors(test: list[Sample], contract: PreprocessContract) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +56,8 @@ def test_tensors(test: list[Sample], contract: PreprocessContract) -> tuple[np.n
 def evaluate(path: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:
     """Run ``path`` (ONNX, on ONNX Runtime CPU) on preprocessed test ``images`` (float32
     ``(N, 3, H, W)``) with true ``labels``."""
-    return score(OnnxClassifier(path).probabilities(images).argmax(1), labels, class_names)
+    probabilities = OnnxClassifier(path).probabilities(images)
+    return replace(score(probabilities.argmax(1), labels, class_names), probabilities=probabilities)
 
 
 def score(pred: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> Evaluation:

@@ -27,6 +27,8 @@ class VariantRow:
     macro_f1: float | None = None
     per_class_f1: dict[str, float] = field(default_factory=dict)
     agreement_with_fp32: float | None = None
+    probability_diff_median: float | None = None
+    probability_diff_max: float | None = None
     build_s: float | None = None
     batch: int | None = None
     latency_ms: float | None = None
@@ -47,18 +49,24 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def _difference(row: VariantRow) -> str:
+    if row.probability_diff_max is None:
+        return "–"
+    return f"{row.probability_diff_median:.5f} / {row.probability_diff_max:.4f}"
+
+
 def to_markdown(rows: list[VariantRow], title: str, notes: list[str]) -> str:
     lines = [
         f"# {title}",
         "",
         "| variant | backend | precision | size MB | top-1 | macro F1 | agreement with FP32 | "
-        "ms / batch | img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread | build s | installed | reason |",
-        "|" + "---|" * 15,
+        "|p - p FP32|, median / max | ms / batch | img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread | build s | installed | reason |",
+        "|" + "---|" * 16,
     ]
     for r in rows:
         lines.append(
             f"| `{r.name}` | {r.backend} | {r.precision} | {cell(r.size_mb, '.1f')} | {cell(r.top1, '.4f')} | {cell(r.macro_f1, '.4f')} | "
-            f"{cell(r.agreement_with_fp32, '.4f')} | {cell(r.latency_ms, '.1f')} | {cell(r.img_s, '.0f')} | "
+            f"{cell(r.agreement_with_fp32, '.4f')} | {_difference(r)} | {cell(r.latency_ms, '.1f')} | {cell(r.img_s, '.0f')} | "
             f"{_ratio(r.speedup_vs_fp32)} | {cell(r.img_s_1_thread, '.0f')} | {_ratio(r.speedup_vs_fp32_1_thread)} | "
             f"{cell(r.build_s, '.1f')} | "
             f"{'yes' if r.installed else 'no'} | {r.reason} |"
