@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=ShippedModel().onnx, help="whose preprocessing contract to use")
     parser.add_argument("--batch", type=int, default=64, help="photos per timed step")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--out", type=Path, help="also write the table as Markdown to this file (e.g. perf/results/<host>/preprocess.md)")
     args = parser.parse_args(argv)
     contract = PreprocessContract.from_onnx(str(args.model))
     pillow = contract.with_pillow_decoder()
@@ -93,8 +94,19 @@ def main(argv: list[str] | None = None) -> None:
         timings = time_interleaved([step for _, _, step in rows], len(photos), args.iters, warmup=2)
     width = max(len(name) for name, _, _ in rows)
     print(f"{'':<{width}}  {'img/s':>8}  {'per core':>8}  {'ms/img':>7}")
+    table = [
+        f"{one_line(describe())}; {what}; one interleaved run, median of {args.iters}.",
+        "",
+        "| path | img/s | per core | ms per image on one core |",
+        "|---|---|---|---|",
+    ]
     for (name, threads, _), t in zip(rows, timings, strict=True):
         print(f"{name:<{width}}  {t.img_s:8.0f}  {t.img_s / threads:8.0f}  {threads * 1000 / t.img_s:7.3f}")
+        table.append(f"| {name.strip()} | {t.img_s:.0f} | {t.img_s / threads:.0f} | {threads * 1000 / t.img_s:.3f} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("# Preprocessing, bytes to tensor (`perf/preprocess_bench.py`)\n\n" + "\n".join(table) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from wastesort.paths import MODELS_DIR
+from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton.config import committed_default, marked_default, parse_config, set_default_mark, write_repository
 from wastesort.triton.default import DEFAULT_PARAMETER, Candidate, choose, marked_in, pick
-from wastesort.triton.naming import TTA, default_ensembles, ensemble_name, ensemble_of, variant_name
+from wastesort.triton.naming import INT8, TTA, default_ensembles, ensemble_name, ensemble_of, variant_name
 
 NET = DEFAULT_NET
 
@@ -62,6 +64,7 @@ def test_the_committed_repository_marks_the_rules_pick_from_the_release_record()
     plain, with_tta = Candidate("plain", counts["plain"], photos), Candidate("tta", counts["tta"], photos)
     expected = ensemble_of(variant_name(NET, TTA)) if pick([plain, with_tta])[0] is with_tta else ensemble_name(NET)
     assert committed_default(model.onnx, NET) == expected
+    assert model.served_onnx == (model.tta_onnx if expected != ensemble_name(NET) else model.onnx)
     repository = Path(__file__).resolve().parents[1] / "model_repository"
     committed = (ensemble_of(variant_name(NET, TTA)), ensemble_name(NET))  # make build's own may be marked too
     assert [e for e in committed if marked_default(repository, e)] == [expected]
@@ -84,6 +87,7 @@ def test_a_release_without_figures_or_tta_marks_the_plain_ensemble(tmp_path: Pat
     write_repository(repository, onnx, NET)
     tta = ensemble_of(variant_name(NET, TTA))
     assert [e for e in default_ensembles(NET) if marked_default(repository, e)] == [tta]
+    assert ShippedModel(NET, models).served_onnx == models / f"{NET}.tta.onnx"  # the card measures what is marked
     assert choose([e for e in default_ensembles(NET) if (repository / e).is_dir()], partial(marked_default, repository)) == tta
 
 
@@ -97,3 +101,34 @@ def test_build_sets_and_clears_the_mark_keeping_the_header(tmp_path: Path) -> No
         assert marked_default(tmp_path, ensemble_name(NET)) is on
         assert (target / "config.pbtxt").read_text().splitlines()[0] == header
         assert parse_config(target / "config.pbtxt").ensemble_scheduling.step[1].model_name == f"{NET}_onnx"
+
+
+@pytest.mark.skipif(not DEFAULT_TRASHNET.is_dir(), reason=f"real TrashNet photos not found at {DEFAULT_TRASHNET}")
+def test_make_build_marks_the_rules_pick_and_the_client_uses_it(tmp_path: Path) -> None:
+    """The done-when check, small: build the INT8 variant into a copy of the repository, then the
+    record's pick is the rule's over its own figures, it is the one marked, and the client's
+    default on a real server over that repository."""
+    from wastesort.triton.server import TritonServer
+
+    repository = tmp_path / "repo"
+    write_repository(repository, MODELS_DIR / f"{NET}.onnx", NET)
+    build = [sys.executable, str(REPO_ROOT / "build" / "build.py"), "--variants", "onnx_int8", "--calibration-images", "24"]
+    build += ["--bench-batch", "8", "--bench-iters", "3", "--repository", str(repository), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*build, "--report", str(tmp_path / "report.json"), "--force"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((tmp_path / "served_default.json").read_text())
+    candidates = [Candidate(**c) for c in record["candidates"]]
+    assert {c.ensemble for c in candidates} == {ensemble_name(NET), ensemble_of(variant_name(NET, INT8))}  # timed in this run
+    assert [c.img_s for c in candidates] == sorted((c.img_s for c in candidates), reverse=True)
+    assert pick(candidates)[0].ensemble == record["default"] and f"served default: {record['default']}" in done.stdout
+    on_disk = [e for e in default_ensembles(NET) if (repository / e / "config.pbtxt").is_file()]
+    assert choose(on_disk, partial(marked_default, repository)) == record["default"]
+    with TritonServer(repository, log_path=tmp_path / "server.log") as server:
+        photo = REPO_ROOT / "samples" / "glass" / "glass363.jpg"
+        client = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "client" / "classify.py"), str(photo), "--url", server.http_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert client.returncode == 0 and f"with {record['default']} over http" in client.stderr, client.stderr

@@ -137,6 +137,22 @@ def test_gate_refuses_a_drop_beyond_the_threshold() -> None:
     assert g.Evaluation(0.9, 0.9, {}, np.array([0, 1, 2, 3])).agreement(np.array([0, 1, 0, 0])) == 0.5
 
 
+def test_gate_refuses_int8_probabilities_far_from_fp32s() -> None:
+    """INT8 variants are also judged on the median difference of their probabilities from
+    FP32's (a quantised softmax output moved it past the limit on the real model)."""
+    fp32 = np.random.default_rng(0).dirichlet(np.ones(6), size=200).astype(np.float32)
+    preds = fp32.argmax(1)
+    reference = g.Evaluation(0.9, 0.9, {}, preds, fp32)
+    limit = g.MAX_MEDIAN_PROBABILITY_DIFF
+    far = g.Evaluation(0.9, 0.9, {}, preds, fp32 + 2 * limit)
+    near = g.Evaluation(0.9, 0.9, {}, preds, fp32 + limit / 2)
+    ok, reason = g.gate(far, reference, 1.0, probabilities=True)
+    assert not ok and "median |p - p FP32|" in reason
+    assert g.gate(near, reference, 1.0, probabilities=True)[0]
+    assert g.gate(far, reference, 1.0)[0]  # FP16 and FP32 variants are judged on top-1 alone
+    assert near.probability_difference(reference) == pytest.approx((limit / 2, limit / 2), rel=1e-3)
+
+
 def test_evaluate_and_time_on_real_sessions(tmp_path: Path, contract, splits) -> None:
     x = calibration_tensor(splits["test"][:12], contract)
     y = np.array([s.label for s in splits["test"][:12]])

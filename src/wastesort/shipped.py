@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wastesort.data import DatasetError, Sample, read_manifest
 from wastesort.paths import DEFAULT_TRASHNET, MODELS_DIR, in_repo
+from wastesort.triton.default import Candidate, pick
 
 #: The network served by default (``MODEL=...`` / ``--net`` pick another committed one).
 DEFAULT_NET = "efficientnet_lite0"
@@ -73,10 +74,26 @@ class ShippedModel:
         return None
 
     @property
+    def serves_tta(self) -> bool:
+        """Whether the committed default ensemble is the TTA one: the release kept a TTA export
+        (:meth:`settle_tta`) and the served-default rule (:mod:`wastesort.triton.default`) picks
+        it over the plain export on the val and test figures the release recorded in
+        :attr:`metrics` (TTA runs the network twice per photo: the slower of the two)."""
+        record = json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
+        figures, sizes = record.get("tta"), record.get("split_sizes", {})
+        if not self.tta_onnx.is_file() or not figures:
+            return False
+        photos = sizes["val"] + sizes["test"]
+        plain, tta = (
+            Candidate(kind, sum(round(figures[f"{s}_{kind}"] * sizes[s]) for s in ("val", "test")), photos) for kind in ("plain", "tta")
+        )
+        return pick([plain, tta])[0] is tta
+
+    @property
     def served_onnx(self) -> Path:
-        """The FP32 file the default ensemble serves: :attr:`tta_onnx` where the release kept it
-        (:meth:`settle_tta` removes one that loses on val), else :attr:`onnx`."""
-        return self.tta_onnx if self.tta_onnx.is_file() else self.onnx
+        """The FP32 file the committed default ensemble serves: :attr:`tta_onnx` where
+        :attr:`serves_tta`, else :attr:`onnx`."""
+        return self.tta_onnx if self.serves_tta else self.onnx
 
     def settle_tta(self, val_plain: float, val_tta: float) -> bool:
         """Keep :attr:`tta_onnx` only if it beats the plain export's top-1 ``val_plain`` on the

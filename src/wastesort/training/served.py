@@ -1,6 +1,6 @@
 """The served file's own figures, with their uncertainty: :func:`served_record` measures the file
-the default ensemble serves (:attr:`ShippedModel.served_onnx`: the TTA export where the release
-kept it) on the val and test splits through ONNX Runtime and the serving preprocessing, and gives
+the committed default ensemble serves (:attr:`ShippedModel.served_onnx`: the TTA export where the
+served-default rule picks it) on the val and test splits through ONNX Runtime and the serving preprocessing, and gives
 each split's top-1 and per-class F1 a percentile bootstrap interval (scipy's ``bootstrap``,
 photos resampled with their predictions). ``make release`` records it (:func:`record_served`) as
 ``metrics.json``'s ``served``, from the logit adjustment's own measurement where there is one

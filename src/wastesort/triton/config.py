@@ -18,7 +18,6 @@ Tensor contract of the served models (N = batch, at most ``max_batch_size``):
 
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from wastesort.shipped import IMAGE_BYTES, IMAGES, PROBABILITIES, ShippedModel
-from wastesort.triton.default import DEFAULT_PARAMETER, Candidate, pick
+from wastesort.triton.default import DEFAULT_PARAMETER
 from wastesort.triton.naming import PREPROCESS, TTA, classifier_name, ensemble_name, ensemble_of, installed_file, variant_name
 
 LABELS_FILE = "labels.txt"
@@ -320,23 +319,9 @@ def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOp
 
 
 def committed_default(onnx_path: Path, net: str) -> str:
-    """The committed ensemble the rule of :mod:`wastesort.triton.default` picks: the plain one
-    or, when the release kept a TTA export, the TTA one, on the val and test figures of both
-    that the release recorded (TTA runs the network twice per photo: the slower by
-    construction). The plain one where the release recorded no such figures."""
-    plain = ensemble_name(net)
-    metrics = ShippedModel(net, onnx_path.parent).metrics
-    record = json.loads(metrics.read_text()) if metrics.is_file() else {}
-    figures, sizes = record.get("tta"), record.get("split_sizes", {})
-    if committed_tta(onnx_path, net) is None or not figures:
-        return plain
-    photos = sizes["val"] + sizes["test"]
-
-    def correct(kind: str) -> int:
-        return sum(round(figures[f"{split}_{kind}"] * sizes[split]) for split in ("val", "test"))
-
-    tta = ensemble_of(variant_name(net, TTA))
-    return pick([Candidate(plain, correct("plain"), photos), Candidate(tta, correct("tta"), photos)])[0].ensemble
+    """The committed ensemble the rule of :mod:`wastesort.triton.default` picks: the TTA one
+    where :attr:`ShippedModel.serves_tta <wastesort.shipped.ShippedModel.serves_tta>`, else the plain one."""
+    return ensemble_of(variant_name(net, TTA)) if ShippedModel(net, onnx_path.parent).serves_tta else ensemble_name(net)
 
 
 def write_repository(repository: Path, onnx_path: Path, net: str, opts: ServingOptions = ServingOptions()) -> list[Path]:

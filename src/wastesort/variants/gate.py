@@ -23,6 +23,10 @@ from wastesort.shipped import LOGITS
 
 #: A variant may lose at most this many points of top-1 against FP32 (default of ``--threshold``).
 DEFAULT_MAX_DROP_POINTS = 1.0
+#: An INT8 variant's probabilities may differ from its FP32 model's by at most this much at the
+#: median over the test photos and classes: INT8's own rounding of the network stays under it,
+#: a quantised softmax output (steps of 1/255) does not.
+MAX_MEDIAN_PROBABILITY_DIFF = 1e-3
 
 
 @dataclass
@@ -93,9 +97,19 @@ def time_batches(
     return time_interleaved([partial(c.run, [LOGITS], x) for c in classifiers], batch, iters, warmup)
 
 
-def gate(candidate: Evaluation, reference: Evaluation, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> tuple[bool, str]:
-    """(passes, reason): a variant passes when its top-1 is at most ``max_drop_points`` below FP32."""
+def gate(
+    candidate: Evaluation, reference: Evaluation, max_drop_points: float = DEFAULT_MAX_DROP_POINTS, probabilities: bool = False
+) -> tuple[bool, str]:
+    """(passes, reason): a variant passes when its top-1 is at most ``max_drop_points`` below FP32
+    and, with ``probabilities`` (INT8 variants), when the median difference of its probabilities
+    from FP32's is at most :data:`MAX_MEDIAN_PROBABILITY_DIFF`."""
     drop = (reference.top1 - candidate.top1) * 100.0
     if drop > max_drop_points:
         return False, f"top-1 {candidate.top1:.4f} is {drop:.2f} points below FP32 {reference.top1:.4f} (limit {max_drop_points:.2f})"
-    return True, f"top-1 within {max_drop_points:.2f} points of FP32 ({-drop:+.2f})"
+    reason = f"top-1 within {max_drop_points:.2f} points of FP32 ({-drop:+.2f})"
+    if probabilities:
+        median, _ = candidate.probability_difference(reference)
+        if median > MAX_MEDIAN_PROBABILITY_DIFF:
+            return False, f"median |p - p FP32| {median:.5f} is above {MAX_MEDIAN_PROBABILITY_DIFF:g} (a quantised output?)"
+        reason += f", median |p - p FP32| {median:.5f}"
+    return True, reason

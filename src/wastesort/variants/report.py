@@ -1,5 +1,5 @@
 """The build report: one row per variant, as ``build/report.json`` (for tools) and
-``build/report.md`` (for people). Both are untracked outputs of ``make build``."""
+``build/report.md`` (for people), committed like ``perf/results/``: the figures of the last ``make build``."""
 
 from __future__ import annotations
 
