@@ -110,6 +110,7 @@ def gate(
     if probabilities:
         median, _ = candidate.probability_difference(reference)
         if median > MAX_MEDIAN_PROBABILITY_DIFF:
-            return False, f"median |p - p FP32| {median:.5f} is above {MAX_MEDIAN_PROBABILITY_DIFF:g} (a quantised output?)"
-        reason += f", median |p - p FP32| {median:.5f}"
+            limit = MAX_MEDIAN_PROBABILITY_DIFF
+            return False, f"median probability difference from FP32 {median:.5f} is above {limit:g} (a quantised output?)"
+        reason += f", median probability difference from FP32 {median:.5f}"
     return True, reason

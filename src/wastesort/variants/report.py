@@ -60,7 +60,8 @@ def to_markdown(rows: list[VariantRow], title: str, notes: list[str]) -> str:
         f"# {title}",
         "",
         "| variant | backend | precision | size MB | top-1 | macro F1 | agreement with FP32 | "
-        "|p - p FP32|, median / max | ms / batch | img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread | build s | installed | reason |",
+        "probability difference from FP32, median / max | ms / batch | img/s | vs FP32 | img/s, 1 thread | vs FP32, 1 thread | "
+        "build s | installed | reason |",
         "|" + "---|" * 16,
     ]
     for r in rows:
