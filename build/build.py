@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT, shown
@@ -185,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         if variant == INT8_TTA:
             fp32 = evaluations.get(TTA) or g.evaluate(model.tta_onnx, test_x, test_y, contract.labels)
         row.agreement_with_fp32 = evaluation.agreement(fp32.predictions)
-        if precision in ("int8", "int8_tta"):
+        int8_variant = precision in ("int8", "int8_tta")
+        if int8_variant:
             row.probability_diff_median, row.probability_diff_max = evaluation.probability_difference(fp32)
-        passed, row.reason = g.gate(evaluation, fp32, args.threshold, probabilities=precision in ("int8", "int8_tta"))
+        passed, row.reason = g.gate(evaluation, fp32, args.threshold, probabilities=int8_variant)
         if fp32 is not reference:
             row.reason += f" (FP32 here: {model.tta_onnx.name})"
         if not passed:
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         row.speedup_vs_fp32 = round(timing.img_s / timings[0].img_s, 3)
         row.img_s_1_thread = round(one.img_s, 1)
         row.speedup_vs_fp32_1_thread = round(one.img_s / single[0].img_s, 3)
-    default_note = mark_served_default(args, contract.labels, rows, built, onnx, g.test_tensors(splits["val"], contract), (test_x, test_y))
+    tested = {rows[0].name: reference, **{variant_name(args.net, v): e for v, e in evaluations.items()}}
+    default_note = mark_served_default(args, contract.labels, rows, built, onnx, g.test_tensors(splits["val"], contract), test_y, tested)
     notes = [
         f"Measured by `python build/build.py` on {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}): "
         f"accuracy on the {len(test_y)} test images of `models/{args.net}.manifest.csv`; throughput with ONNX Runtime on this CPU at "
@@ -247,11 +251,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def mark_served_default(
-    args: argparse.Namespace, labels: tuple[str, ...], rows: list[VariantRow], built: list[tuple[VariantRow, Path]], onnx: Path, val, test
+    args: argparse.Namespace,
+    labels: tuple[str, ...],
+    rows: list[VariantRow],
+    built: list[tuple[VariantRow, Path]],
+    onnx: Path,
+    val: tuple[np.ndarray, np.ndarray],
+    test_labels: np.ndarray,
+    tested: dict[str, g.Evaluation],
 ) -> list[str]:
-    """Apply the served-default rule to the installed ensembles that were timed in this run,
-    mark the pick when it is one this build installs (the committed ones carry the release's
-    mark), write ``served_default.json`` beside the report; returns the report's lines."""
+    """Apply the served-default rule to the installed ensembles that were timed in this run
+    (val evaluated here, test from ``tested``, the build's evaluations by classifier), mark
+    the pick when it is one this build installs (the committed ones carry the release's mark),
+    write ``served_default.json`` beside the report; returns the report's lines."""
     paths = {rows[0].name: onnx, **{r.name: path for r, path in built if r.installed}}
     speeds = {r.name: r.img_s for r in rows if r.img_s is not None}
     candidates = []
@@ -259,8 +271,9 @@ def mark_served_default(
         classifier = next((c for c in paths if ensemble_of(c) == ensemble and c in speeds), None)
         if classifier is None:
             continue
-        correct = sum(int((g.evaluate(paths[classifier], x, y, labels).predictions == y).sum()) for x, y in (val, test))
-        candidates.append(served_default.Candidate(ensemble, correct, len(val[1]) + len(test[1]), speeds[classifier]))
+        right_on_val = int((g.evaluate(paths[classifier], *val, labels).predictions == val[1]).sum())
+        correct = right_on_val + int((tested[classifier].predictions == test_labels).sum())
+        candidates.append(served_default.Candidate(ensemble, correct, len(val[1]) + len(test_labels), speeds[classifier]))
     candidates.sort(key=lambda c: c.img_s, reverse=True)
     choice, why = served_default.pick(candidates)
     ours = [ensemble_of(variant_name(args.net, v)) for v in (INT8, INT8_TTA)]
