@@ -16,8 +16,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from wastesort.machine import host_name
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
-from wastesort.perf.machine import host_name
 from wastesort.reliability.images import photo_files
 from wastesort.reliability.report import update_doc
 from wastesort.scale.demo import Settings, run_demo

@@ -18,17 +18,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from wastesort import machine as mach
 from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError
+from wastesort.evaluation import split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.perf import gpu, write_json
 from wastesort.perf import inprocess as ip
-from wastesort.perf import machine as mach
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, ShippedModel
 from wastesort.triton.naming import installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY
-from wastesort.variants.gate import test_tensors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         except DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        images, labels = test_tensors(test, contract)
+        images, labels = split_tensors(test, contract)
         reference = OnnxClassifier(shipped.onnx).probabilities(images).argmax(1)
         model = torch_from_onnx(shipped.onnx, net, len(contract.labels))
         diff = check_against_onnx(model, shipped.onnx, images[:8])

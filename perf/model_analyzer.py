@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
+from wastesort import machine as mach
 from wastesort.data import DatasetError
 from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.perf import analyzer as pa
-from wastesort.perf import machine as mach
 from wastesort.perf import model_analyzer as ma
 from wastesort.shipped import DEFAULT_NET, IMAGE_BYTES, ShippedModel
 from wastesort.triton.config import marked_default

@@ -2,7 +2,7 @@
 
     python perf/preprocess_bench.py [--data ../shared/data/trashnet] [--batch 64] [--iters 20]
 
-Every row is timed with :func:`wastesort.perf.timing.time_interleaved` (round-robin, warm-up,
+Every row is timed with :func:`wastesort.timing.time_interleaved` (round-robin, warm-up,
 median), on the same photos in the same run:
 
 * ``served``: ``preprocess_batch`` with the model's contract on a pool of one thread per core,
@@ -33,11 +33,11 @@ import numpy as np
 
 from wastesort.contract import PreprocessContract
 from wastesort.labels import LABELS
+from wastesort.machine import describe, one_line
 from wastesort.paths import DEFAULT_TRASHNET
-from wastesort.perf.machine import describe, one_line
-from wastesort.perf.timing import time_interleaved
 from wastesort.preprocess import decode_array, decode_for, draft_size, load_rgb, normalize, preprocess_batch, preprocess_bytes, resize
 from wastesort.shipped import ShippedModel
+from wastesort.timing import time_interleaved
 
 #: A draft target every image exceeds: :func:`decode_array` then takes the smallest DCT scale.
 SMALLEST_DRAFT = (1, 1)

@@ -4,7 +4,7 @@
 
 (``make perf`` / ``make perf-quick``.) One run, on one machine:
 
-1. In-process rows, timed side by side with one method (:mod:`wastesort.perf.timing`): the same
+1. In-process rows, timed side by side with one method (:mod:`wastesort.timing`): the same
    real test-split images through the serving preprocessing, the same batch (``--batch``,
    default 64), warm-up, ``--iters`` timed iterations interleaved round-robin, host tensor in
    and host result out (GPU rows synchronise inside every iteration). Rows: PyTorch eager
@@ -42,21 +42,21 @@ import numpy as np
 import tritonclient.http as httpclient
 from tqdm import tqdm
 
+from wastesort import evaluation as ev
+from wastesort import machine as mach
 from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError, Sample
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.perf import analyzer as pa
 from wastesort.perf import inprocess as ip
-from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf import write_json
 from wastesort.perf.profile import profile_table
-from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
+from wastesort.timing import fixed_batch, time_interleaved
 from wastesort.triton.default import choose, marked_in
 from wastesort.triton.naming import INT8, default_ensembles, ensemble_name, ensemble_of, installed_file, variant_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
-from wastesort.variants import gate as g
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,7 +138,7 @@ def run_inprocess(
     ran = [c for c in found if isinstance(c, ip.Candidate)]
     # tensors at another side only for the rows fed tensors (a bytes row decodes with its own contract)
     sides = {c.resolution for c in ran if c.resolution and c.inputs == "tensor"}
-    tensors = {None: test_x} | {side: g.test_tensors(test, replace(contract, height=side, width=side))[0] for side in sides}
+    tensors = {None: test_x} | {side: ev.split_tensors(test, replace(contract, height=side, width=side))[0] for side in sides}
     accuracy = {
         id(c): ip.top1(c, tensors[c.resolution if c.inputs == "tensor" else None], encoded, test_y, args.batch)
         for c in tqdm(ran, desc="accuracy on the test split", unit="row")
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace, onnx: Path, start: float) -> int:
     print(f"machine: {mach.one_line(machine)}")
     contract = PreprocessContract.from_onnx(str(onnx))
     test = test_split(args)
-    test_x, test_y = g.test_tensors(test, contract)
+    test_x, test_y = ev.split_tensors(test, contract)
     encoded = [s.path.read_bytes() for s in test]
 
     rows = [] if args.skip_inprocess else run_inprocess(args, onnx, contract, test, test_x, test_y, encoded)

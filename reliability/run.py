@@ -27,8 +27,8 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from wastesort.machine import describe, host_name
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
-from wastesort.perf.machine import describe, host_name
 from wastesort.reliability import faults
 from wastesort.reliability import images as im
 from wastesort.reliability.probes import Target, run_matrix

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "train"))
 import compress as compress_cli  # noqa: E402
 
 import train as train_cli  # noqa: E402
+from wastesort import evaluation as ev  # noqa: E402
 from wastesort.compression import cluster, prune  # noqa: E402
 from wastesort.variants import gate as g  # noqa: E402
 
@@ -78,10 +79,10 @@ def test_clustering_leaves_at_most_k_values_and_trains_centroids(k: int) -> None
 
 def test_the_gate_refuses_a_variant_that_loses_too_much() -> None:
     labels = np.array([0, 1, 2, 3, 4, 5] * 10)
-    reference = g.score(labels.copy(), labels, tuple("abcdef"))
+    reference = ev.score(labels.copy(), labels, tuple("abcdef"))
     worse = labels.copy()
     worse[:3] = (worse[:3] + 1) % 6  # 5 points lost
-    passed, reason = g.gate(g.score(worse, labels, tuple("abcdef")), reference)
+    passed, reason = g.gate(ev.score(worse, labels, tuple("abcdef")), reference)
     assert not passed and "below FP32" in reason
 
 

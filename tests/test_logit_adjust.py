@@ -5,7 +5,6 @@ small model in a temporary ``models/`` folder."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,6 @@ from wastesort.shipped import LOGITS, PROBABILITIES, ShippedModel
 from wastesort.synthetic import generate
 from wastesort.training import logit_adjust as la
 from wastesort.training.export import FlipAveraged, export_onnx
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import adjust_logits as adjust_cli  # noqa: E402
 
 CONTRACT = PreprocessContract(height=32, width=32)
 
@@ -166,16 +162,6 @@ def test_the_committed_default_model_carries_the_offsets_of_its_training_split()
     assert metrics["logit_adjustment"]["offsets"] == record["offsets"]
     if model.tta_onnx.is_file():
         assert la.recorded(model.tta_onnx)["offsets"] == record["offsets"]
-
-
-def test_adjust_logits_refuses_the_committed_model_a_second_time(capsys: pytest.CaptureFixture) -> None:
-    model = ShippedModel()
-    if la.recorded(model.onnx) is None:
-        pytest.skip(f"{model.onnx.name} is not logit-adjusted")
-    before = model.onnx.read_bytes()
-    assert adjust_cli.main(["--net", model.net]) == 2
-    assert "already logit-adjusted" in capsys.readouterr().err
-    assert model.onnx.read_bytes() == before
 
 
 def test_settle_tta_keeps_the_tta_file_only_when_it_wins_on_val(exports: tuple[Path, Path], tmp_path: Path) -> None:

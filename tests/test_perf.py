@@ -13,16 +13,16 @@ import pytest
 from PIL import Image
 from tritonclient.utils import deserialize_bytes_tensor
 
+from wastesort import machine as mach
 from wastesort.contract import PreprocessContract
 from wastesort.labels import LABELS
 from wastesort.perf import analyzer as pa
 from wastesort.perf import inprocess as ip
-from wastesort.perf import machine as mach
 from wastesort.perf import report as rep
 from wastesort.perf.profile import op_type_ms
-from wastesort.perf.timing import fixed_batch, time_interleaved
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, IMAGE_BYTES, IMAGES, ShippedModel
 from wastesort.synthetic import make_image
+from wastesort.timing import fixed_batch, time_interleaved
 from wastesort.triton.naming import ensemble_name
 from wastesort.triton.server import TritonServer
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from wastesort.data import DatasetError
+from wastesort.evaluation import intervals
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import ShippedModel
 from wastesort.training.card import build_card, notes_of
-from wastesort.training.served import intervals, served_record
+from wastesort.training.served import served_record
 
 CLASSES = ("a", "b", "c")
 

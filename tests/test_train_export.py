@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "train"))
 import export as export_cli  # noqa: E402
 
 import train as train_cli  # noqa: E402
+from wastesort import evaluation as ev  # noqa: E402
 from wastesort.contract import PreprocessContract  # noqa: E402
 from wastesort.data import split_seed_of  # noqa: E402
 from wastesort.inference import OnnxClassifier  # noqa: E402
@@ -169,7 +170,6 @@ def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
 
     from wastesort.shipped import ShippedModel
     from wastesort.training.logit_adjust import METADATA_KEY, AdjustError
-    from wastesort.variants import gate as g
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data)
@@ -198,12 +198,12 @@ def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
     assert json.loads(meta[METADATA_KEY])["offsets"] == offsets
     assert shipped.tta_onnx.is_file() == metrics["tta"]["kept"] == (metrics["tta"]["val_tta"] > metrics["tta"]["val_plain"])
     contract = PreprocessContract.from_onnx(str(shipped.onnx))
-    x, y = g.test_tensors(shipped.split("test", data), contract)
-    assert g.evaluate(shipped.onnx, x, y, contract.labels).top1 == pytest.approx(metrics["test"]["accuracy"])
+    x, y = ev.split_tensors(shipped.split("test", data), contract)
+    assert ev.evaluate(shipped.onnx, x, y, contract.labels).top1 == pytest.approx(metrics["test"]["accuracy"])
     served = metrics["served"]  # the file the committed default ensemble serves, measured as it is served
     assert served["file"] == shipped.served_onnx.name == (shipped.tta_onnx if shipped.serves_tta else shipped.onnx).name
     assert not shipped.serves_tta or metrics["tta"]["kept"]  # the rule may pick TTA only where the release kept it
-    assert served["test"]["accuracy"] == pytest.approx(g.evaluate(shipped.served_onnx, x, y, contract.labels).top1)
+    assert served["test"]["accuracy"] == pytest.approx(ev.evaluate(shipped.served_onnx, x, y, contract.labels).top1)
     low, high = served["test"]["interval"]["top1"]
     assert low <= served["test"]["accuracy"] <= high
     text = card.read_text()

@@ -13,6 +13,7 @@ import onnx
 import pytest
 from scipy.special import softmax
 
+from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, scan_image_folder, stratified_split
 from wastesort.inference import OnnxClassifier
@@ -129,12 +130,12 @@ def test_int8_settings_describe_themselves() -> None:
 
 def test_gate_refuses_a_drop_beyond_the_threshold() -> None:
     preds = np.zeros(100, int)
-    ref = g.Evaluation(0.90, 0.9, {}, preds)
-    assert g.gate(g.Evaluation(0.895, 0.9, {}, preds), ref, 1.0)[0]
-    ok, reason = g.gate(g.Evaluation(0.885, 0.9, {}, preds), ref, 1.0)
+    ref = ev.Evaluation(0.90, 0.9, {}, preds)
+    assert g.gate(ev.Evaluation(0.895, 0.9, {}, preds), ref, 1.0)[0]
+    ok, reason = g.gate(ev.Evaluation(0.885, 0.9, {}, preds), ref, 1.0)
     assert not ok and "1.50 points below" in reason
-    assert g.gate(g.Evaluation(0.885, 0.9, {}, preds), ref, 2.0)[0]
-    assert g.Evaluation(0.9, 0.9, {}, np.array([0, 1, 2, 3])).agreement(np.array([0, 1, 0, 0])) == 0.5
+    assert g.gate(ev.Evaluation(0.885, 0.9, {}, preds), ref, 2.0)[0]
+    assert ev.Evaluation(0.9, 0.9, {}, np.array([0, 1, 2, 3])).agreement(np.array([0, 1, 0, 0])) == 0.5
 
 
 def test_gate_refuses_int8_probabilities_far_from_fp32s() -> None:
@@ -142,10 +143,10 @@ def test_gate_refuses_int8_probabilities_far_from_fp32s() -> None:
     FP32's (a quantised softmax output moved it past the limit on the real model)."""
     fp32 = np.random.default_rng(0).dirichlet(np.ones(6), size=200).astype(np.float32)
     preds = fp32.argmax(1)
-    reference = g.Evaluation(0.9, 0.9, {}, preds, fp32)
+    reference = ev.Evaluation(0.9, 0.9, {}, preds, fp32)
     limit = g.MAX_MEDIAN_PROBABILITY_DIFF
-    far = g.Evaluation(0.9, 0.9, {}, preds, fp32 + 2 * limit)
-    near = g.Evaluation(0.9, 0.9, {}, preds, fp32 + limit / 2)
+    far = ev.Evaluation(0.9, 0.9, {}, preds, fp32 + 2 * limit)
+    near = ev.Evaluation(0.9, 0.9, {}, preds, fp32 + limit / 2)
     ok, reason = g.gate(far, reference, 1.0, probabilities=True)
     assert not ok and "median probability difference from FP32" in reason
     assert g.gate(near, reference, 1.0, probabilities=True)[0]
@@ -156,7 +157,7 @@ def test_gate_refuses_int8_probabilities_far_from_fp32s() -> None:
 def test_evaluate_and_time_on_real_sessions(tmp_path: Path, contract, splits) -> None:
     x = calibration_tensor(splits["test"][:12], contract)
     y = np.array([s.label for s in splits["test"][:12]])
-    evaluation = g.evaluate(ONNX, x, y, contract.labels)
+    evaluation = ev.evaluate(ONNX, x, y, contract.labels)
     expected = _probs(ONNX, x).argmax(1)
     np.testing.assert_array_equal(evaluation.predictions, expected)
     assert evaluation.top1 == pytest.approx((expected == y).mean())

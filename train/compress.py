@@ -21,8 +21,8 @@ from wastesort.compression import report
 from wastesort.compression.workflow import CLUSTERED, PRUNED, Settings, compress, save_json
 from wastesort.data import DatasetError
 from wastesort.inference import OnnxClassifier
+from wastesort.machine import describe, one_line
 from wastesort.paths import REPO_ROOT, RUNS_DIR, shown
-from wastesort.perf.machine import describe, one_line
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton.config import remove_variant, write_variant
 from wastesort.triton.naming import variant_name

@@ -17,14 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import classification_report
 
 from wastesort.data import DatasetError, read_manifest, report_skipped, scan_image_folder
+from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import ShippedModel
-from wastesort.training.evaluate import classification_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report_skipped(scan.skipped)
         samples, source = scan.samples, f"every image under {a.data}"
-    images = preprocess_files([s.path for s in samples], clf.contract)
-    y_true = np.array([s.label for s in samples])
+    images, y_true = split_tensors(samples, clf.contract)
     y_pred = clf.probabilities(images).argmax(1)
     metrics = classification_metrics(y_true, y_pred, clf.labels)
     print(f"{a.model} on {len(samples)} images ({source}): top-1 {metrics['accuracy']:.4f}")

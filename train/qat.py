@@ -3,7 +3,7 @@
 Writes ``models/<net>.qat.onnx`` (FP32 weights that ``make build`` quantises when the net's INT8
 settings say ``qat_weights``) and ``models/<net>.qat.json`` (schedule, time, machine, the export
 it came from). The FP32 model served and the accuracy gate's reference stay ``models/<net>.onnx``.
-Recipe and limits: :mod:`wastesort.training.qat`; figures: ``docs/int8.md``.
+Recipe and limits: :mod:`wastesort.training.qat`; figures: ``experiments/int8_settings/README.md``.
 
 Example (about 4 minutes per epoch on a 2-core CPU):
     python train/qat.py --data ../shared/data/trashnet --epochs 1
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(record, indent=2))
-    print(f"wrote {model.qat_onnx} and {model.qat_record}; next: make build (the sweep: python build/int8_sweep.py)")
+    print(f"wrote {model.qat_onnx} and {model.qat_record}; next: make build (the sweep: python experiments/int8_settings/int8_sweep.py)")
     return 0
 
 

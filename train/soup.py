@@ -3,7 +3,7 @@
 Ingredients are runs (folders with ``best.pt``) or exports (``models/<net>.onnx``) of one
 network, trained on one split with one preprocessing; the result is a run folder that
 ``make release RUN=...`` promotes like any other. Recipe and contract:
-:mod:`wastesort.training.soup`; figures: ``docs/soup.md``.
+:mod:`wastesort.training.soup`; figures: ``experiments/soup.md``.
 
 Example:
     python train/soup.py --ingredients models/efficientnet_lite0.onnx runs/lite0_long_224_bgft --out runs/lite0_soup

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from wastesort.data import DatasetError
+from wastesort.machine import describe, one_line
 from wastesort.paths import DEFAULT_TRASHNET
-from wastesort.perf.machine import describe, one_line
 from wastesort.sweep import report, study
 from wastesort.sweep.objective import Objective
 from wastesort.sweep.space import SPACES

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wastesort import evaluation as ev
 from wastesort.compression import cluster, prune, size
 from wastesort.training.cli import parse_args
 from wastesort.training.evaluate import predict
@@ -164,11 +165,11 @@ def compress(run: Path, work: Path, s: Settings = Settings(), data_root: str | N
         result.stages.append(Stage(label, path, top1(m, data.x_val, data.y_val)))
     x_test, y_test = data.x_test.numpy(), data.y_test.numpy()
     result.test_images = len(y_test)
-    reference = g.evaluate(result.stages[0].onnx, x_test, y_test, contract.labels)
+    reference = ev.evaluate(result.stages[0].onnx, x_test, y_test, contract.labels)
     timings = g.time_batches([st.onnx for st in result.stages], x_test, batch=32, iters=10)
     result.timing_batch = timings[0].batch
     for st, timing in zip(result.stages, timings, strict=True):
-        evaluation = g.evaluate(st.onnx, x_test, y_test, contract.labels)
+        evaluation = ev.evaluate(st.onnx, x_test, y_test, contract.labels)
         st.test_top1 = evaluation.top1
         st.bytes, st.compressed_bytes = size.sizes(st.onnx)
         st.img_s = timing.img_s

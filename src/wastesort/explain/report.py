@@ -20,10 +20,10 @@ from torch import nn
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample
+from wastesort.evaluation import split_tensors
 from wastesort.explain import attribution, figures
 from wastesort.inference import OnnxClassifier
 from wastesort.paths import shown as shown_path
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import LOGITS
 from wastesort.training.evaluate import predict
 from wastesort.training.export import load_checkpoint
@@ -104,8 +104,7 @@ def write_report(subject: Subject, samples: list[Sample], out: Path, split: str 
     into ``out`` and write ``out/README.md``; returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     classes = subject.contract.labels
-    x = preprocess_files([s.path for s in samples], subject.contract, f"{split} photos")
-    true = np.array([s.label for s in samples])
+    x, true = split_tensors(samples, subject.contract, f"{split} photos")
     probs = _softmax(subject.logits(x))
     pred = probs.argmax(1)
     acc = float((pred == true).mean())

@@ -1,7 +1,6 @@
-"""The benchmark harness behind ``perf/run.py``: one timing method (:mod:`.timing`), the
-in-process rows (:mod:`.inprocess`, :mod:`.torch_model`), the GPU rows (:mod:`.gpu`), ONNX
-Runtime profiles (:mod:`.profile`), perf_analyzer (:mod:`.analyzer`), the machine description
-(:mod:`.machine`) and the outputs (:mod:`.report`)."""
+"""The benchmark harness behind ``perf/run.py``, timed with :mod:`wastesort.timing` on the machine
+:mod:`wastesort.machine` describes: the in-process rows (:mod:`.inprocess`, :mod:`.torch_model`), the GPU rows (:mod:`.gpu`), ONNX
+Runtime profiles (:mod:`.profile`), perf_analyzer (:mod:`.analyzer`) and the outputs (:mod:`.report`)."""
 
 from __future__ import annotations
 

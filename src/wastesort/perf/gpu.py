@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wastesort.perf.machine import one_line
-from wastesort.perf.timing import Timing, fixed_batch, time_interleaved
+from wastesort.machine import one_line
 from wastesort.shipped import ShippedModel, sha256
+from wastesort.timing import Timing, fixed_batch, time_interleaved
 from wastesort.variants.report import cell
 
 #: Batch sizes of the GPU table.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wastesort.machine import one_line
 from wastesort.perf.analyzer import ServedPoint, best_within
 from wastesort.perf.inprocess import PREPROCESS_BACKEND
-from wastesort.perf.machine import one_line
 from wastesort.variants.report import cell
 
 #: The targets on this 2-core CPU: (ratio key, minimum, what it means).

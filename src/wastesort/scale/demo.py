@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wastesort.machine import describe
 from wastesort.paths import REPO_ROOT
 from wastesort.perf import analyzer
-from wastesort.perf.machine import describe
 from wastesort.scale.haproxy import GRPC_BACKEND, HTTP_BACKEND, HAProxy, HealthCheck, Replica
 from wastesort.scale.manifests import desired_replicas, hpa_target, recording_rule
 from wastesort.scale.prometheus import Prometheus

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wastesort.perf.machine import one_line
+from wastesort.machine import one_line
 from wastesort.scale.manifests import desired_replicas, hpa_target
 
 MARKERS = ("<!-- scale-demo-results:begin -->", "<!-- scale-demo-results:end -->")

@@ -15,10 +15,10 @@ import onnx
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import SPLITS, read_manifest, split_seed_of
+from wastesort.evaluation import CONFIDENCE
 from wastesort.paths import shown
 from wastesort.shipped import sha256
 from wastesort.training.export import INIT_EXPORT_KEY, SOUP_KEY, averaged_models, run_lineage
-from wastesort.training.served import CONFIDENCE
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -11,6 +11,7 @@ ONNX contract:
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from wastesort.paths import in_repo
 from wastesort.preprocess import preprocess_files
 from wastesort.shipped import CLASSIFIER_OUTPUTS, IMAGES, LOGITS, ShippedModel, sha256
 from wastesort.training.models import SimpleCNNConfig, build_model
+from wastesort.variants.tta import flip_averaged
 
 OPSET = 18
 #: Upper bound of the dynamic batch axis recorded by torch.export.
@@ -64,8 +66,10 @@ class WithProbabilities(nn.Module):
 
 
 class FlipAveraged(nn.Module):
-    """Test-time augmentation as one graph: the batch and its horizontal mirror go through the
-    classifier in one pass of ``2N`` images, and the two softmax outputs are averaged.
+    """Test-time augmentation in PyTorch, the reference the ONNX rewrite
+    (:func:`wastesort.variants.tta.flip_averaged`) is verified against: the batch and its
+    horizontal mirror go through the classifier in one pass of ``2N`` images, and the two
+    softmax outputs are averaged.
 
     Returns ``log`` of the averaged probabilities as its logits, so that the exported
     ``PROBABILITIES = softmax(LOGITS)`` is exactly the average (the classifier contract holds).
@@ -285,7 +289,8 @@ def export_run(
     tta: bool = False,
     contract: PreprocessContract | None = None,
 ) -> dict:
-    """Export ``run/best.pt`` to ``out`` (with ``tta``: as :class:`FlipAveraged`), verify it on
+    """Export ``run/best.pt`` to ``out`` (with ``tta``: rewritten by
+    :func:`wastesort.variants.tta.flip_averaged` and verified against :class:`FlipAveraged`), verify it on
     ``paths`` (real photos through the serving preprocessing) and write ``<out>.export.json``.
     ``contract``: the one the file carries and is served with (default: the checkpoint's own,
     as trained; see :func:`with_decoder`).
@@ -295,10 +300,13 @@ def export_run(
     """
     model, trained, ckpt = load_checkpoint(run / "best.pt")
     contract = contract or trained
-    if tta:
+    doc = f"{ckpt['arch']['name']} trained in {run}, best epoch {ckpt['epoch']}"
+    if tta:  # the one TTA rewrite (also what make build applies to INT8), checked against PyTorch's flip average
+        with tempfile.TemporaryDirectory() as tmp:
+            flip_averaged(export_onnx(model, contract, Path(tmp) / "plain.onnx", opset, doc=doc), out)
         model = FlipAveraged(model).eval()
-    what = "flip-averaged (TTA) " if tta else ""
-    export_onnx(model, contract, out, opset, doc=f"{what}{ckpt['arch']['name']} trained in {run}, best epoch {ckpt['epoch']}")
+    else:
+        export_onnx(model, contract, out, opset, doc=doc)
     try:
         result = verify_export(out, model, preprocess_files(paths, contract, "verification images"), atol)
     except ExportError:

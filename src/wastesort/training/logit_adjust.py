@@ -16,7 +16,7 @@ them. The offsets are recorded in the file's metadata under :data:`METADATA_KEY`
 already adjusted is refused, so an adjustment cannot be applied twice.
 
 :func:`adjust_shipped` applies it to a committed model (``train/release.py`` for a run trained
-with ``--balance loss``; ``train/adjust_logits.py`` for a model released before this existed):
+with ``--balance loss``; ``experiments/backfills/adjust_logits.py`` for a model released before this existed):
 both ONNX files, then val and test re-measured through the serving preprocessing with ONNX
 Runtime, and ``models/<net>.metrics.json`` and the test confusion matrix rewritten from them.
 """
@@ -34,10 +34,9 @@ from onnx import numpy_helper
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, class_weights
+from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
-from wastesort.preprocess import preprocess_files
 from wastesort.shipped import LOGITS, ShippedModel
-from wastesort.training.evaluate import classification_metrics
 from wastesort.training.served import record_served, served_figures
 
 #: ONNX ``metadata_props`` key holding the adjustment applied to a file (JSON).
@@ -150,8 +149,8 @@ def adjust_shipped(model: ShippedModel, data: Path) -> dict:
     classes = contract.labels
     offsets = offsets_for(model.split("train", data), len(classes))
     samples = {split: model.split(split, data) for split in ("val", "test")}
-    images = {split: preprocess_files([s.path for s in v], contract, desc=f"{split} images") for split, v in samples.items()}
-    labels = {split: np.array([s.label for s in v]) for split, v in samples.items()}
+    tensors = {split: split_tensors(v, contract, f"{split} images") for split, v in samples.items()}
+    images, labels = ({split: t[i] for split, t in tensors.items()} for i in (0, 1))
     before = {name: _measure(path, images, labels, classes) for name, path in files.items()}
     with tempfile.TemporaryDirectory() as tmp:  # adjust both or neither
         staged = {name: adjust_onnx(path, offsets, Path(tmp) / path.name) for name, path in files.items()}

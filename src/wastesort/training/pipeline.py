@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample
-from wastesort.preprocess import decode_for, preprocess_files, resize_to
+from wastesort.evaluation import split_tensors
+from wastesort.preprocess import decode_for, resize_to
 from wastesort.training.background import ReplaceBackground
 
 #: Training cache side relative to the model input (room for zoom-in crops).
@@ -28,8 +29,8 @@ CACHE_SCALE = 1.25
 
 def eval_tensor(samples: list[Sample], contract: PreprocessContract, desc: str = "eval images") -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``(N, 3, H, W)`` exactly as served, and int64 labels ``(N,)``."""
-    x = torch.from_numpy(preprocess_files([s.path for s in samples], contract, desc))
-    return x, torch.tensor([s.label for s in samples], dtype=torch.int64)
+    x, y = split_tensors(samples, contract, desc)
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def _load_cache(sample: Sample, size: tuple[int, int], contract: PreprocessContract) -> np.ndarray:

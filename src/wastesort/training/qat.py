@@ -1,7 +1,7 @@
 """Quantisation-aware fine-tuning (QAT) of an exported EfficientNet-Lite for ONNX Runtime INT8.
 
 Post-training INT8 of the shipped Lite0, with the stem and block 0 in float, loses about two
-test photos against FP32 (``docs/int8.md``): what is left is rounding. QAT fine-tunes a copy
+test photos against FP32 (``experiments/int8_settings/README.md``): what is left is rounding. QAT fine-tunes a copy
 of the FP32 weights under simulated 8-bit rounding, so that the integer model ``quantize_static``
 makes from them stays closer to the FP32 model. The recipe, by self-distillation (no labels):
 
@@ -23,7 +23,7 @@ makes from them stays closer to the FP32 model. The recipe, by self-distillation
 
 The simulation leaves out what ONNX Runtime does besides rounding: percentile calibration,
 quantised residual sums, and the 16-bit saturation of AVX2's U8S8 kernels. The sweep
-(``build/int8_sweep.py``) measures the real INT8 model, and chooses with it.
+(``experiments/int8_settings/int8_sweep.py``) measures the real INT8 model, and chooses with it.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ from torch.utils.hooks import RemovableHandle
 from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
+from wastesort.evaluation import split_tensors
 from wastesort.inference import OnnxClassifier
-from wastesort.perf.machine import describe, one_line
+from wastesort.machine import describe, one_line
 from wastesort.shipped import LOGITS, ShippedModel, sha256
 from wastesort.training.export import export_onnx, verify_export
 from wastesort.training.lite import LITE_NETS, build_lite
 from wastesort.variants.calibration import calibration_tensor, select_calibration
-from wastesort.variants.gate import test_tensors
 from wastesort.variants.ort import int8_settings
 
 #: ONNX Runtime's symmetric INT8 weight range is [-WEIGHT_QMAX, WEIGHT_QMAX].
@@ -302,8 +302,8 @@ def fine_tune(model: ShippedModel, data: Path, config: QatConfig = QatConfig(), 
     settings = int8_settings(model.net)
     contract = PreprocessContract.from_onnx(str(model.onnx))
     train = model.split("train", data)
-    train_x, _ = test_tensors(train, contract)
-    val_x, _ = test_tensors(model.split("val", data), contract)
+    train_x, _ = split_tensors(train, contract)
+    val_x, _ = split_tensors(model.split("val", data), contract)
     calibration = calibration_tensor(select_calibration(train, calibration_images), contract)
     teacher = OnnxClassifier(model.onnx)
     teacher_train = teacher.batched(LOGITS, train_x)

@@ -11,13 +11,13 @@ import platform
 import shutil
 from pathlib import Path
 
+from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.card import write_card
 from wastesort.training.export import anchored, load_checkpoint, recorded_stages, run_lineage, run_splits
 from wastesort.training.lite import LITE_NETS
 from wastesort.triton.config import write_repository
-from wastesort.variants import gate as g
 
 
 def tta_record(model: ShippedModel, run: Path) -> dict:
@@ -27,9 +27,9 @@ def tta_record(model: ShippedModel, run: Path) -> dict:
     contract = PreprocessContract.from_onnx(str(model.onnx))
     record: dict = {}
     for split in ("val", "test"):
-        x, y = g.test_tensors(splits[split], contract)
-        record[f"{split}_plain"] = g.evaluate(model.onnx, x, y, contract.labels).top1
-        record[f"{split}_tta"] = g.evaluate(model.tta_onnx, x, y, contract.labels).top1
+        x, y = ev.split_tensors(splits[split], contract)
+        record[f"{split}_plain"] = ev.evaluate(model.onnx, x, y, contract.labels).top1
+        record[f"{split}_tta"] = ev.evaluate(model.tta_onnx, x, y, contract.labels).top1
     record["kept"] = model.settle_tta(record["val_plain"], record["val_tta"])
     return record
 
@@ -44,7 +44,7 @@ def decoder_record(run: Path, trained: PreprocessContract, served: PreprocessCon
     record: dict = {"trained": trained.interpolation, "served": served.interpolation, "jpeg_draft_floor": served.jpeg_draft_floor}
     for name, contract in (("trained", trained), ("served", served)):
         for split in ("val", "test"):
-            x, y = g.test_tensors(splits[split], contract)
+            x, y = ev.split_tensors(splits[split], contract)
             with torch.inference_mode():
                 pred = torch.cat([model(torch.from_numpy(x[i : i + 64])).argmax(1) for i in range(0, len(x), 64)]).numpy()
             record[f"{split}_{name}"] = float((pred == y).mean())

@@ -14,51 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from scipy.stats import bootstrap
-from sklearn.metrics import precision_recall_fscore_support
-
+from wastesort.evaluation import CONFIDENCE, RESAMPLES, classification_metrics, split_tensors, with_interval
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import LOGITS, ShippedModel
-from wastesort.training.evaluate import classification_metrics, write_confusion
-from wastesort.variants.gate import test_tensors
+from wastesort.training.evaluate import write_confusion
 
-CONFIDENCE = 0.95
-RESAMPLES = 2000
 SPLITS = ("val", "test")
-
-
-def intervals(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...], resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """``{"top1": [low, high], "f1": {class: [low, high]}}``: :data:`CONFIDENCE` percentile
-    bootstrap intervals over the photos (each resample draws photos with their true and predicted
-    labels; ``seed`` makes it repeatable)."""
-    labels = list(range(len(classes)))
-
-    def statistic(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-        f1 = precision_recall_fscore_support(t, p, labels=labels, zero_division=0)[2]
-        return np.array([np.mean(t == p), *f1])
-
-    ci = bootstrap(
-        (np.asarray(y_true), np.asarray(y_pred)),
-        statistic,
-        paired=True,
-        vectorized=False,
-        n_resamples=resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    ).confidence_interval
-    bounds = [[float(lo), float(hi)] for lo, hi in zip(ci.low, ci.high, strict=True)]
-    return {"top1": bounds[0], "f1": dict(zip(classes, bounds[1:], strict=True))}
-
-
-def with_interval(metrics: dict, classes: tuple[str, ...], resamples: int = RESAMPLES) -> dict:
-    """``metrics`` (:func:`~wastesort.training.evaluate.classification_metrics`) with its
-    :func:`intervals` as ``interval``, drawn from the photos its confusion matrix counts."""
-    matrix = np.asarray(metrics["confusion_matrix"])
-    true, pred = np.nonzero(matrix)
-    counts = matrix[true, pred]
-    return {**metrics, "interval": intervals(np.repeat(true, counts), np.repeat(pred, counts), classes, resamples)}
 
 
 def served_figures(file: Path, by_split: dict[str, dict], classes: tuple[str, ...], resamples: int = RESAMPLES) -> dict:
@@ -82,7 +43,7 @@ def served_record(model: ShippedModel, data: Path, resamples: int = RESAMPLES) -
     classifier = OnnxClassifier(model.served_onnx)
     by_split = {}
     for split in SPLITS:
-        x, y = test_tensors(model.split(split, data), classifier.contract)
+        x, y = split_tensors(model.split(split, data), classifier.contract, split)
         by_split[split] = classification_metrics(y, classifier.batched(LOGITS, x).argmax(1), classifier.labels)
     return served_figures(model.served_onnx, by_split, classifier.labels, resamples)
 

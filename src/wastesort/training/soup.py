@@ -4,7 +4,7 @@ increasing inference time", ICML 2022).
 
 Models fine-tuned from the same ImageNet weights tend to lie in one basin of the loss, so the
 average of their weights is a model too, often better than each of them, and it costs one
-network at inference (an ensemble of K networks costs K). Figures: ``docs/soup.md``.
+network at inference (an ensemble of K networks costs K). Figures: ``experiments/soup.md``.
 
 Contract:
 

@@ -64,7 +64,7 @@ class Int8Settings:
     EfficientNet-Lite, whose activations fold into the integer convolution; on AVX2 CPUs the
     stem, which sees the raw image, lost most of plain quantisation's 4 points (val logit error
     against FP32 a third of plain's). Per-network choices are in :data:`INT8_BY_NET`, each
-    picked by ``build/int8_sweep.py`` on the validation split (``docs/int8.md``).
+    picked by ``experiments/int8_settings/int8_sweep.py`` on the validation split (``experiments/int8_settings/README.md``).
     """
 
     per_channel: bool = True
@@ -124,7 +124,7 @@ MOBILENET_V3_INT8 = Int8Settings(method="Percentile", percentile=99.95, float_pr
 
 #: EfficientNet-Lite0: the stem and block 0 (its depthwise and pointwise convolutions, the first
 #: three convolutions) in float, percentile 99.999 calibration, quantising the QAT weights
-#: (``make qat``). :func:`pick_int8`'s choice in the Lite0 sweep (``docs/int8.md``): val logit
+#: (``make qat``). :func:`pick_int8`'s choice in the Lite0 sweep (``experiments/int8_settings/README.md``): val logit
 #: error against FP32 0.014 (0.019 from the export's own weights, 0.092 with the stem alone in
 #: float), at the same speed.
 EFFICIENTNET_LITE0_INT8 = Int8Settings(float_prefix_convs=3, method="Percentile", percentile=99.999, qat_weights=True)
