@@ -30,11 +30,13 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test lint demo train sweep explain compress export soup release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
+.PHONY: setup test test-fast test-experiments lint demo train sweep explain compress export soup release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
-	@echo "make test                   ruff + pytest (CPU, no dataset needed)"
+	@echo "make test                   ruff + the whole product test suite (CPU, no dataset needed; what CI runs)"
+	@echo "make test-fast              ruff + the tests without servers, soaks or multi-epoch training (the inner loop)"
+	@echo "make test-experiments       the studies' own tests (experiments/)"
 	@echo "make demo [DATA=dir]        whole pipeline so far: data -> train -> export -> verify -> evaluate"
 	@echo "make train DATA=dir [MODEL=...] [TRAIN_ARGS=...]   train into runs/MODEL"
 	@echo "make export RUN=runs/name   export RUN/best.pt to RUN/model.onnx and verify it"
@@ -69,10 +71,17 @@ $(STAMP): pyproject.toml scripts/system_deps.sh
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check src train build client perf reliability deploy tests
+	$(BIN)/ruff check src train build client perf reliability deploy tests experiments
 
 test: lint
 	$(BIN)/pytest -q
+
+# the inner loop: what starts no tritonserver and trains no more than a few short epochs
+test-fast: lint
+	$(BIN)/pytest -q -m "not server and not slow"
+
+test-experiments: setup
+	$(BIN)/pytest -q experiments
 
 demo: setup
 	bash scripts/demo.sh "$(DATA)"

@@ -87,6 +87,7 @@ class Asymmetric(nn.Module):
         return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), (1, 4)).flatten(1))
 
 
+@pytest.mark.slow
 def test_tta_export_is_the_mean_of_image_and_mirror(tmp_path: Path) -> None:
     contract = PreprocessContract(height=32, width=32)
     model = Asymmetric().eval()

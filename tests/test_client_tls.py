@@ -74,6 +74,7 @@ def test_tls_arguments_build_verifying_clients(tmp_path: Path) -> None:
         classify.parse_args(["x.jpg", "--ca-cert", str(tmp_path / "missing.pem")])
 
 
+@pytest.mark.server
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make the test certificates")
 def test_client_classifies_over_grpc_tls_and_refuses_unverified_servers(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)

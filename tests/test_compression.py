@@ -86,6 +86,7 @@ def test_the_gate_refuses_a_variant_that_loses_too_much() -> None:
     assert not passed and "below FP32" in reason
 
 
+@pytest.mark.slow
 def test_compressing_a_run_writes_the_table(synthetic_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     flags = ["--model", "simplecnn", "--input-size", "32", "--conv-layers", "3", "--base-features", "16", "--dense-units", "32"]

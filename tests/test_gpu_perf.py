@@ -64,6 +64,7 @@ def test_cuda_only_variants_refuse_the_cpu(model: torch.nn.Module) -> None:
             gpu.runner(model, v, batch=2, side=SIDE, device="cpu")
 
 
+@pytest.mark.slow
 def test_rows_for_times_every_variant_and_batch_and_keeps_failures_as_rows(model: torch.nn.Module) -> None:
     x = images(10, seed=1)
     reference = logits(model, x).argmax(1)
@@ -97,6 +98,7 @@ def test_measure_times_both_ways_and_refuses_mixed_batches() -> None:
         gpu.measure([one, gpu.Runner(gpu.EAGER_FP32, 3, lambda x: x, calls.append)], images(2), iters=1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(gpu.unavailable_reason() is None, reason="this machine has a GPU: the script would time it")
 def test_perf_gpu_without_a_gpu_says_why_and_writes_nothing(tmp_path) -> None:
     out = tmp_path / "gpu"

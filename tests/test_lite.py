@@ -116,6 +116,7 @@ def test_head_stage_keeps_pretrained_batchnorm_statistics(synthetic_root: Path, 
     assert not torch.equal(trainer.model.state_dict()["conv_stem.weight"], before["conv_stem.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_epochs", [1, 2])  # stopped at the stage boundary, and inside the full stage
 def test_two_stage_run_resumes(synthetic_root: Path, tmp_path: Path, first_epochs: int) -> None:
     def config(epochs: int) -> TrainConfig:

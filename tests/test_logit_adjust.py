@@ -117,6 +117,7 @@ def test_the_head_is_found_behind_other_dense_layers(tmp_path: Path) -> None:
     np.testing.assert_allclose(OnnxClassifier(out).run([LOGITS], x)[0], OnnxClassifier(path).run([LOGITS], x)[0] + offsets, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_adjust_shipped_rewrites_the_files_and_the_metrics(exports: tuple[Path, Path], tmp_path: Path) -> None:
     root = generate(tmp_path / "data", per_class=8, seed=3)
     for photo in sorted((root / "trash").iterdir())[:5]:  # trash becomes the rare class

@@ -221,6 +221,7 @@ def test_a_search_cycling_over_measured_configurations_is_stopped_with_the_reaso
     assert ma.MEASURE_LINE in log.read_text()
 
 
+@pytest.mark.slow
 def test_revisits_between_new_measurements_do_not_stop_a_converging_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps = f"for i in range(6):\n    print('[Model Analyzer] {ma.MEASURE_LINE}cfg_%d' % i, flush=True)\n"
     steps += f"    for _ in range(150):\n        print('[Model Analyzer] {ma.REVISIT_LINE}', flush=True)\n    time.sleep(0.3)"

@@ -282,6 +282,7 @@ def test_machine_description_names_cpu_cores_and_versions() -> None:
     assert mach.host_name() and "/" not in mach.host_name()
 
 
+@pytest.mark.server
 @pytest.mark.skipif(PA_UNAVAILABLE is not None, reason=f"perf_analyzer cannot run here: {PA_UNAVAILABLE}")
 def test_short_real_perf_analyzer_run(tmp_path: Path) -> None:
     """perf_analyzer drives the real local server's ensemble with real JPEG bytes; its CSV parses

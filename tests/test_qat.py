@@ -107,6 +107,7 @@ def test_distillation_moves_the_weights_towards_the_teacher_and_detaches_cleanly
     assert not torch.equal(after["blocks.6.0.conv_pwl.weight"], before["blocks.6.0.conv_pwl.weight"])
 
 
+@pytest.mark.slow
 def test_make_qat_end_to_end_writes_what_make_build_quantises(tmp_path: Path, small_root: Path) -> None:
     scan = scan_image_folder(small_root)
     model = ShippedModel(DEFAULT_NET, tmp_path / "models")

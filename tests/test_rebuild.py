@@ -56,6 +56,7 @@ def _trainer(data: Path, out: Path, init: Path, *extra: str) -> Trainer:
     return Trainer(parse_args([*argv, "--epochs", "1", "--batch-size", "8", *extra])[0])
 
 
+@pytest.mark.slow
 def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_root: Path, tmp_path: Path) -> None:
     export = lite_export(tmp_path, synthetic_root, seed=0)
     trainer = _trainer(synthetic_root, tmp_path / "run", export)
@@ -93,6 +94,7 @@ def test_a_run_continues_from_an_export_of_its_split_and_records_it(synthetic_ro
     assert run_lineage(tmp_path / "run") == [(source, source_config), (tmp_path / "run", config)]
 
 
+@pytest.mark.slow
 def test_an_export_of_another_split_or_input_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
     export = lite_export(tmp_path, synthetic_root, seed=1)  # trained on the split of seed 1
     with pytest.raises(ValueError, match="another split"):

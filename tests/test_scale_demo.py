@@ -20,6 +20,8 @@ from wastesort.scale.demo import Settings, run_demo
 from wastesort.scale.haproxy import LOG_FORMAT, HealthCheck, Replica, config, parse_log
 from wastesort.scale.report import tables
 
+pytestmark = pytest.mark.server
+
 MISSING = [tool for tool in ("haproxy", "prometheus") if shutil.which(tool) is None]
 needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} (apt-get install {' '.join(MISSING)})")
 

@@ -51,6 +51,7 @@ def test_the_committed_card_is_what_the_committed_files_give() -> None:
     assert card == (REPO_ROOT / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_TRASHNET.is_dir(), reason=f"real TrashNet photos not found at {DEFAULT_TRASHNET}")
 def test_the_committed_served_record_is_the_served_files() -> None:
     model = ShippedModel()

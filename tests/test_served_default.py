@@ -103,6 +103,7 @@ def test_build_sets_and_clears_the_mark_keeping_the_header(tmp_path: Path) -> No
         assert parse_config(target / "config.pbtxt").ensemble_scheduling.step[1].model_name == f"{NET}_onnx"
 
 
+@pytest.mark.server
 @pytest.mark.skipif(not DEFAULT_TRASHNET.is_dir(), reason=f"real TrashNet photos not found at {DEFAULT_TRASHNET}")
 def test_make_build_marks_the_rules_pick_and_the_client_uses_it(tmp_path: Path) -> None:
     """The done-when check, small: build the INT8 variant into a copy of the repository, then the

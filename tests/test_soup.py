@@ -43,6 +43,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return model.eval()(x).numpy()
 
 
+@pytest.mark.slow
 def test_folding_keeps_the_function_and_gives_the_weights_an_export_computes_with(tmp_path: Path) -> None:
     from wastesort.training.cli import parse_args
 
@@ -106,6 +107,7 @@ def soup_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return export, run, out, metrics
 
 
+@pytest.mark.slow
 def test_a_soup_averages_the_folded_weights_and_reproduces_its_recorded_figures(soup_run: tuple[Path, Path, Path, dict]) -> None:
     export, run, out, metrics = soup_run
     model, contract, checkpoint = load_checkpoint(out / "best.pt")
@@ -139,6 +141,7 @@ def test_a_soup_averages_the_folded_weights_and_reproduces_its_recorded_figures(
     assert config["init_from"] is None and config["balance"] == "loss"
 
 
+@pytest.mark.slow
 def test_release_takes_a_soup_and_its_card_shows_the_averaging(
     soup_run: tuple[Path, Path, Path, dict], tmp_path: Path, synthetic_root: Path
 ) -> None:
@@ -159,6 +162,7 @@ def test_release_takes_a_soup_and_its_card_shows_the_averaging(
     assert "weights of 2 fine-tuned models averaged" in text and "python train/soup.py" in text and f"--out {run}" in text
 
 
+@pytest.mark.slow
 def test_a_released_model_is_an_ingredient_where_its_runs_are_not(synthetic_root: Path, tmp_path: Path) -> None:
     """On a fresh clone only ``models/`` is there (runs are never committed): the release record
     carries each run's command and configuration, so the shipped model can be averaged with a new
@@ -222,6 +226,7 @@ def test_a_released_model_is_an_ingredient_where_its_runs_are_not(synthetic_root
         make_soup([shipped.onnx, new], DEFAULT_NET, synthetic_root, tmp_path / "soup3")
 
 
+@pytest.mark.slow
 def test_ingredients_that_do_not_match_are_refused(synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     export = lite_export(tmp_path / "export", synthetic_root, seed=0)
     cases = [

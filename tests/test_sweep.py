@@ -102,6 +102,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_two_trial_sweep_writes_its_report_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
     args = [
         "--data",

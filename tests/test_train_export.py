@@ -63,6 +63,7 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+@pytest.mark.slow
 def test_training_beats_chance_and_writes_every_output(trained_run: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.6  # chance is 1/6
@@ -84,6 +85,7 @@ def test_training_beats_chance_and_writes_every_output(trained_run: Path) -> Non
     assert len(rows) == 1 + metrics["split_sizes"]["test"]
 
 
+@pytest.mark.slow
 def test_resume_continues_where_it_stopped(synthetic_root: Path, tmp_path: Path) -> None:
     args = ["--data", str(synthetic_root), "--out", str(tmp_path), *SMALL, "--input-size", "32", "--conv-layers", "3"]
     assert train_cli.main([*args, "--epochs", "3", "--time-limit-min", "0.0001"]) == 0  # stops after 1 epoch
@@ -156,6 +158,7 @@ def test_verification_catches_a_broken_export(trained_run: Path, tmp_path: Path)
         verify_export(out, model, images)
 
 
+@pytest.mark.slow
 def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,6 +172,7 @@ def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
     import release as release_cli
 
     from wastesort.shipped import ShippedModel
+    from wastesort.training import release as release_lib
     from wastesort.training.logit_adjust import METADATA_KEY, AdjustError
 
     data = tmp_path / "data"
@@ -214,6 +218,6 @@ def test_release_writes_every_shipped_file_logit_adjusted_and_the_card(
     def refuse(*_args: object) -> dict:
         raise AdjustError("refused for the test")
 
-    monkeypatch.setattr(release_cli, "adjust_shipped", refuse)
+    monkeypatch.setattr(release_lib, "adjust_shipped", refuse)
     assert release_cli.main([*args, "--card", str(tmp_path / "other_card.md")]) == 1
     assert {p.name: p.read_bytes() for p in models.iterdir()} == released and not (tmp_path / "other_card.md").exists()

@@ -40,6 +40,8 @@ from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.synthetic import make_image
 from wastesort.triton.server import TritonServer, free_port
 
+pytestmark = pytest.mark.server
+
 NET = DEFAULT_NET
 ENSEMBLE, CLASSIFIER = f"ensemble_{NET}", f"{NET}_onnx"
 ATOL = 1e-4

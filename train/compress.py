@@ -46,22 +46,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+    args = parse_args(argv)
     shipped_run = ShippedModel(DEFAULT_NET).source_run
-    run = a.run or shipped_run
+    run = args.run or shipped_run
     if run is None or not (run / "best.pt").is_file():
         print(f"error: no training run with best.pt at {run} (--run runs/<name>)", file=sys.stderr)
         return 2
     s = Settings(
-        clusters=a.clusters,
-        max_drop=a.max_drop,
-        scan_images=a.scan_images,
-        min_weights=a.min_weights,
-        finetune_epochs=a.finetune_epochs,
-        lr=a.lr,
+        clusters=args.clusters,
+        max_drop=args.max_drop,
+        scan_images=args.scan_images,
+        min_weights=args.min_weights,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
     )
     try:
-        result = compress(run, a.work, s, a.data)
+        result = compress(run, args.work, s, args.data)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -69,22 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     for stage, variant in zip(result.stages[1:], (PRUNED, CLUSTERED), strict=True):
         name = variant_name(result.net, variant)
         if install and stage.passed:
-            write_variant(a.repository, result.net, name, stage.onnx, OnnxClassifier(stage.onnx).contract, "onnxruntime")
+            write_variant(args.repository, result.net, name, stage.onnx, OnnxClassifier(stage.onnx).contract, "onnxruntime")
             stage.installed = True
         elif install:
-            remove_variant(a.repository, name)
+            remove_variant(args.repository, name)
             stage.reason = "REFUSED: " + stage.reason
         elif not stage.passed:
             stage.reason = "REFUSED: " + stage.reason
         print(f"{stage.name}: test top-1 {stage.test_top1:.4f}, {'installed as ' + name if stage.installed else stage.reason}")
-    a.report.parent.mkdir(parents=True, exist_ok=True)
-    plot = a.report.with_name(a.report.stem + "_sensitivity.png")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    plot = args.report.with_name(args.report.stem + "_sensitivity.png")
     report.plot_scan(result, plot)
     result.run = shown(run)
     command = shlex.join(["python", "train/compress.py", *(argv if argv is not None else sys.argv[1:])])
-    a.report.write_text(report.markdown(result, one_line(describe()), plot.name, command))
-    save_json(result, a.report.with_suffix(".json"))
-    print(f"report: {a.report}")
+    args.report.write_text(report.markdown(result, one_line(describe()), plot.name, command))
+    save_json(result, args.report.with_suffix(".json"))
+    print(f"report: {args.report}")
     return 0
 
 

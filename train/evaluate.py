@@ -32,29 +32,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, default=None, help="run folder whose manifest.csv selects the images")
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
     p.add_argument("--json", type=Path, default=None, help="write the metrics here")
-    a = p.parse_args(argv)
+    args = p.parse_args(argv)
 
-    clf = OnnxClassifier(a.model)
-    if a.run:
-        samples = read_manifest(a.run / "manifest.csv", a.data)[a.split]
-        source = f"{a.split} split of {a.run}"
+    clf = OnnxClassifier(args.model)
+    if args.run:
+        samples = read_manifest(args.run / "manifest.csv", args.data)[args.split]
+        source = f"{args.split} split of {args.run}"
     else:
         try:
-            scan = scan_image_folder(a.data, clf.labels)
+            scan = scan_image_folder(args.data, clf.labels)
         except DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         report_skipped(scan.skipped)
-        samples, source = scan.samples, f"every image under {a.data}"
+        samples, source = scan.samples, f"every image under {args.data}"
     images, y_true = split_tensors(samples, clf.contract)
     y_pred = clf.probabilities(images).argmax(1)
     metrics = classification_metrics(y_true, y_pred, clf.labels)
-    print(f"{a.model} on {len(samples)} images ({source}): top-1 {metrics['accuracy']:.4f}")
+    print(f"{args.model} on {len(samples)} images ({source}): top-1 {metrics['accuracy']:.4f}")
     print(
         classification_report(y_true, y_pred, labels=list(range(len(clf.labels))), target_names=list(clf.labels), digits=3, zero_division=0)
     )
-    if a.json:
-        a.json.write_text(json.dumps({"model": str(a.model), "images": len(samples), "source": source, **metrics}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(args.model), "images": len(samples), "source": source, **metrics}, indent=2))
     return 0
 
 

@@ -33,38 +33,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def subject_and_photos(a: argparse.Namespace):
+def subject_and_photos(args: argparse.Namespace):
     """(Subject, photos of the split) for whichever source was named."""
-    if a.checkpoint:
-        run = a.checkpoint.parent
-        data = a.data or Path(json.loads((run / "config.json").read_text())["data"])
-        return Subject.from_checkpoint(a.checkpoint), read_manifest(run / "manifest.csv", data)[a.split]
-    data = a.data or DEFAULT_TRASHNET
-    if a.onnx:
-        manifest = a.manifest or a.onnx.with_suffix(".manifest.csv")
-        return Subject.from_onnx(a.onnx), read_manifest(manifest, data)[a.split]
-    shipped = ShippedModel(a.net)
+    if args.checkpoint:
+        run = args.checkpoint.parent
+        data = args.data or Path(json.loads((run / "config.json").read_text())["data"])
+        return Subject.from_checkpoint(args.checkpoint), read_manifest(run / "manifest.csv", data)[args.split]
+    data = args.data or DEFAULT_TRASHNET
+    if args.onnx:
+        manifest = args.manifest or args.onnx.with_suffix(".manifest.csv")
+        return Subject.from_onnx(args.onnx), read_manifest(manifest, data)[args.split]
+    shipped = ShippedModel(args.net)
     checkpoint = shipped.source_run / "best.pt" if shipped.source_run else None
     if checkpoint and checkpoint.is_file():
         subject = Subject.from_checkpoint(checkpoint)
     else:
         print(f"{checkpoint or 'no export record'}: no training checkpoint here, explaining {shipped.onnx} without gradients")
         subject = Subject.from_onnx(shipped.onnx)
-    return subject, shipped.split(a.split, data)
+    return subject, shipped.split(args.split, data)
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+    args = parse_args(argv)
     try:
-        subject, photos = subject_and_photos(a)
+        subject, photos = subject_and_photos(args)
         missing = [s.path for s in photos if not s.path.is_file()]
         if missing:
-            raise DatasetError(f"{len(missing)} photos of the {a.split} split are missing, e.g. {missing[0]} (--data)")
+            raise DatasetError(f"{len(missing)} photos of the {args.split} split are missing, e.g. {missing[0]} (--data)")
     except (DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    readme = write_report(subject, photos, a.out, a.split)
-    print(f"{subject.name}: {len(photos)} {a.split} photos -> {readme}")
+    readme = write_report(subject, photos, args.out, args.split)
+    print(f"{subject.name}: {len(photos)} {args.split} photos -> {readme}")
     return 0
 
 

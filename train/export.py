@@ -28,24 +28,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=OPSET)
     p.add_argument("--atol", type=float, default=LOGIT_ATOL, help="largest accepted |logit difference|")
     p.add_argument("--tta", action="store_true", help="export the flip-averaged (test-time augmentation) model")
-    a = p.parse_args(argv)
+    args = p.parse_args(argv)
 
-    if a.images:
-        paths = sorted(q for q in a.images.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)[: a.limit]
+    if args.images:
+        paths = sorted(q for q in args.images.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)[: args.limit]
     else:
-        paths = held_out_images(a.run, a.limit)
+        paths = held_out_images(args.run, args.limit)
     if not paths:
         print("error: no images to verify the export with", file=sys.stderr)
         return 2
     try:
-        result = export_run(a.run, a.out, paths, a.opset, a.atol, a.tta)
+        result = export_run(args.run, args.out, paths, args.opset, args.atol, args.tta)
     except ExportError as exc:
         print(f"error: export verification failed: {exc}", file=sys.stderr)
         return 1
-    size_mb = a.out.stat().st_size / 1e6
+    size_mb = args.out.stat().st_size / 1e6
     print(
-        f"exported {a.out} ({size_mb:.1f} MB, opset {a.opset}); verified on {result['images']} held-out images: "
-        f"top-1 agreement {result['top1_agreement']:.0%}, max |logit diff| {result['max_abs_logit_diff']:.1e} (tolerance {a.atol:.0e})"
+        f"exported {args.out} ({size_mb:.1f} MB, opset {args.opset}); verified on {result['images']} held-out images: "
+        f"top-1 agreement {result['top1_agreement']:.0%}, max |logit diff| {result['max_abs_logit_diff']:.1e} (tolerance {args.atol:.0e})"
     )
     return 0
 

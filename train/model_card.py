@@ -28,20 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="the run it was released from (default: the one its release record names)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
     p.add_argument("--measure-served", type=Path, metavar="DATA", help="re-measure the served file on the photos under DATA first")
-    a = p.parse_args(argv)
-    metrics = json.loads(a.onnx.with_suffix(".metrics.json").read_text())
+    args = p.parse_args(argv)
+    metrics = json.loads(args.onnx.with_suffix(".metrics.json").read_text())
     recorded = metrics.get("release", {}).get("run")
-    if not a.run and not recorded:
-        print(f"error: {a.onnx.name}'s metrics name no release run; pass --run", file=sys.stderr)
+    if not args.run and not recorded:
+        print(f"error: {args.onnx.name}'s metrics name no release run; pass --run", file=sys.stderr)
         return 1
-    run = a.run or Path(recorded)
-    if a.measure_served:
-        model = ShippedModel(metrics["model"], folder=a.onnx.parent)
-        record = served_record(model, a.measure_served)
+    run = args.run or Path(recorded)
+    if args.measure_served:
+        model = ShippedModel(metrics["model"], folder=args.onnx.parent)
+        record = served_record(model, args.measure_served)
         record_served(model, record)
         print(summary(record))
-    write_card(run, a.onnx, a.out)
-    print(f"wrote {a.out}")
+    write_card(run, args.onnx, args.out)
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--calibration-images", type=int, default=300, help="training images that set the activation ranges")
-    a = p.parse_args(argv)
-    model = ShippedModel(a.net)
+    args = p.parse_args(argv)
+    model = ShippedModel(args.net)
     try:
-        record = fine_tune(model, a.data, QatConfig(a.epochs, a.lr, a.batch_size, a.seed), a.calibration_images)
+        record = fine_tune(model, args.data, QatConfig(args.epochs, args.lr, args.batch_size, args.seed), args.calibration_images)
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

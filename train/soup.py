@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=DEFAULT_NET, help="the network every ingredient is")
     p.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="ImageFolder root the manifests' paths are relative to")
     p.add_argument("--recipe", choices=RECIPES, default=RECIPES[0], help="greedy: add by val top-1 while it does not drop; uniform: all")
-    a = p.parse_args(argv)
-    args = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    command = sys.argv[1:] if argv is None else argv
     try:
-        metrics = make_soup(a.ingredients, a.model, a.data, a.out, a.recipe, shlex.join(["python", SCRIPT, *args]))
+        metrics = make_soup(args.ingredients, args.model, args.data, args.out, args.recipe, shlex.join(["python", SCRIPT, *command]))
     except (DatasetError, SoupError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         name = "all" if step["ingredient"] is None else soup["ingredients"][step["ingredient"]]["path"]
         print(f"{'kept   ' if step['kept'] else 'dropped'} {name}: soup val {step['score']:.4f}")
     val, test = metrics["val"]["accuracy"], metrics["test"]["accuracy"]
-    print(f"soup of {averaged_models(soup)} models: val top-1 {val:.4f}, test top-1 {test:.4f} (as trained) -> {a.out}")
-    print(f"next: make release RUN={a.out}")
+    print(f"soup of {averaged_models(soup)} models: val top-1 {val:.4f}, test top-1 {test:.4f} (as trained) -> {args.out}")
+    print(f"next: make release RUN={args.out}")
     return 0
 
 

@@ -44,42 +44,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    space = SPACES[a.space]
-    base = space.budgets[a.budget]
+    args = parse_args(argv)
+    space = SPACES[args.space]
+    base = space.budgets[args.budget]
     budget = replace(
         base,
-        trials=a.trials or base.trials,
-        epochs=a.epochs or base.epochs,
-        train_fraction=a.train_fraction or base.train_fraction,
-        input_size=a.input_size or base.input_size,
+        trials=args.trials or base.trials,
+        epochs=args.epochs or base.epochs,
+        train_fraction=args.train_fraction or base.train_fraction,
+        input_size=args.input_size or base.input_size,
     )
-    name = a.study or f"{space.name}-{a.budget}"
-    out = Path(a.out or f"runs/sweep/{name}")
+    name = args.study or f"{space.name}-{args.budget}"
+    out = Path(args.out or f"runs/sweep/{name}")
     out.mkdir(parents=True, exist_ok=True)
-    folder = Path(a.report or f"docs/sweep/{name}")
+    folder = Path(args.report or f"docs/sweep/{name}")
     folder.mkdir(parents=True, exist_ok=True)
-    st = study.open_study(name, a.storage or study.default_storage(out), budget.epochs, a.seed)
-    objective = Objective(space, budget, a.data, out, shlex.split(a.train_args))
-    if not a.report_only:
+    st = study.open_study(name, args.storage or study.default_storage(out), budget.epochs, args.seed)
+    objective = Objective(space, budget, args.data, out, shlex.split(args.train_args))
+    if not args.report_only:
         try:
-            done = study.run(st, objective, budget.trials, a.timeout_min * 60 if a.timeout_min else None)
+            done = study.run(st, objective, budget.trials, args.timeout_min * 60 if args.timeout_min else None)
         except DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"study {name}: {done} finished trials (cap {budget.trials})")
     budget_lines = [
-        f"preset `{a.budget}`: run cap {budget.trials} finished trials, at most {budget.epochs} epochs per trial "
+        f"preset `{args.budget}`: run cap {budget.trials} finished trials, at most {budget.epochs} epochs per trial "
         f"(Hyperband: 1 to {budget.epochs} epochs, reduction factor 3), "
         f"{budget.train_fraction:.0%} of the training split per trial, validation split whole",
         f"input: {f'{budget.input_size} px' if budget.input_size else 'searched (resolution)'}; fixed flags: `{' '.join(space.fixed)}`"
-        + (f"; extra: `{a.train_args}`" if a.train_args else ""),
-        f"sampler: TPE (seed {a.seed}, constant liar); storage: `{a.storage or 'sqlite (study.db in the working folder)'}`",
+        + (f"; extra: `{args.train_args}`" if args.train_args else ""),
+        f"sampler: TPE (seed {args.seed}, constant liar); storage: `{args.storage or 'sqlite (study.db in the working folder)'}`",
         f"machine: {one_line(describe())}",
     ]
     rows = report.write_trials_csv(st, space, folder / "trials.csv")
     plots = report.write_plots(st, folder)
-    commands = report.best_commands(st, a.data, f"runs/{name}-best", budget.argv()) if study.has_complete(st) else {}
+    commands = report.best_commands(st, args.data, f"runs/{name}-best", budget.argv()) if study.has_complete(st) else {}
     readme = report.write_readme(st, space, folder, budget_lines, commands, plots)
     print(f"{rows} trials -> {folder / 'trials.csv'}; report {readme}")
     for label, cmd in commands.items():

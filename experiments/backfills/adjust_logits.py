@@ -31,16 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, help="the run it was released from: regenerate MODEL_CARD.md")
     p.add_argument("--card", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
     p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
-    a = p.parse_args(argv)
-    model = ShippedModel(a.net)
+    args = p.parse_args(argv)
+    model = ShippedModel(args.net)
     try:
-        report(adjust_shipped(model, a.data))
+        report(adjust_shipped(model, args.data))
     except (AdjustError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if model.drop_stale_qat():
         print(f"removed {model.qat_onnx.name}: made from the unadjusted export (make qat makes one for this export)")
-    publish(a.run, model, a.card, a.repository)
+    publish(args.run, model, args.card, args.repository)
     return 0
 
 

@@ -42,16 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_TRASHNET, help="the dataset the manifests name")
     p.add_argument("--steps", type=int, default=4, help="intervals between A and B")
     p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args(argv)
-    ends = [load_ingredient(path, a.net, a.data) for path in (a.a, a.b)]
+    args = p.parse_args(argv)
+    ends = [load_ingredient(path, args.net, args.data) for path in (args.a, args.b)]
     check_compatible(ends)
     first = ends[0]
     classes = first.contract.labels
     offsets = first.release_offsets()
     tensors = {s: pipeline.eval_tensor(first.splits[s], first.contract, f"{s} images") for s in ("val", "test")}
     rows = []
-    for k in range(a.steps + 1):
-        t = k / a.steps
+    for k in range(args.steps + 1):
+        t = k / args.steps
         model = average_weights([e.model for e in ends], [1 - t, t])
         row = [f"{t:.2f}"]
         for x, y in tensors.values():
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ["t (0: A, 1: B)"] + [f"{s} {kind} {metric}" for s in tensors for kind in ("plain", "TTA") for metric in ("top-1", "trash F1")]
     adjusted = ", logit-adjusted" if first.balance == BALANCE else ""
     lines = [
-        f"Interpolation between `{a.a}` (A) and `{a.b}` (B): folded weights averaged as (1 - t) A + t B{adjusted},",
+        f"Interpolation between `{args.a}` (A) and `{args.b}` (B): folded weights averaged as (1 - t) A + t B{adjusted},",
         "BatchNorms not re-expanded; PyTorch, serving preprocessing, "
         f"{len(tensors['val'][1])} val and {len(tensors['test'][1])} test photos (`experiments/soup/interpolate.py`).",
         f"Machine: {one_line(describe())}.",
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

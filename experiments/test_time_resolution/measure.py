@@ -91,52 +91,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recalibrate", action="store_true", help="also re-estimate the BatchNorm statistics at each side")
     p.add_argument("--recalibration-photos", type=int, default=752, help="training photos (evenly spaced) for --recalibrate")
     p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args(argv)
-    ingredient = load_ingredient(a.model, a.net, a.data)
+    args = p.parse_args(argv)
+    ingredient = load_ingredient(args.model, args.net, args.data)
     served, classes = ingredient.contract, ingredient.contract.labels
     offsets = ingredient.release_offsets()
     train = ingredient.splits["train"]
-    recal_photos = statistics_sample(train, a.recalibration_photos)
-    statistics = pipeline.eval_tensor(statistics_sample(train), served, "statistics photos")[0] if a.recalibrate else None
+    recal_photos = statistics_sample(train, args.recalibration_photos)
+    statistics = pipeline.eval_tensor(statistics_sample(train), served, "statistics photos")[0] if args.recalibrate else None
     labels: dict[str, np.ndarray] = {}
     views: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     recal: dict[int, dict[str, np.ndarray]] = {}
-    for side in a.sides:
+    for side in args.sides:
         contract = replace(served, height=side, width=side)
         tensors = {s: pipeline.eval_tensor(ingredient.splits[s], contract, f"{s} at {side} px") for s in SPLITS}
         labels = {s: y.numpy() for s, (_, y) in tensors.items()}
         views[side] = {s: probabilities(ingredient.model, x, offsets) for s, (x, _) in tensors.items()}
-        if a.recalibrate:
+        if args.recalibrate:
             model = recalibrated(ingredient, pipeline.eval_tensor(recal_photos, contract, f"train at {side} px")[0], statistics)
             recal[side] = {s: probabilities(model, x, offsets)[0] for s, (x, _) in tensors.items()}
     rows: list[tuple[str, dict[str, np.ndarray]]] = []
-    for side in a.sides:
+    for side in args.sides:
         mark = " (served)" if (side, side) == (served.height, served.width) else ""
         rows.append((f"{side} px{mark}", {s: views[side][s][0] for s in SPLITS}))
         rows.append((f"{side} px + mirror", {s: (views[side][s][0] + views[side][s][1]) / 2 for s in SPLITS}))
-    if len(a.sides) > 1:
-        every = ", ".join(str(s) for s in a.sides)
-        rows.append((f"mean over {every} px", {s: np.mean([views[d][s][0] for d in a.sides], axis=0) for s in SPLITS}))
-        rows.append((f"mean over {every} px + mirrors", {s: np.mean([v for d in a.sides for v in views[d][s]], axis=0) for s in SPLITS}))
+    if len(args.sides) > 1:
+        every = ", ".join(str(s) for s in args.sides)
+        rows.append((f"mean over {every} px", {s: np.mean([views[d][s][0] for d in args.sides], axis=0) for s in SPLITS}))
+        rows.append((f"mean over {every} px + mirrors", {s: np.mean([v for d in args.sides for v in views[d][s]], axis=0) for s in SPLITS}))
     rows += [(f"{side} px, BatchNorms re-estimated at {side} px", recal[side]) for side in recal]
     header = ["test-time input", "val top-1", "val trash F1", "val NLL", "test top-1", "test trash F1"]
     table = [[name, *scores(prob, labels, classes)] for name, prob in rows]
     for row in table:
         print(" | ".join(row), flush=True)
     lines = [
-        f"`{shown(a.model)}` ({a.net}, served at {served.width}x{served.height} px) at other test-time sides: PyTorch, the serving",
+        f"`{shown(args.model)}` ({args.net}, served at {served.width}x{served.height} px) at other test-time sides: PyTorch, the serving",
         f"preprocessing at each side, the release's logit adjustment; {len(labels['val'])} val and {len(labels['test'])} test photos",
         "(`experiments/test_time_resolution/measure.py`"
-        + (f"; BatchNorm statistics re-estimated on {len(recal_photos)} training photos)." if a.recalibrate else ")."),
+        + (f"; BatchNorm statistics re-estimated on {len(recal_photos)} training photos)." if args.recalibrate else ")."),
         f"Machine: {one_line(describe())}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in table),
     ]
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -191,8 +191,8 @@ def analyzer_config(
 REVISIT_LINE = "Existing measurement found for run config"
 MEASURE_LINE = "Profiling "
 #: Revisits in a row, with no new measurement between them, after which a run is stopped: Model
-#: Analyzer 1.58's quick search can cycle over measured configurations without ending (seen
-#: here: 114,551 revisits in 30 minutes); a converging search revisits a few at a time.
+#: Analyzer's quick search can cycle over measured configurations without ending; a converging
+#: search revisits a few at a time.
 MAX_REVISITS = 1000
 
 

@@ -81,19 +81,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     t.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
     t.add_argument("--no-amp", action="store_true", help="disable fp16 autocast on CUDA")
     t.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU (AVX-512 BF16 / AMX CPUs)")
-    a = p.parse_args(argv)
+    args = p.parse_args(argv)
     simple = SimpleCNNConfig(
-        conv_layers=a.conv_layers,
-        base_features=a.base_features,
-        strategy=a.feature_strategy,
-        kernel_size=a.kernel_size,
-        conv_activation=a.conv_activation,
-        dense_activation=a.dense_activation,
-        batch_norm=not a.no_batch_norm,
-        dropout=a.dropout,
-        dense_units=a.dense_units,
-        input_size=a.input_size or sd.input_size,
+        conv_layers=args.conv_layers,
+        base_features=args.base_features,
+        strategy=args.feature_strategy,
+        kernel_size=args.kernel_size,
+        conv_activation=args.conv_activation,
+        dense_activation=args.dense_activation,
+        batch_norm=not args.no_batch_norm,
+        dropout=args.dropout,
+        dense_units=args.dense_units,
+        input_size=args.input_size or sd.input_size,
     )
     names = {f.name for f in fields(TrainConfig)} - {"simplecnn", "amp", "split"}
-    cfg = TrainConfig(**{k: getattr(a, k) for k in names}, simplecnn=simple, amp=not a.no_amp, split=tuple(a.split))
-    return cfg, a.resume
+    cfg = TrainConfig(**{k: getattr(args, k) for k in names}, simplecnn=simple, amp=not args.no_amp, split=tuple(args.split))
+    return cfg, args.resume

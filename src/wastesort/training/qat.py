@@ -1,7 +1,7 @@
 """Quantisation-aware fine-tuning (QAT) of an exported EfficientNet-Lite for ONNX Runtime INT8.
 
-Post-training INT8 of the shipped Lite0, with the stem and block 0 in float, loses about two
-test photos against FP32 (``experiments/int8_settings/README.md``): what is left is rounding. QAT fine-tunes a copy
+Once the INT8 settings keep the sensitive early layers in float, what post-training INT8 still
+loses against FP32 is rounding (``experiments/int8_settings/``). QAT fine-tunes a copy
 of the FP32 weights under simulated 8-bit rounding, so that the integer model ``quantize_static``
 makes from them stays closer to the FP32 model. The recipe, by self-distillation (no labels):
 

@@ -1,6 +1,9 @@
-"""The steps of ``make release`` (``train/release.py``) that other tools share: the TTA and
-decoder records, the release record (machine, weights' origin, training lineage), and
-:func:`publish` (model card and model repository).
+"""``make release`` as one library call (:func:`release_run`) and the steps other tools share:
+the TTA and decoder records, the release record (machine, weights' origin, training lineage),
+and :func:`publish` (model card and model repository).
+
+A release writes every file into a staging folder and installs them into ``models/`` only when
+every step passed, so a failed release leaves the shipped model as it was.
 """
 
 from __future__ import annotations
@@ -9,14 +12,29 @@ import json
 import os
 import platform
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.training.card import write_card
-from wastesort.training.export import anchored, load_checkpoint, recorded_stages, run_lineage, run_splits
+from wastesort.training.export import (
+    DECODERS,
+    ExportError,
+    anchored,
+    export_run,
+    held_out_images,
+    load_checkpoint,
+    recorded_stages,
+    run_lineage,
+    run_splits,
+    with_decoder,
+)
 from wastesort.training.lite import LITE_NETS
+from wastesort.training.logit_adjust import BALANCE, AdjustError, adjust_shipped, report
+from wastesort.training.served import record_served, served_record, summary
 from wastesort.triton.config import write_repository
 
 
@@ -111,3 +129,74 @@ def release_record(run: Path, net: str) -> dict:
         ),
         "lineage": [_stage(r, c, recorded) for r, c in lineage],
     }
+
+
+class ReleaseError(Exception):
+    """A release step failed; nothing was installed."""
+
+
+def _stage_files(
+    run: Path, config: dict, model: ShippedModel, contract: PreprocessContract, decoder: dict | None, logit_adjust: bool, log
+) -> None:
+    """Write every release file of ``run`` into ``model``'s (staging) folder."""
+    try:
+        held_out = held_out_images(run, 1000)
+        export = export_run(run, model.onnx, held_out, contract=contract)
+        export_run(run, model.tta_onnx, held_out, tta=True, contract=contract)
+    except ExportError as exc:
+        raise ReleaseError(f"export verification failed: {exc}") from exc
+    log(f"exported {model.onnx.name} ({model.onnx.stat().st_size / 1e6:.1f} MB): agreement {export['top1_agreement']:.0%}")
+    shutil.copy(run / "manifest.csv", model.manifest)
+    metrics = json.loads((run / "metrics.json").read_text())
+    adjust = config.get("balance") == BALANCE and logit_adjust
+    if not adjust:  # else adjust_shipped measures both files once adjusted and decides on those figures
+        tta = metrics["tta"] = tta_record(model, run)
+        log(f"TTA: val {tta['val_plain']:.4f} -> {tta['val_tta']:.4f}, test {tta['test_plain']:.4f} -> {tta['test_tta']:.4f}")
+        log(f"TTA kept: {tta['kept']}")
+    if decoder:
+        metrics["decoder"] = decoder
+    metrics["release"] = release_record(run, model.net)
+    model.metrics.write_text(json.dumps(metrics, indent=2))
+    if adjust:
+        try:
+            report(adjust_shipped(model, Path(config["data"])))
+        except AdjustError as exc:
+            raise ReleaseError(f"logit adjustment failed: {exc} (--no-logit-adjust releases the logits as trained)") from exc
+    else:
+        record_served(model, served_record(model, Path(config["data"])))
+    log(summary(json.loads(model.metrics.read_text())["served"]))
+
+
+def release_run(
+    run: Path,
+    models_dir: Path,
+    card: Path,
+    repository: Path,
+    decoder: str = DECODERS[0],
+    logit_adjust: bool = True,
+    log: Callable[[str], None] = print,
+) -> ShippedModel:
+    """Promote ``run`` to ``models_dir/<net>.*``: the verified export and its TTA form (kept only
+    if it wins on val), the manifest, metrics with the release and served records, the logit
+    adjustment of a class-weighted run (unless ``logit_adjust`` is off); then the model card and,
+    for the default network, the repository. ``decoder`` serves a Pillow-trained model through
+    another decoder, refused if its test top-1 drops. Raises :class:`ReleaseError`."""
+    config = json.loads((run / "config.json").read_text())
+    model = ShippedModel(config["model"], folder=models_dir)
+    trained = load_checkpoint(run / "best.pt")[1]
+    contract = with_decoder(trained, decoder)
+    record = None
+    if contract != trained:
+        record = decoder_record(run, trained, contract)
+        log(f"decoder {trained.interpolation} -> {contract.interpolation}: " + ", ".join(f"{k} {v}" for k, v in record.items()))
+        if not record["accepted"]:
+            raise ReleaseError(f"test top-1 drops through the {decoder} decoder; release refused")
+    with tempfile.TemporaryDirectory() as tmp:  # nothing reaches models/ unless every step passes
+        staged = ShippedModel(model.net, folder=Path(tmp))
+        _stage_files(run, config, staged, contract, record, logit_adjust, log)
+        for name in install(staged, model):
+            log(f"wrote {model.folder / name}")
+    if model.drop_stale_qat():
+        log(f"removed {model.qat_onnx.name}: fine-tuned from the previous export (make qat makes one for this export)")
+    publish(run, model, card, repository)
+    return model

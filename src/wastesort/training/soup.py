@@ -1,37 +1,14 @@
-"""Weight averaging of fine-tuned EfficientNet-Lite models: a greedy "model soup" (Wortsman et
-al., "Model soups: averaging weights of multiple fine-tuned models improves accuracy without
-increasing inference time", ICML 2022).
+"""Weight averaging of fine-tuned EfficientNet-Lite models: the greedy "model soup" of Wortsman
+et al. (ICML 2022). Models fine-tuned from the same ImageNet weights average into one network,
+often better than each, at the inference cost of one.
 
-Models fine-tuned from the same ImageNet weights tend to lie in one basin of the loss, so the
-average of their weights is a model too, often better than each of them, and it costs one
-network at inference (an ensemble of K networks costs K). Figures: ``experiments/soup.md``.
-
-Contract:
-
-* **Ingredients** are runs (a folder with ``best.pt``) or exports (``.onnx``, e.g. the committed
-  ``models/<net>.onnx``) of one Lite network with the same classes, preprocessing contract,
-  split (manifest) and class balance; anything else is a :class:`SoupError`. An export counts as
-  trained with the class-weighted loss when it carries the release's logit adjustment.
-* **One parametrisation**: each ingredient becomes its folded network, the form of
-  :func:`~wastesort.training.qat.student_from_onnx` (each BatchNorm folded into its convolution,
-  an export's logit adjustment removed), so runs and exports average in the weights an export
-  computes with. Averaging unfolded weights would mix BatchNorm scales that differ between models.
-* **Greedy recipe** (the paper's): the ingredients ranked by val top-1, best first; each next one
-  is kept if the average with it does not lower val top-1. Val top-1 is measured through the
-  serving preprocessing, with the logit adjustment the release will add when the ingredients
-  were trained with the class-weighted loss, so the choice is made on what will be served. The
-  test split plays no part. ``uniform`` averages them all.
-* **A soup counts as its models**: an ingredient that is itself a soup (a soup run, or an export
-  released from one) weighs as many fine-tuned models as it averages (:func:`averaged_models`),
-  so adding a new model to a shipped soup of two gives each of the three a third, as averaging
-  all three would; the soup records the total under ``models``.
-* **Output**: the soup's BatchNorms re-expanded on training photos
-  (:func:`~wastesort.training.rebuild.reexpand_batchnorms`), written as a run folder
-  (``best.pt``, ``config.json``, ``manifest.csv``, ``metrics.json``, confusion matrices,
-  predictions) that ``make release RUN=...`` takes like any other. ``config.json`` is the first
-  chosen ingredient's training configuration (for an export: its source run's) with the
-  :data:`~wastesort.training.export.SOUP_KEY` record; the lineage
-  (:func:`~wastesort.training.export.run_lineage`) is every chosen ingredient's.
+Ingredients are runs (``best.pt``) or exports (``.onnx``) of one Lite network with the same
+classes, contract, split and class balance (anything else is a :class:`SoupError`). Each becomes
+its folded network (:func:`~wastesort.training.qat.student_from_onnx`), so runs and exports
+average in the weights an export computes with; ranked by val top-1 through the serving
+preprocessing (with the release's logit adjustment), each next one is kept if it does not lower
+val top-1. A soup ingredient weighs as many models as it averages (:func:`averaged_models`). The
+result is a run folder that ``make release RUN=...`` takes like any other.
 """
 
 from __future__ import annotations
@@ -48,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, read_manifest, same_split, write_manifest
 from wastesort.training import evaluate, pipeline
@@ -277,7 +255,7 @@ def _write_run(
     for split in ("val", "test"):
         x, y = tensors[split] if split in tensors else pipeline.eval_tensor(splits[split], first.contract, f"{split} images")
         logits = evaluate.predict(soup, x)
-        m = metrics[split] = evaluate.classification_metrics(y.numpy(), logits.argmax(1), classes)
+        m = metrics[split] = ev.classification_metrics(y.numpy(), logits.argmax(1), classes)
         title = f"{net} soup {split}: top-1 {m['accuracy']:.3f}"
         evaluate.write_confusion(m["confusion_matrix"], classes, out / f"confusion_{split}", title)
         evaluate.write_predictions(out / f"predictions_{split}.csv", [str(s.path) for s in splits[split]], y.numpy(), logits, classes)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.data import (
     Sample,
@@ -495,7 +496,7 @@ class Trainer:
         }
         for split, x, y in (("val", self.x_val, self.y_val), ("test", self.x_test, self.y_test)):
             logits = evaluate.predict(model, x, device=self.device)
-            m = evaluate.classification_metrics(y.numpy(), logits.argmax(1), self.classes)
+            m = ev.classification_metrics(y.numpy(), logits.argmax(1), self.classes)
             metrics[split] = m
             evaluate.write_confusion(
                 m["confusion_matrix"], self.classes, self.out / f"confusion_{split}", f"{self.cfg.model} {split}: top-1 {m['accuracy']:.3f}"

@@ -61,10 +61,10 @@ class Int8Settings:
     The defaults are ``quantize_static``'s own (QDQ, per-channel signed 8-bit weights, unsigned
     8-bit activations: U8S8, the pair ONNX Runtime's x86 kernels want, MinMax calibration) with
     the stem convolution kept in float. That suits networks of Conv + ReLU6 + Add such as
-    EfficientNet-Lite, whose activations fold into the integer convolution; on AVX2 CPUs the
-    stem, which sees the raw image, lost most of plain quantisation's 4 points (val logit error
-    against FP32 a third of plain's). Per-network choices are in :data:`INT8_BY_NET`, each
-    picked by ``experiments/int8_settings/int8_sweep.py`` on the validation split (``experiments/int8_settings/README.md``).
+    EfficientNet-Lite, whose activations fold into the integer convolution; the stem, which sees
+    the raw image, is where plain quantisation loses most. Per-network choices are in
+    :data:`INT8_BY_NET`, each picked on the validation split by :func:`pick_int8` (the study:
+    ``experiments/int8_settings/``).
     """
 
     per_channel: bool = True
@@ -118,15 +118,14 @@ class Int8Settings:
 
 #: MobileNetV3-Small: h-swish and squeeze-excite run as integer ops, the stem and the first two
 #: blocks (8 convolutions at 80x80 and 40x40) stay in float, percentile 99.95 calibration.
-#: Without these rewrites its INT8 model is slower than FP32 (0.6-0.7x): ONNX Runtime converts
-#: the activations to float and back around every h-swish and pool.
+#: Without these rewrites ONNX Runtime converts the activations to float and back around every
+#: h-swish and pool, and INT8 runs slower than FP32.
 MOBILENET_V3_INT8 = Int8Settings(method="Percentile", percentile=99.95, float_prefix_convs=8, integer_hard_sigmoid=True, global_pool=True)
 
 #: EfficientNet-Lite0: the stem and block 0 (its depthwise and pointwise convolutions, the first
 #: three convolutions) in float, percentile 99.999 calibration, quantising the QAT weights
-#: (``make qat``). :func:`pick_int8`'s choice in the Lite0 sweep (``experiments/int8_settings/README.md``): val logit
-#: error against FP32 0.014 (0.019 from the export's own weights, 0.092 with the stem alone in
-#: float), at the same speed.
+#: (``make qat``): :func:`pick_int8`'s choice in the Lite0 sweep (``experiments/int8_settings/``),
+#: the lowest val logit error against FP32 at the same speed.
 EFFICIENTNET_LITE0_INT8 = Int8Settings(float_prefix_convs=3, method="Percentile", percentile=99.999, qat_weights=True)
 
 #: The settings ``make build`` quantises each network with; others get :class:`Int8Settings`'s defaults.
