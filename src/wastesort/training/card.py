@@ -201,18 +201,16 @@ def _interval(bounds: list[float], digits: int) -> str:
 
 def _top1_rows(metrics: dict, plain_file: str) -> str:
     """The summary's test and val top-1 rows: the served file's, with their bootstrap intervals
-    (:mod:`wastesort.training.served`) and the plain file's figure when another file is served;
-    without a served record, the plain file's."""
-    served = metrics.get("served")
+    (:mod:`wastesort.training.served`) and the plain file's figure when another file is served."""
+    served = metrics["served"]
     rows = []
     for split, name, use in (("test", "**test top-1**", "held-out photos"), ("val", "val top-1", "photos, used for checkpoint selection")):
-        m = served[split] if served else metrics[split]
+        m = served[split]
         figure = f"**{m['accuracy']:.4f}**" if split == "test" else f"{m['accuracy']:.4f}"
         text = f"{figure} on {metrics['split_sizes'][split]} {use} (macro F1 {m['macro_f1']:.4f})"
-        if served:
-            text += f"; {CONFIDENCE:.0%} interval {_interval(m['interval']['top1'], 4)}; served file `{served['file']}`"
-            if served["file"] != plain_file:
-                text += f" (the plain file: {metrics[split]['accuracy']:.4f})"
+        text += f"; {CONFIDENCE:.0%} interval {_interval(m['interval']['top1'], 4)}; served file `{served['file']}`"
+        if served["file"] != plain_file:
+            text += f" (the plain file: {metrics[split]['accuracy']:.4f})"
         rows.append(f"| {name} | {text} |")
     return "\n".join(rows)
 
@@ -233,22 +231,21 @@ def build_card(run: Path, onnx_path: Path, notes: str, card_dir: Path = Path("."
     splits = read_manifest(manifest, Path(config["data"]))
     counts = {c: [sum(s.label == i for s in splits[k]) for k in SPLITS] for i, c in enumerate(classes)}
 
-    served = metrics.get("served")
-    if served:  # the per-class figures are the served file's, with their intervals
-        test, val = served["test"], served["val"]
+    served = metrics["served"]  # the per-class figures are the served file's, with their intervals
+    test, val = served["test"], served["val"]
     per_class = [
         [
             c,
             f"{test['per_class'][c]['precision']:.3f}",
             f"{test['per_class'][c]['recall']:.3f}",
             f"{test['per_class'][c]['f1']:.3f}",
-            *([_interval(test["interval"]["f1"][c], 3)] if served else []),
+            _interval(test["interval"]["f1"][c], 3),
             str(test["per_class"][c]["support"]),
             f"{val['per_class'][c]['f1']:.3f}",
         ]
         for c in classes
     ]
-    per_class_header = ["class", "precision", "recall", "F1", *([f"F1 {CONFIDENCE:.0%} interval"] if served else []), "support", "val F1"]
+    per_class_header = ["class", "precision", "recall", "F1", f"F1 {CONFIDENCE:.0%} interval", "support", "val F1"]
     cm_rows = [[classes[i], *[str(v) for v in row]] for i, row in enumerate(test["confusion_matrix"])]
     worst = min(classes, key=lambda c: test["per_class"][c]["f1"])
     cm_table = _table(["true \\ pred", *classes], cm_rows)
@@ -294,7 +291,7 @@ rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {co
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`" if served else ""})
+{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`"})
 {_table(per_class_header, per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):

@@ -288,12 +288,14 @@ def export_run(
     atol: float = LOGIT_ATOL,
     tta: bool = False,
     contract: PreprocessContract | None = None,
+    plain: Path | None = None,
 ) -> dict:
     """Export ``run/best.pt`` to ``out`` (with ``tta``: rewritten by
     :func:`wastesort.variants.tta.flip_averaged` and verified against :class:`FlipAveraged`), verify it on
     ``paths`` (real photos through the serving preprocessing) and write ``<out>.export.json``.
     ``contract``: the one the file carries and is served with (default: the checkpoint's own,
-    as trained; see :func:`with_decoder`).
+    as trained; see :func:`with_decoder`). ``plain``: with ``tta``, this run's plain export already
+    written (rewritten instead of exported again).
 
     Returns the verification record. Raises:
         ExportError: the export does not reproduce PyTorch (``out`` is removed).
@@ -303,7 +305,7 @@ def export_run(
     doc = f"{ckpt['arch']['name']} trained in {run}, best epoch {ckpt['epoch']}"
     if tta:  # the one TTA rewrite (also what make build applies to INT8), checked against PyTorch's flip average
         with tempfile.TemporaryDirectory() as tmp:
-            flip_averaged(export_onnx(model, contract, Path(tmp) / "plain.onnx", opset, doc=doc), out)
+            flip_averaged(plain or export_onnx(model, contract, Path(tmp) / "plain.onnx", opset, doc=doc), out)
         model = FlipAveraged(model).eval()
     else:
         export_onnx(model, contract, out, opset, doc=doc)

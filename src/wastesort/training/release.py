@@ -142,7 +142,7 @@ def _stage_files(
     try:
         held_out = held_out_images(run, 1000)
         export = export_run(run, model.onnx, held_out, contract=contract)
-        export_run(run, model.tta_onnx, held_out, tta=True, contract=contract)
+        export_run(run, model.tta_onnx, held_out, tta=True, contract=contract, plain=model.onnx)
     except ExportError as exc:
         raise ReleaseError(f"export verification failed: {exc}") from exc
     log(f"exported {model.onnx.name} ({model.onnx.stat().st_size / 1e6:.1f} MB): agreement {export['top1_agreement']:.0%}")
