@@ -9,11 +9,16 @@ Sends each file's bytes as they are (JPEG, PNG, ...; the server decodes), severa
 request (``--batch-size``) and several requests in flight (``--concurrency``, asyncio), and
 reads the answer through Triton's classification extension (``"score:index:label"``).
 
-Output: one line per image, ``path: label score``, or with ``--json`` one object per line
-``{"path", "label", "score", "top_k": [[label, score], ...]}`` (``"error"`` instead for an
-image that failed). Every input gets exactly one line, also when the run is interrupted. A
-summary goes to stderr. Exit status: 0 every image classified, 1 some failed, 2 bad usage or
-no images, 3 server unreachable or model not ready at the start, 130 interrupted.
+Output: one line per image, ``path: label score``, or ``path: unsure (label score, label
+score)`` when the top probability is below the threshold the served model carries (its config's
+``unsure_below`` parameter, chosen on val when the model was calibrated: such photos should go
+to a person). With ``--json`` one object per line ``{"path", "label", "score", "unsure",
+"top_k": [[label, score], ...]}`` (``label`` and ``score`` are the top-1 either way;
+``"error"`` instead for an image that failed). ``--save-unsure DIR`` copies the unsure photos
+into ``DIR`` (flat, file names kept) for a person to sort into class folders. Every input gets
+exactly one line, also when the run is interrupted. A summary goes to stderr. Exit status: 0
+every image classified, 1 some failed, 2 bad usage or no images, 3 server unreachable or model
+not ready at the start, 130 interrupted.
 
 Failures: a request the server rejects as invalid (a file that is not an image, over a size
 limit) is not retried; a request with several images is then split so that only the bad
@@ -40,6 +45,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import ssl
 import sys
@@ -58,6 +64,7 @@ from tqdm import tqdm
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
+from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.shipped import DEFAULT_NET, PROBABILITIES
 from wastesort.triton.default import choose, marked_in
 from wastesort.triton.naming import default_ensembles
@@ -196,22 +203,29 @@ class GaveUp(Exception):
 
 @dataclass
 class Result:
-    """One input file: ``label``/``score``/``top_k`` when classified, ``error`` when not."""
+    """One input file: ``label``/``score``/``top_k`` when classified (``unsure`` when the score
+    is below the model's threshold; ``runner_up`` is the second class), ``error`` when not."""
 
     path: str
     label: str | None = None
     score: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    unsure: bool = False
+    runner_up: tuple[str, float] | None = None
 
     def to_json(self) -> str:
         if self.error is not None:
-            return json.dumps({"path": self.path, "label": None, "score": None, "top_k": [], "error": self.error})
-        return json.dumps({"path": self.path, "label": self.label, "score": self.score, "top_k": [[k, s] for k, s in self.top_k]})
+            return json.dumps({"path": self.path, "label": None, "score": None, "unsure": None, "top_k": [], "error": self.error})
+        top = [[k, s] for k, s in self.top_k]
+        return json.dumps({"path": self.path, "label": self.label, "score": self.score, "unsure": self.unsure, "top_k": top})
 
     def to_text(self) -> str:
         if self.error is not None:
             return f"{self.path}: ERROR {self.error}"
+        if self.unsure:
+            shown = [(self.label, self.score), *([self.runner_up] if self.runner_up else [])]
+            return f"{self.path}: unsure (" + ", ".join(f"{k} {s:.2f}" for k, s in shown) + ")"
         rest = ", ".join(f"{k} {s:.3f}" for k, s in self.top_k[1:])
         return f"{self.path}: {self.label} {self.score:.3f}" + (f" ({rest})" if rest else "")
 
@@ -224,6 +238,15 @@ class ModelInfo:
     input_name: str
     output_name: str
     max_batch_size: int
+    #: answers whose top probability is below this are unsure (``None``: the model carries none)
+    threshold: float | None = None
+
+
+def threshold_in(config: dict) -> float | None:
+    """The unsure threshold a model config (HTTP or gRPC JSON) carries, or ``None``."""
+    config = config.get("config", config)
+    value = config.get("parameters", {}).get(THRESHOLD_PARAMETER, {}).get("string_value")
+    return float(value) if value not in (None, "") else None
 
 
 def find_images(inputs: list[str]) -> tuple[list[Path], list[Result]]:
@@ -316,7 +339,7 @@ class Classifier:
             )
         names = [o["name"] for o in outputs]
         output = PROBABILITIES if PROBABILITIES in names else names[0]
-        self.info = ModelInfo(self.model, inputs[0]["name"], output, int(config.get("max_batch_size", 0)))
+        self.info = ModelInfo(self.model, inputs[0]["name"], output, int(config.get("max_batch_size", 0)), threshold_in(config))
         return self.info
 
     async def infer(self, payloads: list[bytes]) -> list[list[tuple[str, float]]]:
@@ -328,7 +351,8 @@ class Classifier:
         array[...] = np.array(payloads, dtype=np.object_).reshape(array.shape)
         tensor = self.proto.module.InferInput(self.info.input_name, list(array.shape), "BYTES")
         tensor.set_data_from_numpy(array)
-        output = self.proto.module.InferRequestedOutput(self.info.output_name, class_count=self.top_k)
+        # at least two classes: an unsure answer names the runner-up
+        output = self.proto.module.InferRequestedOutput(self.info.output_name, class_count=max(self.top_k, 2))
         call = self.client.infer(self.model, [tensor], outputs=[output], headers=self.headers, **self.proto.infer_kw(self.timeout_s))
         result = await asyncio.wait_for(call, self.timeout_s)
         classes = result.as_numpy(self.info.output_name).reshape(len(payloads), -1)
@@ -372,8 +396,10 @@ class Classifier:
             error = f"not sent: the server stopped answering (an earlier request {self.gave_up})"
             return results + [Result(str(path), error=error) for path in sendable]
         try:
+            threshold = self.info.threshold if self.info else None
             for path, top in zip(sendable, await self.infer_with_retries(payloads), strict=True):
-                results.append(Result(str(path), top[0][0], top[0][1], top))
+                unsure = threshold is not None and top[0][1] < threshold
+                results.append(Result(str(path), top[0][0], top[0][1], top[: self.top_k], unsure=unsure, runner_up=(top[1:2] or [None])[0]))
         except GaveUp as exc:
             self.gave_up = exc
             results.extend(Result(str(path), error=str(exc)) for path in sendable)
@@ -474,6 +500,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument(
+        "--save-unsure", type=Path, default=None, metavar="DIR", help="copy the photos the model was unsure about into DIR (flat)"
+    )
+    parser.add_argument(
         "--truth-from-folder",
         action="store_true",
         help="each file's parent folder names its true class (ImageFolder layout): print top-1 accuracy and per-class F1 to stderr",
@@ -554,9 +583,31 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; {retried} requests retried" if retried else ""),
             file=sys.stderr,
         )
+    unsure = [r for r in results if r.error is None and r.unsure]
+    if not args.quiet and unsure:
+        print(f"unsure about {len(unsure)} of {len(results)} images (below the model's threshold): for a person to sort", file=sys.stderr)
+    if args.save_unsure is not None:
+        copied = save_unsure(unsure, args.save_unsure)
+        print(f"copied {len(copied)} unsure photos to {args.save_unsure}", file=sys.stderr)
     if args.truth_from_folder:
         print(accuracy_report(results), file=sys.stderr)
     return EXIT_SOME_FAILED if bad else EXIT_OK
+
+
+def save_unsure(unsure: list[Result], folder: Path) -> list[Path]:
+    """Copy each unsure photo into ``folder`` under its own file name; a name already taken by
+    another photo gets ``-1``, ``-2``, ... before its suffix. Returns the copies' paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for result in unsure:
+        source = Path(result.path)
+        target, n = folder / source.name, 0
+        while target.exists() and target.read_bytes() != source.read_bytes():
+            n += 1
+            target = folder / f"{source.stem}-{n}{source.suffix}"
+        shutil.copyfile(source, target)
+        copies.append(target)
+    return copies
 
 
 def accuracy_report(results: list[Result]) -> str:
@@ -566,6 +617,15 @@ def accuracy_report(results: list[Result]) -> str:
     classes = sorted(set(truth))
     correct = sum(r.label == t for r, t in zip(results, truth, strict=True))
     lines = [f"top-1 {correct / max(len(results), 1):.4f} ({correct} of {len(results)} images; true class = parent folder)"]
+    answered = [(r, t) for r, t in zip(results, truth, strict=True) if r.error is None and not r.unsure]
+    if len(answered) < len(results):  # the model said unsure about some (failed images are not answered either)
+        right = sum(r.label == t for r, t in answered)
+        n = max(len(results), 1)
+        lines.append(
+            f"answered {len(answered)} of {len(results)} ({len(answered) / n:.1%} coverage): "
+            f"{right / max(len(answered), 1):.4f} right among the answered; "
+            f"answered wrongly: {(len(answered) - right) / n:.1%} of all images"
+        )
     for c in classes:
         tp = sum(r.label == c and t == c for r, t in zip(results, truth, strict=True))
         predicted, actual = sum(r.label == c for r in results), truth.count(c)

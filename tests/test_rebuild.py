@@ -16,7 +16,11 @@ import torch
 from lite_models import SOURCE_STAGE, lite_export
 from torch import nn
 
+from wastesort.confidence import read as read_confidence
+from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
+from wastesort.paths import REPO_ROOT
+from wastesort.preprocess import preprocess_files
 from wastesort.shipped import DEFAULT_NET, LOGITS, ShippedModel
 from wastesort.training import card
 from wastesort.training.cli import parse_args
@@ -34,14 +38,18 @@ def _images(n: int, side: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_the_rebuild_is_the_export_without_its_adjustment_in_eval_and_in_a_training_batch() -> None:
-    x = _images(6, 224)
+    """On photos like the training ones (the samples: the typicality leaves them alone) the
+    rebuilt network's logits are the file's times its temperature, less its offsets."""
+    contract = PreprocessContract.from_onnx(str(COMMITTED.onnx))
+    x = torch.from_numpy(preprocess_files(sorted((REPO_ROOT / "samples").rglob("*.jpg"))[:6], contract))
     model = trainable_from_onnx(COMMITTED.onnx, DEFAULT_NET, x, batch_size=4)
     offsets = recorded_offsets(COMMITTED.onnx)
-    assert np.abs(offsets).max() > 0.1  # the committed file is adjusted: the subtraction is exercised
+    temperature = read_confidence(COMMITTED.onnx).temperature
+    assert np.abs(offsets).max() > 0.1 and abs(temperature - 1) > 0.1  # both undone steps are exercised
     with torch.no_grad():
         evaluated = model(x).numpy()
     reference = OnnxClassifier(COMMITTED.onnx).batched(LOGITS, x.numpy())
-    assert np.abs(evaluated + offsets - reference).max() < 1e-4
+    assert np.abs(evaluated + offsets - reference * temperature).max() < 1e-3
     assert all(p.requires_grad for p in model.parameters())
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(float(m.running_var.min()) >= 0.0 for m in norms) and any(float(m.running_mean.abs().max()) > 0.01 for m in norms)

@@ -83,10 +83,13 @@ def torch_from_onnx(onnx_path: str | Path, net: str, num_classes: int) -> nn.Mod
 
 def check_against_onnx(model: nn.Module, onnx_path: str | Path, images: np.ndarray, atol: float = 1e-3) -> float:
     """Largest absolute logit difference between ``model`` and ONNX Runtime on float32
-    ``(N, 3, H, W)`` ``images``; raises :class:`RebuildError` above ``atol``."""
+    ``(N, 3, H, W)`` ``images`` (the file's typicality factor taken back out: the rebuilt
+    network has the file's weights, not its typicality tail); raises :class:`RebuildError` above
+    ``atol``."""
     from wastesort.inference import OnnxClassifier
+    from wastesort.training.calibrate import typicality_factor
 
-    reference = OnnxClassifier(onnx_path).run([LOGITS], images)[0]
+    reference = OnnxClassifier(onnx_path).run([LOGITS], images)[0] * typicality_factor(onnx_path, images)
     with torch.inference_mode():
         logits = model(torch.from_numpy(images)).numpy()
     diff = float(np.abs(logits - reference).max())

@@ -144,6 +144,36 @@ serving preprocessing: {verdict}.
 """
 
 
+def _confidence_section(metrics: dict) -> str:
+    record = metrics.get("confidence")
+    if not record:
+        return ""
+    rows = [
+        [
+            f"`{entry['file']}`",
+            split,
+            f"{entry['threshold']:.3f}",
+            f"{m['coverage']:.1%}",
+            f"{m['accuracy_answered']:.4f}",
+            f"{m['answered_wrong']:.1%}",
+            f"{m['ece_before']:.3f} → {m['ece_after']:.3f}",
+        ]
+        for entry in record["files"].values()
+        for split, m in ((s, entry[s]) for s in ("val", "test"))
+    ]
+    header = ["file", "split", "unsure below", "answered", "right among answered", "answered wrongly", "ECE before → after"]
+    return f"""## Unsure answers
+Temperature scaling fitted on val (T = {record['temperature']:.3f}, written into the classifier head, so every file and
+variant carries it; the top-1 answers are unchanged), and a threshold per file chosen on val as the lowest top
+probability at which {record['target_accuracy']:.0%} of the answered val photos are right. Below it the service answers
+*unsure* and the photo should go to a person. Test played no part in either choice; on photos unlike TrashNet's the
+share answered wrongly is higher than here.
+
+{_table(header, rows)}
+
+"""
+
+
 def _logit_adjustment_section(metrics: dict) -> str:
     adj = metrics.get("logit_adjustment")
     if not adj:
@@ -291,7 +321,7 @@ rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {co
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`"})
+{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_confidence_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`"})
 {_table(per_class_header, per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from wastesort.confidence import METADATA_KEY as CONFIDENCE_KEY
 from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, class_weights
 from wastesort.evaluation import classification_metrics, split_tensors
@@ -106,6 +107,8 @@ def adjust_onnx(path: Path, offsets: np.ndarray, out: Path | None = None) -> Pat
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY in props:
         raise AdjustError(f"{path.name} is already logit-adjusted ({props[METADATA_KEY]})")
+    if CONFIDENCE_KEY in props:  # the offsets would have to be divided by its temperature
+        raise AdjustError(f"{path.name} is calibrated: adjust its logits before calibrating it")
     labels = PreprocessContract.from_metadata(props).labels
     offsets = np.asarray(offsets, np.float32)
     if offsets.shape != (len(labels),):

@@ -47,9 +47,9 @@ from tqdm import tqdm
 
 from wastesort.contract import PreprocessContract
 from wastesort.evaluation import split_tensors
-from wastesort.inference import OnnxClassifier
 from wastesort.machine import describe, one_line
-from wastesort.shipped import LOGITS, ShippedModel, sha256
+from wastesort.shipped import ShippedModel, sha256
+from wastesort.training.calibrate import carry_calibration, network_logits
 from wastesort.training.export import export_onnx, verify_export
 from wastesort.training.lite import LITE_NETS, build_lite
 from wastesort.variants.calibration import calibration_tensor, select_calibration
@@ -305,10 +305,10 @@ def fine_tune(model: ShippedModel, data: Path, config: QatConfig = QatConfig(), 
     train_x, _ = split_tensors(train, contract)
     val_x, _ = split_tensors(model.split("val", data), contract)
     calibration = calibration_tensor(select_calibration(train, calibration_images), contract)
-    teacher = OnnxClassifier(model.onnx)
-    teacher_train = teacher.batched(LOGITS, train_x)
-    teacher_mirrored = teacher.batched(LOGITS, np.ascontiguousarray(train_x[..., ::-1]))
-    teacher_val = teacher.batched(LOGITS, val_x)
+    # the teacher is the export's network: its typicality tail is put back on the copy afterwards
+    teacher_train = network_logits(model.onnx, train_x)
+    teacher_mirrored = network_logits(model.onnx, np.ascontiguousarray(train_x[..., ::-1]))
+    teacher_val = network_logits(model.onnx, val_x)
 
     student = student_from_onnx(model.onnx, model.net)
     rebuilt = float(np.abs(logits(student, val_x[:64]) - teacher_val[:64]).max())
@@ -322,6 +322,7 @@ def fine_tune(model: ShippedModel, data: Path, config: QatConfig = QatConfig(), 
     detach_fake_quant(student, fake)
     export_onnx(student, contract, model.qat_onnx, doc=f"{model.onnx.name} fine-tuned for INT8 (make qat): not for FP32 serving")
     verified = verify_export(model.qat_onnx, student, val_x)
+    carry_calibration(model.onnx, model.qat_onnx)
     record = {
         "source": model.onnx.name,
         "source_sha256": sha256(model.onnx),

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wastesort.confidence import read as read_confidence
 from wastesort.data import Sample
 from wastesort.training.logit_adjust import recorded_offsets
 from wastesort.training.qat import student_from_onnx
@@ -104,11 +105,16 @@ def trainable_from_onnx(path: str | Path, net: str, images: torch.Tensor, batch_
 
 
 def unadjusted_student(path: str | Path, net: str) -> nn.Module:
-    """:func:`~wastesort.training.qat.student_from_onnx` of ``path`` with any recorded logit
+    """:func:`~wastesort.training.qat.student_from_onnx` of ``path`` with any recorded
+    calibration undone (the head multiplied back by its temperature) and any recorded logit
     adjustment subtracted from the head's bias: the folded network as it was trained."""
     model = student_from_onnx(path, net)
+    confidence = read_confidence(path)
     offsets = recorded_offsets(Path(path))
-    if offsets is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if confidence is not None:
+            model.classifier.weight.mul_(confidence.temperature)
+            model.classifier.bias.mul_(confidence.temperature)
+        if offsets is not None:
             model.classifier.bias.sub_(torch.from_numpy(offsets))
     return model

@@ -19,6 +19,8 @@ from pathlib import Path
 from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.training.calibrate import CalibrationError, calibrate_shipped
+from wastesort.training.calibrate import summary as calibration_summary
 from wastesort.training.card import write_card
 from wastesort.training.export import (
     DECODERS,
@@ -165,6 +167,10 @@ def _stage_files(
     else:
         record_served(model, served_record(model, Path(config["data"])))
     log(summary(json.loads(model.metrics.read_text())["served"]))
+    try:
+        log(calibration_summary(calibrate_shipped(model, Path(config["data"]))))
+    except CalibrationError as exc:
+        raise ReleaseError(f"calibration failed: {exc}") from exc
 
 
 def release_run(
@@ -178,7 +184,8 @@ def release_run(
 ) -> ShippedModel:
     """Promote ``run`` to ``models_dir/<net>.*``: the verified export and its TTA form (kept only
     if it wins on val), the manifest, metrics with the release and served records, the logit
-    adjustment of a class-weighted run (unless ``logit_adjust`` is off); then the model card and,
+    adjustment of a class-weighted run (unless ``logit_adjust`` is off), the calibration and
+    unsure threshold (:mod:`wastesort.training.calibrate`); then the model card and,
     for the default network, the repository. ``decoder`` serves a Pillow-trained model through
     another decoder, refused if its test top-1 drops. Raises :class:`ReleaseError`."""
     config = json.loads((run / "config.json").read_text())

@@ -26,6 +26,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from wastesort.confidence import THRESHOLD_PARAMETER
+from wastesort.confidence import read as read_confidence
 from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from wastesort.shipped import IMAGE_BYTES, IMAGES, PROBABILITIES, ShippedModel
@@ -124,14 +126,22 @@ def _classifier_io(cfg: mc.ModelConfig, contract: PreprocessContract, opts: Serv
         warm.inputs[IMAGES].CopyFrom(mc.ModelWarmup.Input(data_type=mc.TYPE_FP32, dims=image_dims(contract), zero_data=True))
 
 
+def _threshold(cfg: mc.ModelConfig, threshold: float | None) -> None:
+    """Carry the unsure threshold of the served file (:mod:`wastesort.confidence`), if it has one."""
+    if threshold is not None:
+        _params(cfg, {THRESHOLD_PARAMETER: f"{threshold:.6g}"})
+
+
 def classifier_python_config(
-    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), name: str | None = None
+    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), name: str | None = None, threshold: float | None = None
 ) -> mc.ModelConfig:
-    """The classifier on CPU: ONNX Runtime inside a Python-backend model (``1/model.onnx``)."""
+    """The classifier on CPU: ONNX Runtime inside a Python-backend model (``1/model.onnx``),
+    which also counts its answers in Triton's metrics (``threshold``: when they are unsure)."""
     cfg = mc.ModelConfig(name=name or classifier_name(net), backend="python", max_batch_size=opts.max_batch_size)
     _classifier_io(cfg, contract, opts)
     cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.classifier_instances))
     _params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(opts.ort_threads), "allow_spinning": str(int(opts.ort_spinning))})
+    _threshold(cfg, threshold)
     return cfg
 
 
@@ -173,16 +183,23 @@ def tensorrt_plan_config(name: str, contract: PreprocessContract, opts: ServingO
 
 
 def ensemble_config(
-    net: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), classifier: str | None = None, default: bool = False
+    net: str,
+    contract: PreprocessContract,
+    opts: ServingOptions = ServingOptions(),
+    classifier: str | None = None,
+    default: bool = False,
+    threshold: float | None = None,
 ) -> mc.ModelConfig:
     """Bytes in, probabilities (with labels) out: ``preprocess`` then ``classifier``
     (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``).
-    ``default``: carry :data:`~wastesort.triton.default.DEFAULT_PARAMETER` (the rule's pick)."""
+    ``default``: carry :data:`~wastesort.triton.default.DEFAULT_PARAMETER` (the rule's pick);
+    ``threshold``: the classifier's unsure threshold, for clients."""
     name = ensemble_of(classifier or classifier_name(net))
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
     if default:
         _params(cfg, {DEFAULT_PARAMETER: "1"})
+    _threshold(cfg, threshold)
     cfg.input.append(_tensor(mc.ModelInput, IMAGE_BYTES, mc.TYPE_STRING, [1]))
     cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [len(contract.labels)], label_filename=LABELS_FILE))
     pre = cfg.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
@@ -242,6 +259,7 @@ def _classifier_files(
     backend: str,
     tensorrt_precision: str | None = None,
     default: bool = False,
+    threshold: float | None = None,
 ) -> tuple[dict[str, bytes], str]:
     """Files of one classifier model and the ensemble that feeds it bytes (model file excluded),
     and the relative path the model file goes to.
@@ -249,12 +267,12 @@ def _classifier_files(
     ``backend`` "onnxruntime": ``config.pbtxt`` runs it on CPU in the Python backend and
     ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``.
     """
-    ensemble = ensemble_config(net, contract, opts, classifier=classifier, default=default)
+    ensemble = ensemble_config(net, contract, opts, classifier=classifier, default=default, threshold=threshold)
     labels = ("\n".join(contract.labels) + "\n").encode()
     if backend == "onnxruntime":
         gpu = classifier_onnxruntime_config(net, contract, opts, name=classifier, tensorrt_precision=tensorrt_precision)
         text = {
-            f"{classifier}/config.pbtxt": to_text(classifier_python_config(net, contract, opts, name=classifier), source),
+            f"{classifier}/config.pbtxt": to_text(classifier_python_config(net, contract, opts, classifier, threshold), source),
             f"{classifier}/configs/{GPU_CONFIG_NAME}.pbtxt": to_text(gpu, source),
             f"{classifier}/1/model.py": THIN_MODEL_PY.format(model=classifier, impl=ONNX_IMPL),
         }
@@ -287,6 +305,12 @@ def _source(model_path: Path) -> str:
     return f"models/{model_path.name}" if model_path.parent.name == "models" else model_path.name
 
 
+def threshold_of(model_path: Path) -> float | None:
+    """The unsure threshold an ONNX file carries (:func:`wastesort.confidence.read`), if calibrated."""
+    confidence = read_confidence(model_path)
+    return confidence.threshold if confidence else None
+
+
 def committed_tta(onnx_path: Path, net: str) -> Path | None:
     """The TTA export beside ``onnx_path`` (``make release`` keeps one only when it beats the
     plain model on val), or ``None``: the committed repository serves it as ``<net>_onnx_tta``."""
@@ -313,7 +337,8 @@ def repository_files(onnx_path: Path, net: str, opts: ServingOptions = ServingOp
     }
     default = committed_default(onnx_path, net)
     for name, path in _models(onnx_path, net).items():
-        files.update(_classifier_files(net, name, contract, opts, _source(path), "onnxruntime", default=ensemble_of(name) == default)[0])
+        marked = ensemble_of(name) == default
+        files.update(_classifier_files(net, name, contract, opts, _source(path), "onnxruntime", None, marked, threshold_of(path))[0])
     return files
 
 
@@ -364,11 +389,15 @@ def write_variant(
     opts: ServingOptions = ServingOptions(),
     tensorrt_precision: str | None = None,
     default: bool = False,
+    threshold: float | None = None,
 ) -> list[Path]:
     """Install one precision variant as ``<variant>/`` plus ``ensemble_<variant>/`` (``backend``
     "onnxruntime" or "tensorrt", as in the base classifier's files; ``default``: the ensemble
-    carries the rule's mark)."""
-    files, target = _classifier_files(net, variant, contract, opts, _source(model_path), backend, tensorrt_precision, default)
+    carries the rule's mark; ``threshold``: the unsure threshold, by default the one an ONNX
+    ``model_path`` carries)."""
+    if threshold is None and model_path.suffix == ".onnx":
+        threshold = threshold_of(model_path)
+    files, target = _classifier_files(net, variant, contract, opts, _source(model_path), backend, tensorrt_precision, default, threshold)
     remove_variant(repository, variant)
     written = _write_files(repository, files)
     (repository / target).parent.mkdir(parents=True, exist_ok=True)  # a plan's version folder holds nothing else

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+from wastesort.confidence import TYPICALITY_PREFIX
 from wastesort.shipped import DEFAULT_NET, FROM_SCRATCH_NET, ShippedModel
 from wastesort.variants import int8_graph
 from wastesort.variants.calibration import ArrayCalibrationReader
@@ -194,6 +195,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, settings: Int8S
         excluded = [n.name for n in model.graph.node if n.op_type in settings.exclude_ops]
         excluded += int8_graph.float_prefix(model, settings.float_prefix_convs)
         excluded += int8_graph.float_head(model)
+        excluded += [n.name for n in model.graph.node if n.name.startswith(TYPICALITY_PREFIX)]
         excluded += int8_graph.reading_weights(model, [f"{m}.weight" for m in settings.float_modules])
         extra: dict[str, object] = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if settings.method == "Percentile":

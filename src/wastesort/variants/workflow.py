@@ -26,7 +26,7 @@ from wastesort.machine import describe, one_line
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT, shown
 from wastesort.shipped import DEFAULT_NET, ShippedModel
 from wastesort.triton import default as served_default
-from wastesort.triton.config import ServingOptions, committed_default, remove_variant, set_default_mark, write_variant
+from wastesort.triton.config import ServingOptions, committed_default, remove_variant, set_default_mark, threshold_of, write_variant
 from wastesort.triton.naming import INT8, INT8_TTA, TTA, classifier_name, default_ensembles, ensemble_name, ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
@@ -193,6 +193,7 @@ def build_variants(settings: BuildSettings, log: Callable[[str], None] = print) 
                 settings.repository, settings.net, name, path, contract, backend,
                 tensorrt_precision="FP16" if variant == "onnx_fp16" else None,
                 default=ensemble_of(name) == committed_default(onnx, settings.net),  # the committed TTA keeps the release's mark
+                threshold=threshold_of(model.tta_onnx if variant in (TTA, INT8_TTA) else onnx),  # its FP32 counterpart's
             )  # fmt: skip
             row.installed = True
             row.reason += "" if passed else "; installed anyway (--force)"
