@@ -101,6 +101,7 @@ def test_ports_probes_and_arguments_agree_with_the_server(rendered: tuple[str, d
     assert "secretKeyRef" in env["valueFrom"]
     assert c["command"][:3] == ["python3", "-m", "wastesort.triton.supervise"] and "exit" in c["command"]
     assert flag(c["args"], "model-repository") == "/models"
+    assert flag(c["args"], "metrics-config") == flag(server_command(), "metrics-config")  # the dashboard's latency quantiles
     if overlay == "gpu":
         assert flag(c["args"], "model-config-name") == "gpu"
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -232,3 +233,25 @@ def test_repository_volume_component_renders(tmp_path: Path) -> None:
     volumes = docs["Deployment"]["spec"]["template"]["spec"]["volumes"]
     assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "wastesort-models" for v in volumes)
     kv.validate(docs["Deployment"], K8S_VERSIONS[1], strict=True)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_the_drift_alarm_fires_on_a_high_unsure_share_and_not_on_a_normal_one(tmp_path: Path) -> None:
+    """The confidence group of the PrometheusRule passes ``promtool check rules`` and its unit
+    test (``deploy/k8s/tests/confidence_rules_test.yml``: 40% unsure for an hour fires the alert,
+    10% does not), and reads the metric names the classifier exports (``test_unsure_server.py``
+    sees them move on a real server)."""
+    groups = m.load(m.PROMETHEUS_RULE)["spec"]["groups"]
+    (confidence,) = [g for g in groups if g["name"] == "wastesort-confidence"]
+    exprs = " ".join(r["expr"] for r in confidence["rules"])
+    assert "wastesort_unsure_total" in exprs and "wastesort_answers_total" in exprs
+    assert any(r.get("alert") == "WastesortUnsureShareHigh" for r in confidence["rules"])
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+    shutil.copy(m.K8S_DIR / "tests" / "confidence_rules_test.yml", tmp_path)
+    checked = subprocess.run(["promtool", "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run(["promtool", "test", "rules", "confidence_rules_test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    broken = [{**g, "rules": [{**r, "expr": r["expr"].replace("> 0.3", "> 0.5")} for r in g["rules"]]} for g in groups]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": broken}))  # an alarm that misses 40% must fail its test
+    assert subprocess.run(["promtool", "test", "rules", "confidence_rules_test.yml"], cwd=tmp_path, capture_output=True).returncode != 0

@@ -40,6 +40,8 @@ from wastesort.triton.supervise import http_ready
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: Triton's latency summaries (``nv_inference_request_summary_us`` and friends, with quantiles).
+LATENCY_SUMMARIES = "summary_latencies=true"
 PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
 
 
@@ -137,6 +139,7 @@ def server_command(
         f"--metrics-port={ports['metrics']}",
         "--allow-metrics=true",
         "--allow-gpu-metrics=false",
+        f"--metrics-config={LATENCY_SUMMARIES}",  # p50/p90/p99 request latencies for the dashboard
         "--strict-readiness=true",
         "--exit-timeout-secs=10",
         "--disable-auto-complete-config",  # configs are served exactly as written
