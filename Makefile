@@ -30,7 +30,7 @@ export TRITON_HTTP_PORT    ?= 8000
 export TRITON_GRPC_PORT    ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup test test-fast test-experiments lint demo train sweep explain compress export soup release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
+.PHONY: setup test test-fast test-experiments lint demo adapt train sweep explain compress export soup release qat evaluate repository build serve perf perf-quick perf-gpu model-analyzer reliability reliability-quick scale-demo clean help
 
 help:
 	@echo "make setup                  create $(VENV) with every dependency (idempotent)"
@@ -46,6 +46,7 @@ help:
 	@echo "make soup INGREDIENTS=\"a b\" RUN=runs/name  average fine-tuned Lite models (runs or models/<net>.onnx) into a run (greedy soup)"
 	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
 	@echo "                            RELEASE_ARGS=\"--decoder turbo\": serve a Pillow-trained model through libjpeg-turbo + OpenCV"
+	@echo "make adapt DATA=site OUT=runs/name  fine-tune the shipped model on a site's labelled photos (any of the six class folders)"
 	@echo "make qat [DATA=dir]         fine-tune models/MODEL.onnx for INT8 (QAT) -> models/<net>.qat.onnx, which make build quantises"
 	@echo "make evaluate DATA=dir      evaluate models/MODEL.onnx on every image of DATA"
 	@echo "make repository [MODEL=...] (re)generate model_repository/ from models/MODEL.onnx"
@@ -107,6 +108,10 @@ soup: setup
 release: setup
 	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }
 	$(PY) train/release.py --run $(RUN) $(RELEASE_ARGS)
+
+adapt: setup
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make adapt DATA=path/to/site_photos OUT=runs/<name> [ADAPT_ARGS=...]"; exit 2; }
+	$(PY) train/adapt.py --data "$(DATA)" --out "$(OUT)" $(ADAPT_ARGS)
 
 qat: setup
 	$(PY) train/qat.py $(NET_ARG) $(if $(DATA),--data "$(DATA)") $(QAT_ARGS)

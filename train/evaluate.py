@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sklearn.metrics import classification_report
 
-from wastesort.data import DatasetError, read_manifest, report_skipped, scan_image_folder
+from wastesort.data import DatasetError, read_manifest, report_skipped, scan_classes_of
 from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import ShippedModel
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         source = f"{args.split} split of {args.run}"
     else:
         try:
-            scan = scan_image_folder(args.data, clf.labels)
+            scan = scan_classes_of(args.data, clf.labels)  # any subset of the classes (a site may have no trash)
         except DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -197,3 +197,24 @@ def class_weights(samples: list[Sample], num_classes: int) -> np.ndarray:
     counts = np.bincount([s.label for s in samples], minlength=num_classes).astype(np.float64)
     weights = counts.sum() / np.maximum(counts, 1) / num_classes
     return (weights / weights.mean()).astype(np.float32)
+
+
+def scan_classes_of(root: str | Path, labels: tuple[str, ...]) -> ScanResult:
+    """:func:`scan_image_folder` of a folder holding any subset of a model's ``labels`` as class
+    folders (a site may have no trash photos), labelled in the model's order: ``classes`` is
+    ``labels`` and each sample's ``label`` indexes it.
+
+    Raises:
+        DatasetError: a folder that is not one of ``labels`` (the message lists them), or none.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [name for name in found if name not in labels]
+    if unknown or not found:
+        what = f"folder(s) {unknown} are not classes of the model" if unknown else "no class folders"
+        raise DatasetError(f"{root}: {what}; use any of: {', '.join(labels)}")
+    scan = scan_image_folder(root, tuple(found))
+    samples = [Sample(s.path, labels.index(found[s.label]), s.sha256) for s in scan.samples]
+    return ScanResult(samples, tuple(labels), scan.skipped)

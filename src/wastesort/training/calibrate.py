@@ -389,3 +389,24 @@ def carry_calibration(source: Path, target: Path) -> None:
     proto.metadata_props.add(key=METADATA_KEY, value=confidence.to_json())
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(target))
+
+
+def calibrate_file(
+    path: Path, train_x: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, target: float = TARGET_ACCURACY
+) -> tuple[Confidence, dict]:
+    """Calibrate one uncalibrated file in place from photos of its own kind (``train_x`` for the
+    typicality, ``val_x``/``val_y`` for the temperature, the typicality's scale and the
+    threshold), as :func:`calibrate_shipped` does for a release; returns the record and what it
+    does on val (ECE before and after, the selective figures)."""
+    staged = has_stages(path)
+    logits, train_stages = stage_features(path, train_x, staged)
+    val_logits, val_stages = stage_features(path, val_x, staged)
+    temperature = fit_temperature(val_logits, val_y)
+    typicality = Typicality.fit(train_stages, val_stages) if staged else None
+    factor = typicality.factor(val_stages) if typicality else np.ones((len(val_y), 1))
+    probabilities = _served(val_logits, factor, temperature)
+    threshold = choose_threshold(probabilities, val_y, target)
+    confidence = Confidence(temperature, threshold, target, "val", typicality.gate if typicality else None)
+    calibrate_onnx(path, confidence, typicality=typicality)
+    figures = {"ece_before": ece(softmax_probabilities(val_logits), val_y), "ece_after": ece(probabilities, val_y)}
+    return confidence, figures | selective(probabilities, val_y, threshold)

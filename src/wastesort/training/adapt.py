@@ -1,0 +1,226 @@
+"""Adapt the shipped model to a site from a few dozen labelled photos of its own line
+(``make adapt DATA=my_site/ OUT=runs/<name>``).
+
+A model trained on one look (TrashNet's white board) does not know a plant's belt, light or
+camera; a few labelled photos of them do most of the work. The site's photos (an ImageFolder
+with any subset of the six classes) are split into the site's own train and val; the shipped
+network is rebuilt from its ONNX file (:func:`~wastesort.training.rebuild.unadjusted_student`),
+its early stages frozen and run once over every photo and its mirror (cached), and its last
+stages and head fine-tuned on the site's training photos mixed with replayed TrashNet training
+photos, so that it does not forget what it knew. The result is exported with the release's
+contract and calibrated afresh (:func:`~wastesort.training.calibrate.calibrate_file`: the site's
+photos count as typical now), and a report compares the site's val photos and TrashNet's test
+photos before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from wastesort.confidence import TARGET_ACCURACY, selective
+from wastesort.confidence import read as read_confidence
+from wastesort.contract import PreprocessContract
+from wastesort.data import DatasetError, Sample, scan_classes_of, stratified_split
+from wastesort.evaluation import classification_metrics, split_tensors
+from wastesort.inference import OnnxClassifier
+from wastesort.labels import LABELS
+from wastesort.machine import describe, one_line
+from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.training.calibrate import calibrate_file
+from wastesort.training.export import export_onnx
+from wastesort.training.rebuild import unadjusted_student
+
+#: The site's photos held out for its own val split (stratified), the rest train.
+SITE_VAL_FRACTION = 0.3
+
+
+class AdaptError(ValueError):
+    """The site folder cannot be used (unknown class folder, too few photos) or the TrashNet
+    photos to replay are not there; the message says what to do. Nothing is written."""
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Fine-tuning settings: the stages from ``first_trained_block`` on (and the head) train,
+    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    first_trained_block: int = 5
+    replay: float = 2.0
+    seed: int = 0
+    target_accuracy: float = TARGET_ACCURACY
+
+
+def site_samples(site: Path) -> list[Sample]:
+    """The site's photos labelled in the model's label order (:func:`~wastesort.data.scan_classes_of`).
+    Raises :class:`AdaptError` for a folder that is not one of the six classes (listing them)."""
+    try:
+        return scan_classes_of(site, LABELS).samples
+    except DatasetError as exc:
+        raise AdaptError(str(exc)) from exc
+
+
+def split_site(samples: list[Sample], seed: int = 0) -> dict[str, list[Sample]]:
+    """The site's own train and val: each class split ``1 - SITE_VAL_FRACTION`` / the rest."""
+    splits = stratified_split(samples, (1.0 - SITE_VAL_FRACTION, SITE_VAL_FRACTION, 0.0), seed)
+    if not splits["train"] or not splits["val"]:
+        raise AdaptError(f"{len(samples)} site photos are too few to split into train and val")
+    return {"train": splits["train"], "val": splits["val"]}
+
+
+class Halves(nn.Module):
+    """The rebuilt network cut in two: ``early`` (frozen, run once) and ``late`` (trained)."""
+
+    def __init__(self, model: nn.Module, first_trained_block: int) -> None:
+        super().__init__()
+        self.model, self.cut = model, first_trained_block
+
+    def early(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.blocks[: self.cut](m.bn1(m.conv_stem(x)))
+
+    def late(self, h: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.forward_head(m.bn2(m.conv_head(m.blocks[self.cut :](h))))
+
+    def trainable(self) -> list[nn.Parameter]:
+        m = self.model
+        modules = [*m.blocks[self.cut :], m.conv_head, m.bn2, m.classifier]
+        return [p for module in modules for p in module.parameters()]
+
+
+def _cache(halves: Halves, x: np.ndarray, batch: int = 32) -> torch.Tensor:
+    """The frozen early stages' output for every image and its mirror, ``(2N, C, H, W)``."""
+    out = []
+    with torch.inference_mode():
+        for view in (x, np.ascontiguousarray(x[..., ::-1])):
+            out += [halves.early(torch.from_numpy(view[i : i + batch])) for i in range(0, len(view), batch)]
+    return torch.cat(out)
+
+
+def _scores(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Top-1, macro F1 and the selective figures of ``path`` (as served) on each named set."""
+    classifier = OnnxClassifier(path)
+    confidence = read_confidence(path)
+    threshold = confidence.threshold if confidence else 0.0
+    out = {}
+    for name, (x, y) in tensors.items():
+        probabilities = classifier.probabilities(x)
+        metrics = classification_metrics(y, probabilities.argmax(1), classifier.labels)
+        out[name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], **selective(probabilities, y, threshold)}
+    return out
+
+
+def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, config: AdaptConfig = AdaptConfig(), log=print) -> dict:
+    """Fine-tune the committed ``net`` on ``site``'s photos with TrashNet replay, write
+    ``out/model.onnx`` (calibrated, the release's contract) and ``out/report.{json,md}``; returns
+    the report. Raises :class:`AdaptError` before writing anything when the inputs are wrong."""
+    start = time.perf_counter()
+    samples = site_samples(site)
+    model = ShippedModel(net)
+    if not trashnet.is_dir():
+        raise AdaptError(f"no TrashNet photos at {trashnet} to replay (so the model keeps what it knew): pass --trashnet DIR")
+    try:
+        replay_pool, trash_val, trash_test = (model.split(s, trashnet) for s in ("train", "val", "test"))
+    except DatasetError as exc:
+        raise AdaptError(f"the TrashNet photos under {trashnet} do not match {model.manifest.name}: {exc}") from exc
+    splits = split_site(samples, config.seed)
+    rng = np.random.default_rng(config.seed)
+    replay = [replay_pool[i] for i in rng.permutation(len(replay_pool))[: int(config.replay * len(splits["train"]))]]
+    contract = PreprocessContract.from_onnx(str(model.onnx))
+    log(f"site: {len(splits['train'])} train and {len(splits['val'])} val photos of {sorted({LABELS[s.label] for s in samples})}; "
+        f"replaying {len(replay)} TrashNet training photos")  # fmt: skip
+    tensors = {
+        "site_train": split_tensors(splits["train"], contract, "site train"),
+        "site_val": split_tensors(splits["val"], contract, "site val"),
+        "replay": split_tensors(replay, contract, "replay"),
+        "trashnet_val": split_tensors(trash_val, contract, "TrashNet val"),
+        "trashnet_test": split_tensors(trash_test, contract, "TrashNet test"),
+    }
+    measured = {k: tensors[k] for k in ("site_val", "trashnet_test")}
+    before = _scores(model.served_onnx, measured)
+
+    torch.manual_seed(config.seed)
+    halves = Halves(unadjusted_student(model.onnx, net).eval(), config.first_trained_block)
+    x = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
+    y = np.concatenate([tensors["site_train"][1], tensors["replay"][1]])
+    cached, labels = _cache(halves, x), torch.from_numpy(np.concatenate([y, y]))
+    parameters = halves.trainable()
+    optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * max(1, len(cached) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
+    site_weight = torch.ones(len(cached))
+    site_weight[: len(tensors["site_train"][1])] = site_weight[len(y) : len(y) + len(tensors["site_train"][1])] = config.replay
+    loss_fn, losses = nn.CrossEntropyLoss(), []
+    generator = torch.Generator().manual_seed(config.seed)
+    # eval mode throughout: the rebuilt BatchNorms are the export's folded identities, and the
+    # network has no dropout; gradients flow all the same
+    for _ in range(steps):  # site photos drawn as often as all the replayed ones together
+        batch = torch.multinomial(site_weight, config.batch_size, replacement=True, generator=generator)
+        loss = loss_fn(halves.late(cached[batch]), labels[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(halves.model, contract, out / "model.onnx", doc=f"{model.onnx.name} adapted to {site}")
+    calibration_train = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
+    val_x = np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0]])
+    val_y = np.concatenate([tensors["site_val"][1], tensors["trashnet_val"][1]])
+    confidence, calibration = calibrate_file(onnx_path, calibration_train, val_x, val_y, config.target_accuracy)
+    after = _scores(onnx_path, measured)
+    report = {
+        "site": str(site),
+        "classes": sorted({LABELS[s.label] for s in samples}),
+        "photos": {"site_train": len(splits["train"]), "site_val": len(splits["val"]), "replay": len(replay)},
+        "config": asdict(config),
+        "before": {"file": model.served_onnx.name, **before},
+        "after": {"file": onnx_path.name, **after},
+        "calibration": {"temperature": confidence.temperature, "threshold": confidence.threshold, "val": calibration},
+        "first_last_loss": [round(losses[0], 4), round(losses[-1], 4)],
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": one_line(describe()),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    """The report's tables: the site's val photos and TrashNet's test photos, before and after."""
+    rows = []
+    for name, title in (("site_val", "site val"), ("trashnet_test", "TrashNet test")):
+        for when in ("before", "after"):
+            m = report[when][name]
+            rows.append(
+                f"| {title} | {when} (`{report[when]['file']}`) | {m['accuracy']:.4f} | {m['coverage']:.1%} | "
+                f"{m['accuracy_answered']:.4f} | {m['answered_wrong']:.1%} |"
+            )
+    return "\n".join(
+        [
+            f"# Adapted to `{report['site']}`",
+            "",
+            f"{report['photos']['site_train']} site training photos of {', '.join(report['classes'])} with "
+            f"{report['photos']['replay']} replayed TrashNet training photos, {report['config']['epochs']} epochs of the stages "
+            f"from block {report['config']['first_trained_block']} on; {report['seconds']:.0f} s on {report['machine']}. "
+            f"Calibrated afresh: temperature {report['calibration']['temperature']:.3f}, unsure below "
+            f"{report['calibration']['threshold']:.3f}.",
+            "",
+            "| photos | model | top-1 | answered | right among answered | answered wrongly |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )

@@ -1,0 +1,70 @@
+"""Site adaptation (``make adapt``): a site folder named anything but the six classes is refused
+with the six listed and nothing written; on a small synthetic site with three of the six
+classes the adapted file is right on more of the site's photos, keeps the other classes'
+answers on TrashNet's test photos, carries the release's contract and a fresh calibration,
+and ``train/evaluate.py`` scores it like any other file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wastesort.confidence import read as read_confidence
+from wastesort.contract import PreprocessContract
+from wastesort.evaluation import split_tensors
+from wastesort.inference import OnnxClassifier
+from wastesort.labels import LABELS
+from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
+from wastesort.shipped import ShippedModel
+from wastesort.synthetic import generate
+from wastesort.training.adapt import AdaptConfig, AdaptError, adapt_site, site_samples
+
+SITE_CLASSES = ("glass", "metal", "paper")
+
+
+def test_a_folder_that_is_not_a_class_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    site = generate(tmp_path / "site", per_class=2, labels=("glass",))
+    (site / "bottles").mkdir()
+    with pytest.raises(AdaptError, match="bottles") as caught:
+        adapt_site(site, tmp_path / "out", DEFAULT_TRASHNET)
+    assert all(label in str(caught.value) for label in LABELS)
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train" / "adapt.py"), "--data", str(site), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "bottles" in done.stderr and "cardboard" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_site_photos_take_the_models_label_order(tmp_path: Path) -> None:
+    site = generate(tmp_path / "site", per_class=3, labels=SITE_CLASSES)
+    labels = {LABELS[s.label] for s in site_samples(site)}
+    assert labels == set(SITE_CLASSES)  # paper is the model's index 3 even though it is the site's third folder
+
+
+@pytest.mark.slow
+def test_adapting_to_a_three_class_site_learns_it_and_keeps_the_rest(tmp_path: Path) -> None:
+    if not DEFAULT_TRASHNET.is_dir():
+        pytest.skip(f"no TrashNet photos at {DEFAULT_TRASHNET} to replay")
+    site = generate(tmp_path / "site", per_class=12, seed=3, labels=SITE_CLASSES)
+    report = adapt_site(site, tmp_path / "out", DEFAULT_TRASHNET, config=AdaptConfig(epochs=4, replay=1.5))
+    before, after = report["before"], report["after"]
+    assert after["site_val"]["accuracy"] > before["site_val"]["accuracy"] + 0.2
+    model = ShippedModel()
+    adapted = tmp_path / "out" / "model.onnx"
+    assert PreprocessContract.from_onnx(str(adapted)) == PreprocessContract.from_onnx(str(model.onnx))
+    assert read_confidence(adapted) is not None and json.loads((tmp_path / "out" / "report.json").read_text()) == report
+    # the classes the site does not show keep their answers on TrashNet's test photos
+    test = [s for s in model.split("test", DEFAULT_TRASHNET) if LABELS[s.label] not in SITE_CLASSES]
+    x, y = split_tensors(test, PreprocessContract.from_onnx(str(model.onnx)))
+    kept = [float((OnnxClassifier(path).probabilities(x).argmax(1) == y).mean()) for path in (model.onnx, adapted)]
+    assert kept[1] >= kept[0] - 0.05, kept
+    scores = tmp_path / "scores.json"
+    cmd = [sys.executable, str(REPO_ROOT / "train" / "evaluate.py"), "--model", str(adapted), "--data", str(site), "--json", str(scores)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    assert 0.0 <= json.loads(scores.read_text())["accuracy"] <= 1.0 and np.isfinite(json.loads(scores.read_text())["accuracy"])
