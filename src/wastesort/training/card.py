@@ -162,12 +162,20 @@ def _confidence_section(metrics: dict) -> str:
         for split, m in ((s, entry[s]) for s in ("val", "test"))
     ]
     header = ["file", "split", "unsure below", "answered", "right among answered", "answered wrongly", "ECE before → after"]
+    gate = record.get("typicality_gate")
+    typicality = (
+        f" Photos unlike the training photos at any stage of the network (typicality beyond {gate:.2f}, val's"
+        f" 97.5th percentile; {record['beyond_gate']['test']:.1%} of the test photos) get their logits divided by"
+        " `exp(excess)`, so that their probabilities flatten below the threshold."
+        if gate is not None
+        else ""
+    )
     return f"""## Unsure answers
 Temperature scaling fitted on val (T = {record['temperature']:.3f}, written into the classifier head, so every file and
 variant carries it; the top-1 answers are unchanged), and a threshold per file chosen on val as the lowest top
 probability at which {record['target_accuracy']:.0%} of the answered val photos are right. Below it the service answers
-*unsure* and the photo should go to a person. Test played no part in either choice; on photos unlike TrashNet's the
-share answered wrongly is higher than here.
+*unsure* and the photo should go to a person.{typicality} Test played no part in any choice. On photos from elsewhere the
+model is unsure far more often ([experiments/unsure_signal](experiments/unsure_signal/README.md)).
 
 {_table(header, rows)}
 
