@@ -6,8 +6,9 @@ camera; a few labelled photos of them do most of the work. The site's photos (an
 with any subset of the six classes) are split into the site's own train and val; the shipped
 network is rebuilt from its ONNX file (:func:`~wastesort.training.rebuild.unadjusted_student`),
 its early stages frozen and run once over every photo and its mirror (cached), and its last
-stages and head fine-tuned on the site's training photos mixed with replayed TrashNet training
-photos, so that it does not forget what it knew. The result is exported with the release's
+stages and head fine-tuned on the site's training photos (their labels) mixed with replayed
+TrashNet training photos (distilled towards the shipped network's own outputs on them, so that
+it does not forget what it knew). The result is exported with the release's
 contract and calibrated afresh (:func:`~wastesort.training.calibrate.calibrate_file`: the site's
 photos count as typical now), and a report compares the site's val photos and TrashNet's test
 photos before and after.
@@ -37,6 +38,8 @@ from wastesort.training.calibrate import calibrate_file
 from wastesort.training.export import export_onnx
 from wastesort.training.rebuild import unadjusted_student
 
+#: Softening of the shipped network's outputs the replayed photos are distilled towards.
+DISTILL_TEMPERATURE = 2.0
 #: The site's photos held out for its own val split (stratified), the rest train.
 SITE_VAL_FRACTION = 0.3
 
@@ -155,19 +158,30 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     x = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
     y = np.concatenate([tensors["site_train"][1], tensors["replay"][1]])
     cached, labels = _cache(halves, x), torch.from_numpy(np.concatenate([y, y]))
+    site = len(tensors["site_train"][1])
+    is_site = torch.zeros(len(cached), dtype=torch.bool)
+    is_site[:site] = is_site[len(y) : len(y) + site] = True
+    site_index, replay_index = torch.nonzero(is_site).flatten(), torch.nonzero(~is_site).flatten()
+    with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
+        teacher = torch.cat([halves.late(cached[i : i + 64]) for i in range(0, len(cached), 64)])
     parameters = halves.trainable()
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, len(cached) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
-    site_weight = torch.ones(len(cached))
-    site_weight[: len(tensors["site_train"][1])] = site_weight[len(y) : len(y) + len(tensors["site_train"][1])] = config.replay
-    loss_fn, losses = nn.CrossEntropyLoss(), []
+    half, losses = config.batch_size // 2, []
     generator = torch.Generator().manual_seed(config.seed)
     # eval mode throughout: the rebuilt BatchNorms are the export's folded identities, and the
-    # network has no dropout; gradients flow all the same
-    for _ in range(steps):  # site photos drawn as often as all the replayed ones together
-        batch = torch.multinomial(site_weight, config.batch_size, replacement=True, generator=generator)
-        loss = loss_fn(halves.late(cached[batch]), labels[batch])
+    # network has no dropout; gradients flow all the same. Each batch: half site photos
+    # (cross-entropy on their labels), half replayed TrashNet photos (distilled towards the
+    # shipped network's own outputs, so the classes the site does not show keep their answers).
+    for _ in range(steps):
+        on_site = site_index[torch.randint(len(site_index), (half,), generator=generator)]
+        replayed = replay_index[torch.randint(len(replay_index), (half,), generator=generator)]
+        learn = nn.functional.cross_entropy(halves.late(cached[on_site]), labels[on_site])
+        student = nn.functional.log_softmax(halves.late(cached[replayed]) / DISTILL_TEMPERATURE, dim=1)
+        target = nn.functional.softmax(teacher[replayed] / DISTILL_TEMPERATURE, dim=1)
+        keep = nn.functional.kl_div(student, target, reduction="batchmean") * DISTILL_TEMPERATURE**2
+        loss = learn + keep
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
