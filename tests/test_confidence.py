@@ -70,11 +70,12 @@ def test_the_threshold_is_the_most_coverage_the_target_allows() -> None:
     assert conf.choose_threshold(probabilities[[3]], labels[[3]], 0.98) == 1.0  # nothing reaches it: answer nothing
 
 
-@pytest.fixture()
-def exports(tmp_path: Path) -> tuple[Path, Path]:
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("exports")
     model = Tiny().eval()
-    tta = export_onnx(FlipAveraged(model).eval(), CONTRACT, tmp_path / "tiny.tta.onnx")
-    return export_onnx(model, CONTRACT, tmp_path / "tiny.onnx"), tta
+    tta = export_onnx(FlipAveraged(model).eval(), CONTRACT, folder / "tiny.tta.onnx")
+    return export_onnx(model, CONTRACT, folder / "tiny.onnx"), tta
 
 
 def test_calibration_scales_the_logits_keeps_the_answers_and_is_recorded_once(exports: tuple[Path, Path], tmp_path: Path) -> None:

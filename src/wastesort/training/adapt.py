@@ -190,6 +190,9 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(halves.model, contract, out / "model.onnx", doc=f"{model.onnx.name} adapted to {site}")
+    # the site's photos count as typical from now on; the temperature, the typicality's scale and
+    # the threshold come from the site's val photos and TrashNet's together (TrashNet's alone
+    # chose a threshold that answered a fifth of the simulated site's photos wrongly)
     calibration_train = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
     val_x = np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0]])
     val_y = np.concatenate([tensors["site_val"][1], tensors["trashnet_val"][1]])
