@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import shutil
 import ssl
 import subprocess
@@ -94,9 +95,10 @@ def test_client_classifies_over_grpc_tls_and_refuses_unverified_servers(tmp_path
             cmd = [sys.executable, str(CLIENT), str(photo), "--protocol", "grpc", "--quiet", "--timeout", "10", *args]
             return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
-        ok = client("--url", f"grpcs://{server.grpc_url}", "--ca-cert", str(certs["ca"]))
+        ok = client("--url", f"grpcs://{server.grpc_url}", "--ca-cert", str(certs["ca"]), "--json")
         assert ok.returncode == 0, ok.stderr
-        assert ok.stdout.startswith(f"{photo}: ") and ok.stdout.split()[1] in LABELS
+        answer = json.loads(ok.stdout)
+        assert answer["path"] == str(photo) and answer["label"] in LABELS  # answered (a synthetic photo may be unsure)
         unverified = client("--url", f"grpcs://{server.grpc_url}")  # the system roots do not know our CA
         assert unverified.returncode == 3, unverified.stdout + unverified.stderr
         plain = client("--url", server.grpc_url)
