@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from wastesort.paths import MODELS_DIR
+from wastesort.paths import MODELS_DIR, REPO_ROOT
 from wastesort.reliability import faults
 from wastesort.reliability import images as im
 from wastesort.reliability.probes import JPEG_RECODE_ATOL, Target, matrix, run_matrix
@@ -84,8 +85,10 @@ def test_bad_input_matrix(server: TritonServer, protocol: str) -> None:
 
 def test_orientation_probe_can_fail(server: TritonServer) -> None:
     """The control for the EXIF probes: the same stored pixels without the tag are classified
-    differently, so a server that ignored the tag would fail the matrix."""
-    upright = im.photo("glass", (400, 300), seed=3)
+    differently, so a server that ignored the tag would fail the matrix. A real photo (a
+    committed sample): the model's probabilities for a synthetic one are flattened as atypical,
+    and would hardly move with the rotation."""
+    upright = Image.open(REPO_ROOT / "samples" / "plastic" / "plastic196.jpg").convert("RGB")  # its answer turns with it
     client = httpclient.InferenceServerClient(server.http_url)
 
     def probabilities(data: bytes) -> np.ndarray:
