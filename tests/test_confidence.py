@@ -9,30 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from tiny_model import CONTRACT, Tiny
 
 from wastesort import confidence as conf
-from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
 from wastesort.shipped import LOGITS, PROBABILITIES
 from wastesort.training import calibrate as cal
 from wastesort.training.export import FlipAveraged, export_onnx
 from wastesort.triton import config as tc
-
-CONTRACT = PreprocessContract(height=32, width=32)
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, stride=2)
-        self.classifier = nn.Linear(8, len(LABELS))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
 def _overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_model import CONTRACT, Tiny
 from torch import nn
 
-from wastesort.contract import PreprocessContract
 from wastesort.data import Sample, read_manifest, scan_image_folder, stratified_split, write_manifest
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
@@ -21,19 +21,6 @@ from wastesort.shipped import LOGITS, PROBABILITIES, ShippedModel
 from wastesort.synthetic import generate
 from wastesort.training import logit_adjust as la
 from wastesort.training.export import FlipAveraged, export_onnx
-
-CONTRACT = PreprocessContract(height=32, width=32)
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, stride=2)
-        self.classifier = nn.Linear(8, len(LABELS))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
 def _samples(counts: list[int]) -> list[Sample]:
