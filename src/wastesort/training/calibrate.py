@@ -25,6 +25,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.evaluation import split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import IMAGES, LOGITS, ShippedModel, sha256
+from wastesort.training.served import SPLITS
 
 
 class CalibrationError(ValueError):
@@ -88,9 +89,6 @@ def calibrate_onnx(path: Path, confidence: Confidence, out: Path | None = None, 
 def softmax_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """``softmax(logits / temperature)`` in float64 (the fitting side's view of the file)."""
     return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
-
-
-SPLITS = ("val", "test")
 
 
 def _served(logits: np.ndarray, factor: np.ndarray, temperature: float) -> np.ndarray:

@@ -19,6 +19,7 @@ from wastesort.inference import OnnxClassifier
 from wastesort.shipped import LOGITS, ShippedModel
 from wastesort.training.evaluate import write_confusion
 
+#: The splits a release measures its files on (served figures, calibration); train is never scored.
 SPLITS = ("val", "test")
 
 
