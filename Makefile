@@ -44,7 +44,7 @@ help:
 	@echo "make explain [MODEL=...]    Captum report (grid, filters, feature maps, Grad-CAM, guided backprop) -> docs/explain/"
 	@echo "make compress [RUN=runs/name]  sensitivity scan, pruning, k-means clustering, gate, size table -> docs/compression.md"
 	@echo "make soup INGREDIENTS=\"a b\" RUN=runs/name  average fine-tuned Lite models (runs or models/<net>.onnx) into a run (greedy soup)"
-	@echo "make release RUN=runs/name  promote a run: models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
+	@echo "make release RUN=runs/name  promote a run (or a make adapt folder): models/<net>.* (ONNX, TTA, manifest, metrics), MODEL_CARD.md, model_repository/"
 	@echo "                            RELEASE_ARGS=\"--decoder turbo\": serve a Pillow-trained model through libjpeg-turbo + OpenCV"
 	@echo "make adapt DATA=site OUT=runs/name  fine-tune the shipped model on a site's labelled photos (any of the six class folders)"
 	@echo "make qat [DATA=dir]         fine-tune models/MODEL.onnx for INT8 (QAT) -> models/<net>.qat.onnx, which make build quantises"
@@ -106,7 +106,7 @@ soup: setup
 	$(PY) train/soup.py --ingredients $(INGREDIENTS) --out $(RUN)$(if $(MODEL), --model $(MODEL))$(if $(DATA), --data "$(DATA)") $(SOUP_ARGS)
 
 release: setup
-	@test -n "$(RUN)" -a -f "$(RUN)/best.pt" || { echo "usage: make release RUN=runs/<name> (a finished run)"; exit 2; }
+	@test -n "$(RUN)" && { test -f "$(RUN)/best.pt" || test -f "$(RUN)/report.json"; } || { echo "usage: make release RUN=runs/<name> (a finished run, or a make adapt folder)"; exit 2; }
 	$(PY) train/release.py --run $(RUN) $(RELEASE_ARGS)
 
 adapt: setup

@@ -2,11 +2,13 @@
 with the six listed and nothing written; on a small synthetic site with three of the six
 classes the adapted file is right on more of the site's photos, keeps the other classes'
 answers on TrashNet's test photos, carries the release's contract and a fresh calibration,
-and ``train/evaluate.py`` scores it like any other file."""
+``train/evaluate.py`` scores it like any other file, and ``make release RUN=OUT`` promotes it
+(once: the folder is then adapted from another file than the committed one)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.confidence import read as read_confidence
 from wastesort.contract import PreprocessContract
 from wastesort.evaluation import split_tensors
@@ -23,6 +26,8 @@ from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import ShippedModel
 from wastesort.synthetic import generate
 from wastesort.training.adapt import AdaptConfig, AdaptError, adapt_site, site_samples
+from wastesort.triton.config import parse_config
+from wastesort.triton.naming import classifier_name, ensemble_name
 
 SITE_CLASSES = ("glass", "metal", "paper")
 
@@ -68,3 +73,29 @@ def test_adapting_to_a_three_class_site_learns_it_and_keeps_the_rest(tmp_path: P
     cmd = [sys.executable, str(REPO_ROOT / "train" / "evaluate.py"), "--model", str(adapted), "--data", str(site), "--json", str(scores)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     assert 0.0 <= json.loads(scores.read_text())["accuracy"] <= 1.0 and np.isfinite(json.loads(scores.read_text())["accuracy"])
+
+    _release_the_adapted_folder(tmp_path, model, adapted)
+
+
+def _release_the_adapted_folder(tmp_path: Path, model: ShippedModel, adapted: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for path in model.folder.glob(f"{model.net}.*"):
+        shutil.copy(path, models / path.name)
+    card, repository = tmp_path / "MODEL_CARD.md", tmp_path / "model_repository"
+    cmd = [sys.executable, str(REPO_ROOT / "train" / "release.py"), "--run", str(adapted.parent), "--models-dir", str(models)]
+    cmd += ["--card", str(card), "--repository", str(repository)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    released = ShippedModel(model.net, folder=models)
+    assert released.onnx.read_bytes() == adapted.read_bytes() and not released.tta_onnx.exists()
+    assert released.qat_problem() is not None and not released.qat_onnx.exists()  # the QAT copy was of the old export
+    metrics = json.loads(released.metrics.read_text())
+    threshold = read_confidence(adapted).threshold
+    assert metrics["served"]["file"] == released.onnx.name and metrics["confidence"]["files"]["plain"]["threshold"] == round(threshold, 6)
+    assert metrics["adapted"]["classes"] == list(SITE_CLASSES) and "## Adapted to a site" in card.read_text()
+    for name in (classifier_name(model.net), ensemble_name(model.net)):  # the client reads the threshold from these
+        config = parse_config(repository / name / "config.pbtxt")
+        assert float(config.parameters[THRESHOLD_PARAMETER].string_value) == pytest.approx(threshold, rel=1e-5)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "adapt it again" in again.stderr

@@ -11,12 +11,17 @@ re-measures its val and test figures; removes a QAT copy (``make qat``) made fro
 previous export; regenerates ``MODEL_CARD.md``; and, when ``net`` is
 the default network, regenerates ``model_repository/``.
 
+A ``make adapt`` folder (``OUT/model.onnx`` and its report) is promoted as it is: its calibrated
+file replaces ``models/<net>.onnx`` (no TTA file), TrashNet's val and test are measured afresh,
+and the adaptation's report goes into ``metrics.json`` and the card.
+
 ``--decoder turbo`` serves a model trained with Pillow's decoder through libjpeg-turbo and
 OpenCV (:func:`wastesort.training.export.with_decoder`): the model's val and test top-1 are
 measured through both and recorded; the release is refused if the test top-1 drops.
 
 Example:
     python train/release.py --run runs/lite0_bg
+    python train/release.py --run runs/my_site     # made by make adapt
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from wastesort.training.release import ReleaseError, release_run
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="run folder (best.pt, config.json, manifest.csv, metrics.json)")
+    p.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="a training run (best.pt, config.json, ...) or a make adapt folder (model.onnx, report.json)",
+    )
     p.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where the models/<net>.* files are written")
     p.add_argument("--card", type=Path, default=REPO_ROOT / "MODEL_CARD.md")
     p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wastesort.confidence import TARGET_ACCURACY, selective
+from wastesort.confidence import TARGET_ACCURACY, ece, selective
 from wastesort.confidence import read as read_confidence
 from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError, Sample, scan_classes_of, stratified_split
@@ -33,15 +33,17 @@ from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
 from wastesort.machine import describe, one_line
-from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.training.calibrate import calibrate_file
-from wastesort.training.export import export_onnx
+from wastesort.shipped import DEFAULT_NET, ShippedModel, sha256
+from wastesort.training.calibrate import calibrate_file, typicality_factor
+from wastesort.training.export import ExportError, export_onnx, verify_export
 from wastesort.training.rebuild import unadjusted_student
 
 #: Softening of the shipped network's outputs the replayed photos are distilled towards.
 DISTILL_TEMPERATURE = 2.0
 #: The site's photos held out for its own val split (stratified), the rest train.
 SITE_VAL_FRACTION = 0.3
+#: What ``make adapt`` writes into its ``OUT`` folder, and ``make release RUN=OUT`` promotes.
+ADAPTED_ONNX, ADAPT_REPORT = "model.onnx", "report.json"
 
 
 class AdaptError(ValueError):
@@ -52,7 +54,8 @@ class AdaptError(ValueError):
 @dataclass(frozen=True)
 class AdaptConfig:
     """Fine-tuning settings: the stages from ``first_trained_block`` on (and the head) train,
-    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo."""
+    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo;
+    ``site_views`` views of each site photo (itself, its mirror, the rest augmented)."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -60,6 +63,7 @@ class AdaptConfig:
     weight_decay: float = 0.01
     first_trained_block: int = 5
     replay: float = 2.0
+    site_views: int = 8
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
 
@@ -102,13 +106,32 @@ class Halves(nn.Module):
         return [p for module in modules for p in module.parameters()]
 
 
-def _cache(halves: Halves, x: np.ndarray, batch: int = 32) -> torch.Tensor:
-    """The frozen early stages' output for every image and its mirror, ``(2N, C, H, W)``."""
-    out = []
+def _early(halves: Halves, x: np.ndarray, batch: int = 32) -> torch.Tensor:
+    """The frozen early stages' output for every image, ``(N, C, H, W)``."""
     with torch.inference_mode():
-        for view in (x, np.ascontiguousarray(x[..., ::-1])):
-            out += [halves.early(torch.from_numpy(view[i : i + batch])) for i in range(0, len(view), batch)]
-    return torch.cat(out)
+        return torch.cat([halves.early(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)])
+
+
+def site_views(x: np.ndarray, contract: PreprocessContract, views: int, seed: int = 0) -> np.ndarray:
+    """Each photo, its mirror and ``views - 2`` random crops, flips and lighting changes of it,
+    ``(views * N, C, H, W)`` view-major: a few dozen photos are otherwise memorised."""
+    from torchvision.transforms import v2
+
+    augment = v2.Compose(
+        [
+            v2.RandomResizedCrop((contract.height, contract.width), scale=(0.4, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2, hue=0.02),
+        ]
+    )
+    mean = np.asarray(contract.mean, np.float32)[:, None, None]
+    std = np.asarray(contract.std, np.float32)[:, None, None]
+    torch.manual_seed(seed)
+    out = [x, np.ascontiguousarray(x[..., ::-1])]
+    for _ in range(views - 2):
+        images = torch.from_numpy(np.clip(x * std + mean, 0.0, 1.0))
+        out.append((torch.stack([augment(image) for image in images]).numpy() - mean) / std)
+    return np.concatenate(out[: max(views, 1)]).astype(np.float32)
 
 
 def _scores(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -155,18 +178,16 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
 
     torch.manual_seed(config.seed)
     halves = Halves(unadjusted_student(model.onnx, net).eval(), config.first_trained_block)
-    x = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
-    y = np.concatenate([tensors["site_train"][1], tensors["replay"][1]])
-    cached, labels = _cache(halves, x), torch.from_numpy(np.concatenate([y, y]))
-    site = len(tensors["site_train"][1])
-    is_site = torch.zeros(len(cached), dtype=torch.bool)
-    is_site[:site] = is_site[len(y) : len(y) + site] = True
-    site_index, replay_index = torch.nonzero(is_site).flatten(), torch.nonzero(~is_site).flatten()
+    site_x, site_y = tensors["site_train"]
+    replay_x, replay_y = tensors["replay"]
+    on_site = _early(halves, site_views(site_x, contract, config.site_views, config.seed))
+    site_labels = torch.from_numpy(np.tile(site_y, len(on_site) // len(site_y)))
+    replayed = _early(halves, np.concatenate([replay_x, np.ascontiguousarray(replay_x[..., ::-1])]))
     with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
-        teacher = torch.cat([halves.late(cached[i : i + 64]) for i in range(0, len(cached), 64)])
+        teacher = torch.cat([halves.late(replayed[i : i + 64]) for i in range(0, len(replayed), 64)])
     parameters = halves.trainable()
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * max(1, len(cached) // config.batch_size)
+    steps = config.epochs * max(1, 2 * (len(site_y) + len(replay_y)) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
     half, losses = config.batch_size // 2, []
     generator = torch.Generator().manual_seed(config.seed)
@@ -175,11 +196,11 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     # (cross-entropy on their labels), half replayed TrashNet photos (distilled towards the
     # shipped network's own outputs, so the classes the site does not show keep their answers).
     for _ in range(steps):
-        on_site = site_index[torch.randint(len(site_index), (half,), generator=generator)]
-        replayed = replay_index[torch.randint(len(replay_index), (half,), generator=generator)]
-        learn = nn.functional.cross_entropy(halves.late(cached[on_site]), labels[on_site])
-        student = nn.functional.log_softmax(halves.late(cached[replayed]) / DISTILL_TEMPERATURE, dim=1)
-        target = nn.functional.softmax(teacher[replayed] / DISTILL_TEMPERATURE, dim=1)
+        site_batch = torch.randint(len(on_site), (half,), generator=generator)
+        replay_batch = torch.randint(len(replayed), (half,), generator=generator)
+        learn = nn.functional.cross_entropy(halves.late(on_site[site_batch]), site_labels[site_batch])
+        student = nn.functional.log_softmax(halves.late(replayed[replay_batch]) / DISTILL_TEMPERATURE, dim=1)
+        target = nn.functional.softmax(teacher[replay_batch] / DISTILL_TEMPERATURE, dim=1)
         keep = nn.functional.kl_div(student, target, reduction="batchmean") * DISTILL_TEMPERATURE**2
         loss = learn + keep
         optimiser.zero_grad()
@@ -189,28 +210,61 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
         losses.append(loss.item())
 
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(halves.model, contract, out / "model.onnx", doc=f"{model.onnx.name} adapted to {site}")
+    onnx_path = export_onnx(halves.model, contract, out / ADAPTED_ONNX, doc=f"{model.onnx.name} adapted to {site}")
+    try:
+        check = verify_export(onnx_path, halves.model, np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0][:64]]))
+    except ExportError as exc:
+        raise AdaptError(f"the adapted export does not reproduce PyTorch: {exc}") from exc
+    export_record = {"source_run": str(out), "tta": False, "adapted_from": model.onnx.name, **check}
+    onnx_path.with_suffix(".export.json").write_text(json.dumps(export_record, indent=2) + "\n")
     # the site's photos count as typical from now on; the temperature, the typicality's scale and
     # the threshold come from the site's val photos and TrashNet's together (TrashNet's alone
     # chose a threshold that answered a fifth of the simulated site's photos wrongly)
     calibration_train = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
     val_x = np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0]])
     val_y = np.concatenate([tensors["site_val"][1], tensors["trashnet_val"][1]])
+    checked = {"val": (val_x, val_y), "test": tensors["trashnet_test"]}
+    uncalibrated = {split: OnnxClassifier(onnx_path).probabilities(x) for split, (x, _) in checked.items()}
     confidence, calibration = calibrate_file(onnx_path, calibration_train, val_x, val_y, config.target_accuracy)
     after = _scores(onnx_path, measured)
+    calibrated = OnnxClassifier(onnx_path)
+    files = {"file": f"{net}.onnx", "threshold": round(confidence.threshold, 6)}
+    for split, (x, y) in checked.items():
+        probabilities = calibrated.probabilities(x)
+        files[split] = {
+            "ece_before": round(ece(uncalibrated[split], y), 4),
+            "ece_after": round(ece(probabilities, y), 4),
+            **selective(probabilities, y, confidence.threshold),
+        }
+    gate = confidence.typicality_gate
+    release_confidence = {  # metrics.json's "confidence" once released (as calibrate_shipped records it)
+        "temperature": round(confidence.temperature, 6),
+        "typicality_gate": round(gate, 4) if gate is not None else None,
+        "target_accuracy": config.target_accuracy,
+        "fitted_on": "the site's val photos with TrashNet's val (temperature, threshold); "
+        "the site's and the replayed training photos (typicality)",
+        "beyond_gate": {s: float((typicality_factor(onnx_path, x) > 1.0).mean()) for s, (x, _) in checked.items()}
+        if gate is not None
+        else None,
+        "files": {"plain": files},
+    }
     report = {
         "site": str(site),
+        "net": net,
+        "source_sha256": sha256(model.onnx),
+        "trashnet": str(trashnet),
         "classes": sorted({LABELS[s.label] for s in samples}),
         "photos": {"site_train": len(splits["train"]), "site_val": len(splits["val"]), "replay": len(replay)},
         "config": asdict(config),
         "before": {"file": model.served_onnx.name, **before},
         "after": {"file": onnx_path.name, **after},
         "calibration": {"temperature": confidence.temperature, "threshold": confidence.threshold, "val": calibration},
+        "confidence": release_confidence,
         "first_last_loss": [round(losses[0], 4), round(losses[-1], 4)],
         "seconds": round(time.perf_counter() - start, 1),
         "machine": one_line(describe()),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / ADAPT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(report))
     return report
 

@@ -171,13 +171,36 @@ def _confidence_section(metrics: dict) -> str:
         else ""
     )
     return f"""## Unsure answers
-Temperature scaling fitted on val (T = {record['temperature']:.3f}, written into the classifier head, so every file and
+Temperature scaling fitted on val (T = {record["temperature"]:.3f}, written into the classifier head, so every file and
 variant carries it; the top-1 answers are unchanged), and a threshold per file chosen on val as the lowest top
-probability at which {record['target_accuracy']:.0%} of the answered val photos are right. Below it the service answers
+probability at which {record["target_accuracy"]:.0%} of the answered val photos are right. Below it the service answers
 *unsure* and the photo should go to a person.{typicality} Test played no part in any choice. On photos from elsewhere the
 model is unsure far more often ([experiments/unsure_signal](experiments/unsure_signal/README.md)).
 
 {_table(header, rows)}
+
+"""
+
+
+def _adapted_section(metrics: dict) -> str:
+    """The site adaptation a ``make adapt`` release went through (``metrics.json``'s ``adapted``)."""
+    adapted = metrics.get("adapted")
+    if not adapted:
+        return ""
+    rows = [
+        [title, f"{adapted['before'][key]['accuracy']:.4f}", f"{adapted['after'][key]['accuracy']:.4f}"]
+        + [f"{adapted['after'][key]['coverage']:.1%}", f"{adapted['after'][key]['accuracy_answered']:.4f}"]
+        for key, title in (("site_val", "the site's val photos"), ("trashnet_test", "TrashNet test"))
+    ]
+    photos = adapted["photos"]
+    return f"""## Adapted to a site
+This file is the release described here fine-tuned on a site's own labelled photos
+(`make adapt DATA={adapted["site"]} OUT={adapted["out"]}`, then `make release RUN={adapted["out"]}`):
+{photos["site_train"]} training photos of {", ".join(adapted["classes"])} with {photos["replay"]} replayed TrashNet training photos,
+{adapted["config"]["epochs"]} epochs of the stages from block {adapted["config"]["first_trained_block"]} on, {adapted["seconds"]:.0f} s on {adapted["machine"]}.
+Its calibration was fitted afresh: "val" under *Unsure answers* is the site's {photos["site_val"]} val photos with TrashNet's val photos.
+
+{_table(["photos", "top-1 before", "top-1 after", "answered after", "right among answered after"], rows)}
 
 """
 
@@ -329,7 +352,7 @@ rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {co
 background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
-{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_confidence_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`"})
+{_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_adapted_section(metrics)}{_confidence_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`"})
 {_table(per_class_header, per_class)}
 
 Confusion matrix on the test split (rows: true class, columns: predicted):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
-from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.data import DatasetError
+from wastesort.shipped import DEFAULT_NET, ShippedModel, sha256
+from wastesort.training.adapt import ADAPT_REPORT, ADAPTED_ONNX
 from wastesort.training.calibrate import CalibrationError, calibrate_shipped
 from wastesort.training.calibrate import summary as calibration_summary
 from wastesort.training.card import write_card
@@ -173,6 +175,48 @@ def _stage_files(
         raise ReleaseError(f"calibration failed: {exc}") from exc
 
 
+def is_adapted(run: Path) -> bool:
+    """Whether ``run`` is a ``make adapt`` folder (an adapted, calibrated file and its report,
+    no checkpoint) rather than a training run."""
+    return (run / ADAPT_REPORT).is_file() and (run / ADAPTED_ONNX).is_file() and not (run / "best.pt").is_file()
+
+
+def release_adapted(out: Path, models_dir: Path, card: Path, repository: Path, log: Callable[[str], None] = print) -> ShippedModel:
+    """Promote a ``make adapt`` folder: its verified, calibrated file becomes ``models/<net>.onnx``
+    (no TTA file: the adaptation calibrated the plain file), keeping the split manifest and the
+    training lineage, with the adaptation's report and calibration in ``metrics.json`` and the
+    served figures measured afresh on TrashNet's val and test photos; then the card and the
+    repository, as for a release. Refused when the folder was adapted from another file than the
+    one committed. Raises :class:`ReleaseError`."""
+    report = json.loads((out / ADAPT_REPORT).read_text())
+    model = ShippedModel(report["net"], folder=models_dir)
+    if not model.onnx.is_file() or report["source_sha256"] != sha256(model.onnx):
+        raise ReleaseError(f"{out} was adapted from another {model.onnx.name} than {models_dir}'s: adapt it again (make adapt)")
+    metrics = json.loads(model.metrics.read_text())
+    for stale in ("tta", "logit_adjustment", "served"):  # the adapted network has neither, and is measured afresh
+        metrics.pop(stale, None)
+    keep = ("site", "classes", "photos", "config", "before", "after", "seconds", "machine", "source_sha256")
+    metrics["adapted"] = {"out": str(out), **{k: report[k] for k in keep}}
+    metrics["confidence"] = report["confidence"]
+    with tempfile.TemporaryDirectory() as tmp:  # nothing reaches models/ unless every step passes
+        staged = ShippedModel(model.net, folder=Path(tmp))
+        shutil.copy(out / ADAPTED_ONNX, staged.onnx)
+        shutil.copy((out / ADAPTED_ONNX).with_suffix(".export.json"), staged.export_record)
+        shutil.copy(model.manifest, staged.manifest)
+        staged.metrics.write_text(json.dumps(metrics, indent=2))
+        try:
+            record_served(staged, served_record(staged, Path(report["trashnet"])))
+        except DatasetError as exc:
+            raise ReleaseError(f"the TrashNet photos the adaptation replayed are needed to measure it: {exc}") from exc
+        log(summary(json.loads(staged.metrics.read_text())["served"]))
+        for name in install(staged, model):
+            log(f"wrote {model.folder / name}")
+    if model.drop_stale_qat():
+        log(f"removed {model.qat_onnx.name}: fine-tuned from the previous export (make qat makes one for this export)")
+    publish(Path(metrics["release"]["run"]), model, card, repository)
+    return model
+
+
 def release_run(
     run: Path,
     models_dir: Path,
@@ -187,7 +231,10 @@ def release_run(
     adjustment of a class-weighted run (unless ``logit_adjust`` is off), the calibration and
     unsure threshold (:mod:`wastesort.training.calibrate`); then the model card and,
     for the default network, the repository. ``decoder`` serves a Pillow-trained model through
-    another decoder, refused if its test top-1 drops. Raises :class:`ReleaseError`."""
+    another decoder, refused if its test top-1 drops. A ``make adapt`` folder is promoted by
+    :func:`release_adapted`. Raises :class:`ReleaseError`."""
+    if is_adapted(run):
+        return release_adapted(run, models_dir, card, repository, log)
     config = json.loads((run / "config.json").read_text())
     model = ShippedModel(config["model"], folder=models_dir)
     trained = load_checkpoint(run / "best.pt")[1]
