@@ -34,9 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
     p.add_argument("--first-trained-block", type=int, default=DEFAULTS.first_trained_block, help="earlier blocks stay frozen")
     p.add_argument("--replay", type=float, default=DEFAULTS.replay, help="TrashNet photos replayed per site training photo")
-    p.add_argument(
-        "--site-views", type=int, default=DEFAULTS.site_views, help="views of each site photo: itself, its mirror, augmented crops"
-    )
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     args = p.parse_args(argv)
     config = AdaptConfig(
@@ -44,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         first_trained_block=args.first_trained_block,
         replay=args.replay,
-        site_views=args.site_views,
         seed=args.seed,
     )
     try:

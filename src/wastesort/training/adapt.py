@@ -54,8 +54,7 @@ class AdaptError(ValueError):
 @dataclass(frozen=True)
 class AdaptConfig:
     """Fine-tuning settings: the stages from ``first_trained_block`` on (and the head) train,
-    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo;
-    ``site_views`` views of each site photo (itself, its mirror, the rest augmented)."""
+    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -63,7 +62,6 @@ class AdaptConfig:
     weight_decay: float = 0.01
     first_trained_block: int = 5
     replay: float = 2.0
-    site_views: int = 8
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
 
@@ -112,28 +110,6 @@ def _early(halves: Halves, x: np.ndarray, batch: int = 32) -> torch.Tensor:
         return torch.cat([halves.early(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
-def site_views(x: np.ndarray, contract: PreprocessContract, views: int, seed: int = 0) -> np.ndarray:
-    """Each photo, its mirror and ``views - 2`` random crops, flips and lighting changes of it,
-    ``(views * N, C, H, W)`` view-major: a few dozen photos are otherwise memorised."""
-    from torchvision.transforms import v2
-
-    augment = v2.Compose(
-        [
-            v2.RandomResizedCrop((contract.height, contract.width), scale=(0.4, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2, hue=0.02),
-        ]
-    )
-    mean = np.asarray(contract.mean, np.float32)[:, None, None]
-    std = np.asarray(contract.std, np.float32)[:, None, None]
-    torch.manual_seed(seed)
-    out = [x, np.ascontiguousarray(x[..., ::-1])]
-    for _ in range(views - 2):
-        images = torch.from_numpy(np.clip(x * std + mean, 0.0, 1.0))
-        out.append((torch.stack([augment(image) for image in images]).numpy() - mean) / std)
-    return np.concatenate(out[: max(views, 1)]).astype(np.float32)
-
-
 def _scores(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """Top-1, macro F1 and the selective figures of ``path`` (as served) on each named set."""
     classifier = OnnxClassifier(path)
@@ -180,9 +156,8 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     halves = Halves(unadjusted_student(model.onnx, net).eval(), config.first_trained_block)
     site_x, site_y = tensors["site_train"]
     replay_x, replay_y = tensors["replay"]
-    on_site = _early(halves, site_views(site_x, contract, config.site_views, config.seed))
-    site_labels = torch.from_numpy(np.tile(site_y, len(on_site) // len(site_y)))
-    replayed = _early(halves, np.concatenate([replay_x, np.ascontiguousarray(replay_x[..., ::-1])]))
+    on_site, replayed = (_early(halves, np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])) for x in (site_x, replay_x))
+    site_labels = torch.from_numpy(np.concatenate([site_y, site_y]))  # each photo and its mirror
     with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
         teacher = torch.cat([halves.late(replayed[i : i + 64]) for i in range(0, len(replayed), 64)])
     parameters = halves.trainable()
@@ -269,6 +244,24 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     return report
 
 
+#: Below this share of the val photos answered, the report warns that the adapted file is of little use yet.
+FEW_ANSWERED = 0.5
+
+
+def _few_answered(report: dict) -> list[str]:
+    """The warning for a threshold few val photos pass: the file is safe but sends most photos to a person."""
+    coverage = report["calibration"]["val"]["coverage"]
+    if coverage >= FEW_ANSWERED:
+        return []
+    target = report["config"]["target_accuracy"]
+    return [
+        f"**Only {coverage:.1%} of the val photos reach the threshold ({target:.0%} right among the answered): the adapted "
+        "file answers *unsure* for most photos.** Label more of the site's photos (above all of the classes it confuses) "
+        "and adapt again.",
+        "",
+    ]
+
+
 def report_markdown(report: dict) -> str:
     """The report's tables: the site's val photos and TrashNet's test photos, before and after."""
     rows = []
@@ -289,6 +282,7 @@ def report_markdown(report: dict) -> str:
             f"Calibrated afresh: temperature {report['calibration']['temperature']:.3f}, unsure below "
             f"{report['calibration']['threshold']:.3f}.",
             "",
+            *_few_answered(report),
             "| photos | model | top-1 | answered | right among answered | answered wrongly |",
             "|---|---|---|---|---|---|",
             *rows,
