@@ -1,7 +1,8 @@
 """Calibration and the unsure decision: temperature scaling lowers the calibration error of a set
 with known over-confidence, the threshold is the most coverage the target allows, the
 temperature goes into the head (same answers, scaled logits, recorded once), a rebuilt network
-undoes it, and the generated configs carry the threshold a file records."""
+undoes it, the generated configs carry the threshold a file records, and the committed model's
+typicality flattens images unlike any photo below the threshold without losing their top-1."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tiny_model import CONTRACT, Tiny
 from wastesort import confidence as conf
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
-from wastesort.shipped import LOGITS, PROBABILITIES
+from wastesort.shipped import IMAGES, LOGITS, PROBABILITIES, ShippedModel
 from wastesort.training import calibrate as cal
 from wastesort.training.export import FlipAveraged, export_onnx
 from wastesort.triton import config as tc
@@ -91,3 +92,28 @@ def test_the_generated_configs_carry_the_threshold_the_file_records(exports: tup
         assert f'key: "{conf.THRESHOLD_PARAMETER}"' in files[name].decode() and 'string_value: "0.625"' in files[name].decode()
     bare = tc.repository_files(exports[0], "tiny")
     assert conf.THRESHOLD_PARAMETER not in bare["ensemble_tiny/config.pbtxt"].decode()  # an uncalibrated file: no decision
+
+
+def test_atypical_images_are_flattened_below_the_threshold_and_keep_their_top1() -> None:
+    path = ShippedModel().onnx
+    confidence = conf.read(path)
+    if confidence is None or confidence.typicality_gate is None:
+        pytest.skip("the committed model carries no typicality")
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    side = 224
+    ramp = np.linspace(-1, 1, side, dtype=np.float32)
+    images = np.stack(
+        [
+            rng.normal(0, 1, (3, side, side)).astype(np.float32),  # noise
+            np.broadcast_to(np.array([0.9, -0.8, 0.2], np.float32)[:, None, None], (3, side, side)),  # one colour
+            np.broadcast_to(ramp[None, None, :] * np.array([1, -1, 0.5], np.float32)[:, None, None], (3, side, side)),  # a gradient
+            np.sign(np.sin(np.arange(side, dtype=np.float32) / 3))[None, :, None] * np.ones((3, 1, side), np.float32),  # stripes
+        ]
+    )
+    logits, probabilities = ort.InferenceSession(str(path)).run([LOGITS, PROBABILITIES], {IMAGES: np.ascontiguousarray(images)})
+    assert (probabilities.max(1) < confidence.threshold).all(), probabilities.max(1)
+    assert (cal.typicality_factor(path, images) > 10).all()  # far beyond the gate: flattened hard
+    assert (probabilities.argmax(1) == logits.argmax(1)).all()  # not rounded to a tie, whose top-1 is the first class
+    assert len(np.unique(probabilities.round(7), axis=0)) == len(images)

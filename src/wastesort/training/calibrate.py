@@ -11,6 +11,7 @@ carry it, and the top-1 answer stays the same. Test plays no part in either choi
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,8 +186,10 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-#: Largest excess over the gate that still scales the logits (``exp(30)``: uniform to float precision).
-MAX_EXCESS = 30.0
+#: Largest excess over the gate that still scales the logits: they are divided by at most 100,
+#: flat enough that no answer reaches a threshold, while PROBABILITIES keep the order of LOGITS
+#: in float32 (a much larger divisor rounds them all to 1/6, and the top-1 label to the first class).
+MAX_EXCESS = math.log(100.0)
 #: Val photos beyond the typicality gate: the gate is this percentile of their scores.
 GATE_PERCENTILE = 97.5
 
@@ -241,8 +244,9 @@ class Typicality:
     pooled features get one Gaussian over all training photos (Ledoit-Wolf covariance), the
     squared Mahalanobis distance is put on val's scale (median and MAD), and the score is the
     largest over the stages. Beyond ``gate`` (a percentile of val's scores) the logits are
-    divided by ``exp(score - gate)``: the model's probabilities flatten on photos unlike any it
-    was trained on, so that they fall below the unsure threshold. The top-1 answer never changes."""
+    divided by ``exp(score - gate)`` (at most ``exp(MAX_EXCESS)``): the model's probabilities flatten
+    on photos unlike any it was trained on, so that they fall below the unsure threshold. The top-1
+    answer never changes."""
 
     means: list[np.ndarray]
     precisions: list[np.ndarray]
