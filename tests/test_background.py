@@ -1,5 +1,6 @@
 """Background replacement keeps the item (mask area and pixels on synthetic images with a
-known foreground) and refuses images without a board; the TTA export is the mean of the
+known foreground) and refuses images without a board; a composed scene puts the item, smaller,
+on a varied floor, and a scene share of 0 leaves the augmentation as it was; the TTA export is the mean of the
 plain model on the image and its mirror."""
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from torch import nn
 from wastesort.contract import PreprocessContract
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import PROBABILITIES
-from wastesort.training.background import KINDS, foreground_mask, random_background, replace_background
+from wastesort.training.background import (
+    FLOORS,
+    KINDS,
+    ReplaceBackground,
+    compose_scene,
+    foreground_mask,
+    random_background,
+    random_floor,
+    replace_background,
+)
 from wastesort.training.export import FlipAveraged, export_onnx
 
 
@@ -88,6 +98,34 @@ class Asymmetric(nn.Module):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_scene_shows_the_item_smaller_on_a_floor(seed: int) -> None:
+    image, item = board_with_item(seed=seed)
+    scene = compose_scene(image, foreground_mask(image), torch.Generator().manual_seed(seed))
+    assert scene.shape == image.shape and scene.dtype == torch.uint8
+    reddish = lambda x: ((x[0].int() - x[2].int()) > 80).float().mean().item()  # noqa: E731  the item is red, the floors are muted
+    assert 0.1 * item.mean() < reddish(scene) < 0.95 * reddish(image)
+    board = ~torch.from_numpy(item)
+    assert (scene.float() - image.float()).abs().mean(0)[board].mean() > 10  # the board is gone
+
+
+def test_floors_are_varied_textures() -> None:
+    generator = torch.Generator().manual_seed(0)
+    floors = [random_floor(96, 128, generator, kind) for kind in FLOORS]
+    assert all(f.shape == (3, 96, 128) and f.dtype == torch.uint8 and f.float().std() > 2 for f in floors)
+    assert len({f.float().mean().round().item() for f in floors}) == len(FLOORS)
+
+
+def test_a_scene_share_of_zero_draws_exactly_as_before() -> None:
+    image, _ = board_with_item(seed=4)
+    outputs = [ReplaceBackground(1.0, torch.Generator().manual_seed(7), scene)(image) for scene in (0.0, 0.0, 1.0)]
+    generator = torch.Generator().manual_seed(7)
+    torch.rand(1, generator=generator)  # the draw that decides whether to replace
+    reference = replace_background(image, generator)
+    assert torch.equal(outputs[0], reference) and torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[2], reference)
+
+
 def test_tta_export_is_the_mean_of_image_and_mirror(tmp_path: Path) -> None:
     contract = PreprocessContract(height=32, width=32)
     model = Asymmetric().eval()

@@ -3,8 +3,10 @@
 TrashNet shows every item on the same white board under the same light; a model trained on it
 alone learns that backdrop. :func:`replace_background` cuts the item out with a mask taken
 from the board's own colour and pastes it onto a random colour, gradient, noise or texture.
-Used as a training augmentation (:class:`ReplaceBackground`) and, with fixed seeds, to make the
-"backgrounds replaced" test set that stands in for real-world photos (:func:`proxy_tensor`).
+Used as a training augmentation (:class:`ReplaceBackground`, which can also compose a *scene*:
+the item smaller and off-centre on a floor, with a shadow and the room's light,
+:func:`compose_scene`) and, with fixed seeds, to make the "backgrounds replaced" test set that
+stands in for real-world photos (:func:`proxy_tensor`).
 
 Tensors are uint8 ``(3, H, W)`` RGB, as in the training cache.
 """
@@ -129,17 +131,108 @@ def replace_background(image: torch.Tensor, generator: torch.Generator, kind: st
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-class ReplaceBackground(torch.nn.Module):
-    """Training augmentation: with probability ``p`` the board is replaced (uint8 in, uint8 out)."""
+#: Floors a scene is composed on. Never wooden planks: the simulated site's floor
+#: (``experiments/simulated_site``) stays unseen, so that it measures what a new floor does.
+FLOORS = ("concrete", "tiles", "terrazzo", "fabric")
 
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
+def _octaves(h: int, w: int, generator: torch.Generator, cells: tuple[int, ...]) -> torch.Tensor:
+    """Smooth noise ``(h, w)`` around 0: the sum of bilinearly upsampled random grids."""
+    total = torch.zeros(h, w)
+    for cell in cells:
+        small = torch.rand(1, 1, max(2, h // cell), max(2, w // cell), generator=generator) - 0.5
+        total += F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0] * (cell / max(cells))
+    return total
+
+
+def random_floor(h: int, w: int, generator: torch.Generator, kind: str | None = None) -> torch.Tensor:
+    """A uint8 ``(3, h, w)`` floor of one of :data:`FLOORS` in a random, mostly muted colour."""
+    kind = kind or FLOORS[int(torch.randint(len(FLOORS), (1,), generator=generator))]
+    grey = _uniform(generator, 60, 210)
+    tint = 1 + (torch.rand(3, generator=generator) - 0.5) * 0.35
+    colour = (grey * tint)[:, None, None]
+    grain = torch.randn(1, h, w, generator=generator) * _uniform(generator, 2, 9)
+    if kind == "concrete":
+        floor = colour * (1 + 0.35 * _octaves(h, w, generator, (4, 16, 64)))[None]
+    elif kind == "tiles":
+        side = int(_uniform(generator, 40, 170))
+        grout = int(_uniform(generator, 2, 7))
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        ys, xs = ys + int(_uniform(generator, 0, side)), xs + int(_uniform(generator, 0, side))
+        tone = 1 + (torch.rand(h // side + 3, w // side + 3, generator=generator) - 0.5) * 0.2
+        floor = colour * tone[ys // side, xs // side][None]
+        line = ((ys % side) < grout) | ((xs % side) < grout)
+        floor = torch.where(line[None], colour * _uniform(generator, 0.55, 1.3), floor)
+    elif kind == "terrazzo":
+        chips = (_octaves(h, w, generator, (2, 4)) > _uniform(generator, 0.12, 0.22)).float()[None]
+        chip_colour = (torch.rand(3, generator=generator) * 255)[:, None, None]
+        floor = colour * (1 + 0.1 * _octaves(h, w, generator, (16, 64)))[None] * (1 - chips) + chip_colour * chips
+    elif kind == "fabric":
+        period = _uniform(generator, 3, 8)
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        weave = torch.sin(xs * 2 * math.pi / period) * torch.sin(ys * 2 * math.pi / period)
+        floor = colour * (1 + 0.12 * weave + 0.25 * _octaves(h, w, generator, (8, 32)))[None]
+    else:
+        raise ValueError(f"kind must be one of {FLOORS}, not {kind!r}")
+    return (floor + grain).clamp(0, 255).round().to(torch.uint8)
+
+
+def _blurred(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` ``(1, H, W)`` box-blurred twice (about Gaussian) over ``size`` pixels."""
+    k = max(1, size | 1)
+    for _ in range(2):
+        x = F.avg_pool2d(x[None], k, stride=1, padding=k // 2, count_include_pad=False)[0]
+    return x
+
+
+def compose_scene(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The item of ``image`` (uint8 ``(3, H, W)``, its :func:`foreground_mask` ``mask``) on a
+    :func:`random_floor`: scaled to 45-95% of the frame and placed anywhere, a soft shadow
+    thrown in a random direction, the whole frame under a light that falls off one way and a
+    colour cast. Returns uint8 ``(3, H, W)``."""
+    _, h, w = image.shape
+    scale = _uniform(generator, 0.45, 0.95)
+    sh, sw = max(8, round(h * scale)), max(8, round(w * scale))
+    item = F.interpolate(image[None].float(), size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)[0]
+    alpha = F.interpolate(mask[None, None].float(), size=(sh, sw), mode="bilinear", align_corners=False)[0]
+    top, left = int(_uniform(generator, 0, h - sh + 1)), int(_uniform(generator, 0, w - sw + 1))
+    cover = torch.zeros(1, h, w)
+    cover[:, top : top + sh, left : left + sw] = alpha
+    placed = torch.zeros(3, h, w)
+    placed[:, top : top + sh, left : left + sw] = item
+    angle = _uniform(generator, 0, 2 * math.pi)
+    reach = _uniform(generator, 0.02, 0.07) * min(h, w)
+    shadow = torch.roll(cover, (round(reach * math.sin(angle)), round(reach * math.cos(angle))), dims=(1, 2))
+    shadow = _blurred(shadow, int(_uniform(generator, 0.02, 0.06) * min(h, w)))
+    out = random_floor(h, w, generator).float() * (1 - _uniform(generator, 0.2, 0.55) * shadow)
+    out = out * (1 - cover) + placed * cover
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    light_angle = _uniform(generator, 0, 2 * math.pi)
+    fall = (xs * math.cos(light_angle) + ys * math.sin(light_angle)) * 0.5 + 0.5
+    light = _uniform(generator, 0.85, 1.15) - _uniform(generator, 0.0, 0.35) * fall
+    cast = 1 + (torch.rand(3, generator=generator) - 0.5) * 0.16
+    return (out * light[None] * cast[:, None, None]).clamp(0, 255).round().to(torch.uint8)
+
+
+class ReplaceBackground(torch.nn.Module):
+    """Training augmentation: with probability ``p`` the board is replaced (uint8 in, uint8 out);
+    a share ``scene`` of those replacements is a whole scene (:func:`compose_scene`)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None, scene: float = 0.0) -> None:
         super().__init__()
-        self.p = p
+        self.p, self.scene = p, scene
         self.generator = generator or torch.Generator().manual_seed(0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.p <= 0 or float(torch.rand(1, generator=self.generator)) >= self.p:
             return image
+        if self.scene > 0 and float(torch.rand(1, generator=self.generator)) < self.scene:
+            mask = foreground_mask(image)
+            return image if mask is None else compose_scene(image, mask, self.generator)
         return replace_background(image, self.generator)
 
 

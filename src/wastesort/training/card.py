@@ -44,6 +44,11 @@ def _commands(run: Path, release: dict) -> str:
     )
 
 
+def _scenes(config: dict) -> str:
+    share = config.get("scene", 0.0)
+    return f" ({share:.0%} of them composed as scenes on a floor)" if share else ""
+
+
 def _init(config: dict) -> str:
     origin = config.get(INIT_EXPORT_KEY)
     if origin:  # the file has been replaced since: name what it was
@@ -349,7 +354,7 @@ Training recipe{" of the first model averaged" if metrics.get(SOUP_KEY) else ""}
 {config["warmup_epochs"]} warm-up epochs then cosine, label smoothing {config["label_smoothing"]}, MixUp α={config["mixup_alpha"]} /
 CutMix α={config["cutmix_alpha"]} on {config["mix_prob"]:.0%} of batches, random resized crop (scale ≥ {config["min_scale"]}), flips,
 rotation, colour jitter, gradient clipping {config["grad_clip"]}, weight EMA {config["ema_decay"]}, class balance `{config["balance"]}`,
-background replaced on {config.get("background", 0.0):.0%} of images, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
+background replaced on {config.get("background", 0.0):.0%} of images{_scenes(config)}, blur on {config.get("blur", 0.0):.0%}, JPEG re-compression on {config.get("jpeg", 0.0):.0%}{_init(config)}.
 Evaluation images go through exactly the serving preprocessing (`wastesort.preprocess`).
 
 {_soup_section(metrics)}{_tta_section(metrics)}{_logit_adjustment_section(metrics)}{_adapted_section(metrics)}{_confidence_section(metrics)}{_decoder_section(metrics)}## Test results (per class{f", the served `{served['file']}`"})

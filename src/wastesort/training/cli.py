@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
         "mix_prob",
         "min_scale",
         "background",
+        "scene",
         "blur",
         "jpeg",
         "grad_clip",

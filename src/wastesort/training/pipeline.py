@@ -54,6 +54,7 @@ def train_transform(
     rotation: float = 20.0,
     jitter: float = 0.3,
     background: float = 0.0,
+    scene: float = 0.0,
     blur: float = 0.0,
     jpeg: float = 0.0,
     seed: int = 0,
@@ -62,15 +63,16 @@ def train_transform(
     """Per-image augmentation on uint8 CHW tensors -> float32, normalised per the contract.
 
     ``background``, ``blur`` and ``jpeg`` are probabilities: the board replaced by a random
-    background (:mod:`wastesort.training.background`), a Gaussian blur, a JPEG re-compression
-    at quality 30-95. ``augment=False``: resize to the input and normalise, nothing else."""
+    background (:mod:`wastesort.training.background`; a share ``scene`` of those as a whole
+    scene on a floor), a Gaussian blur, a JPEG re-compression at quality 30-95.
+    ``augment=False``: resize to the input and normalise, nothing else."""
     normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(contract.mean), std=list(contract.std))]
     if not augment:
         return v2.Compose([v2.Resize((contract.height, contract.width), antialias=True), *normalise])
     aspect = contract.width / contract.height
     return v2.Compose(
         [
-            ReplaceBackground(background, torch.Generator().manual_seed(seed)),
+            ReplaceBackground(background, torch.Generator().manual_seed(seed), scene),
             v2.RandomResizedCrop(
                 (contract.height, contract.width), scale=(min_scale, 1.0), ratio=(0.75 * aspect, 1.333 * aspect), antialias=True
             ),

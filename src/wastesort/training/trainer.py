@@ -80,6 +80,7 @@ class TrainConfig:
     min_scale: float = 0.35
     rotation: float = 20.0
     background: float = 0.0  # probability of replacing the white board with a random background
+    scene: float = 0.0  # of those replacements, the share composed as a scene (item smaller on a floor, shadow, light)
     blur: float = 0.0  # probability of a Gaussian blur
     jpeg: float = 0.0  # probability of a JPEG re-compression
     grad_clip: float = 2.0
@@ -284,6 +285,7 @@ class Trainer:
             cfg.min_scale,
             cfg.rotation,
             background=cfg.background,
+            scene=cfg.scene,
             blur=cfg.blur,
             jpeg=cfg.jpeg,
             seed=cfg.seed,
