@@ -198,30 +198,23 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     calibration_train = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
     val_x = np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0]])
     val_y = np.concatenate([tensors["site_val"][1], tensors["trashnet_val"][1]])
-    checked = {"val": (val_x, val_y), "test": tensors["trashnet_test"]}
-    uncalibrated = {split: OnnxClassifier(onnx_path).probabilities(x) for split, (x, _) in checked.items()}
+    test_x, test_y = tensors["trashnet_test"]
+    uncalibrated_test = OnnxClassifier(onnx_path).probabilities(test_x)
     confidence, calibration = calibrate_file(onnx_path, calibration_train, val_x, val_y, config.target_accuracy)
     after = _scores(onnx_path, measured)
-    calibrated = OnnxClassifier(onnx_path)
-    files = {"file": f"{net}.onnx", "threshold": round(confidence.threshold, 6)}
-    for split, (x, y) in checked.items():
-        probabilities = calibrated.probabilities(x)
-        files[split] = {
-            "ece_before": round(ece(uncalibrated[split], y), 4),
-            "ece_after": round(ece(probabilities, y), 4),
-            **selective(probabilities, y, confidence.threshold),
-        }
-    gate = confidence.typicality_gate
+    test = OnnxClassifier(onnx_path).probabilities(test_x)
+    test_figures = {"ece_before": ece(uncalibrated_test, test_y), "ece_after": ece(test, test_y)} | selective(
+        test, test_y, confidence.threshold
+    )
+    beyond = {name: float((typicality_factor(onnx_path, x) > 1.0).mean()) for name, x in (("val", val_x), ("test", test_x))}
     release_confidence = {  # metrics.json's "confidence" once released (as calibrate_shipped records it)
         "temperature": round(confidence.temperature, 6),
-        "typicality_gate": round(gate, 4) if gate is not None else None,
+        "typicality_gate": round(confidence.typicality_gate, 4) if confidence.typicality_gate is not None else None,
         "target_accuracy": config.target_accuracy,
         "fitted_on": "the site's val photos with TrashNet's val (temperature, threshold); "
         "the site's and the replayed training photos (typicality)",
-        "beyond_gate": {s: float((typicality_factor(onnx_path, x) > 1.0).mean()) for s, (x, _) in checked.items()}
-        if gate is not None
-        else None,
-        "files": {"plain": files},
+        "beyond_gate": beyond if confidence.typicality_gate is not None else None,
+        "files": {"plain": {"file": f"{net}.onnx", "threshold": round(confidence.threshold, 6), "val": calibration, "test": test_figures}},
     }
     report = {
         "site": str(site),
