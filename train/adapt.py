@@ -35,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-trained-block", type=int, default=DEFAULTS.first_trained_block, help="earlier blocks stay frozen")
     p.add_argument("--replay", type=float, default=DEFAULTS.replay, help="TrashNet photos replayed per site training photo")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--mixes", type=float, nargs="+", default=DEFAULTS.mixes, help="weight mixes tried (1: the fine-tuned weights alone)")
-    p.add_argument("--keep-points", type=float, default=DEFAULTS.keep_points, help="TrashNet val top-1 points a mix may lose")
     args = p.parse_args(argv)
     config = AdaptConfig(
         epochs=args.epochs,
@@ -44,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         first_trained_block=args.first_trained_block,
         replay=args.replay,
         seed=args.seed,
-        mixes=tuple(args.mixes),
-        keep_points=args.keep_points,
     )
     try:
         report = adapt_site(args.data, args.out, args.trashnet, args.net, config)

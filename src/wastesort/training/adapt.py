@@ -42,10 +42,6 @@ from wastesort.training.rebuild import unadjusted_student
 DISTILL_TEMPERATURE = 2.0
 #: The site's photos held out for its own val split (stratified), the rest train.
 SITE_VAL_FRACTION = 0.3
-#: Weight-space mixes of the fine-tuned last stages with the shipped ones (0: shipped, 1: fine-tuned) tried on val.
-MIXES = (0.25, 0.5, 0.75, 1.0)
-#: Points of TrashNet val top-1 the chosen mix may lose against the shipped network.
-KEEP_POINTS = 1.0
 #: What ``make adapt`` writes into its ``OUT`` folder, and ``make release RUN=OUT`` promotes.
 ADAPTED_ONNX, ADAPT_REPORT = "model.onnx", "report.json"
 
@@ -68,8 +64,6 @@ class AdaptConfig:
     replay: float = 2.0
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
-    mixes: tuple[float, ...] = MIXES
-    keep_points: float = KEEP_POINTS
 
 
 def site_samples(site: Path) -> list[Sample]:
@@ -114,40 +108,6 @@ def _early(halves: Halves, x: np.ndarray, batch: int = 32) -> torch.Tensor:
     """The frozen early stages' output for every image, ``(N, C, H, W)``."""
     with torch.inference_mode():
         return torch.cat([halves.early(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)])
-
-
-def _top1(halves: Halves, h: torch.Tensor, y: np.ndarray, batch: int = 64) -> float:
-    """Top-1 of the late stages as they are on cached early features ``h``."""
-    with torch.inference_mode():
-        logits = torch.cat([halves.late(h[i : i + batch]) for i in range(0, len(h), batch)])
-    return float((logits.argmax(1).numpy() == y).mean())
-
-
-def choose_mix(
-    halves: Halves, start: list[torch.Tensor], site_val: tuple, trashnet_val: tuple, mixes: tuple[float, ...], keep_points: float
-) -> tuple[float, list[dict]]:
-    """Set the trained parameters to ``start + mix * (tuned - start)`` for the mix (WiSE-FT) with
-    the best site val top-1 among those that keep TrashNet's val top-1 within ``keep_points`` of the
-    shipped network's (ties: the smaller mix, closer to the shipped weights; none kept: the mix that
-    loses least); returns the mix and every mix's figures. Fine-tuning on a few dozen photos moves
-    far; part of the way keeps most of the site's gain and more of what the network knew."""
-    parameters = halves.trainable()
-    tuned = [p.detach().clone() for p in parameters]
-
-    def set_mix(mix: float) -> None:
-        with torch.no_grad():
-            for p, a, b in zip(parameters, start, tuned, strict=True):
-                p.copy_(a + mix * (b - a))
-
-    rows = []
-    for mix in (0.0, *mixes):
-        set_mix(mix)
-        rows.append({"mix": mix, "site_val": _top1(halves, *site_val), "trashnet_val": _top1(halves, *trashnet_val)})
-    reference, tried = rows[0]["trashnet_val"], rows[1:]
-    kept = [r for r in tried if r["trashnet_val"] >= reference - keep_points / 100 - 1e-9]
-    chosen = max(kept, key=lambda r: (r["site_val"], -r["mix"])) if kept else max(tried, key=lambda r: (r["trashnet_val"], -r["mix"]))
-    set_mix(chosen["mix"])
-    return chosen["mix"], rows
 
 
 def _scores(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -201,7 +161,6 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
         teacher = torch.cat([halves.late(replayed[i : i + 64]) for i in range(0, len(replayed), 64)])
     parameters = halves.trainable()
-    start_weights = [p.detach().clone() for p in parameters]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, 2 * (len(site_y) + len(replay_y)) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
@@ -224,12 +183,6 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
         optimiser.step()
         schedule.step()
         losses.append(loss.item())
-
-    site_val_early = _early(halves, tensors["site_val"][0]), tensors["site_val"][1]
-    trashnet_val_early = _early(halves, tensors["trashnet_val"][0]), tensors["trashnet_val"][1]
-    mix, mixes = choose_mix(halves, start_weights, site_val_early, trashnet_val_early, config.mixes, config.keep_points)
-    log(f"mix {mix} of the fine-tuned stages; site val / TrashNet val top-1 by mix: "
-        + ", ".join(f"{r['mix']}: {r['site_val']:.3f} / {r['trashnet_val']:.3f}" for r in mixes))  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(halves.model, contract, out / ADAPTED_ONNX, doc=f"{model.onnx.name} adapted to {site}")
@@ -273,7 +226,6 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
         "config": asdict(config),
         "before": {"file": model.served_onnx.name, **before},
         "after": {"file": onnx_path.name, **after},
-        "mix": {"chosen": mix, "keep_points": config.keep_points, "tried": mixes},
         "calibration": {"temperature": confidence.temperature, "threshold": confidence.threshold, "val": calibration},
         "confidence": release_confidence,
         "first_last_loss": [round(losses[0], 4), round(losses[-1], 4)],
@@ -328,20 +280,5 @@ def report_markdown(report: dict) -> str:
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            *_mix_table(report),
         ]
     )
-
-
-def _mix_table(report: dict) -> list[str]:
-    """How the weight mix was chosen: each mix's val top-1 (uncalibrated, plain argmax)."""
-    mix = report["mix"]
-    return [
-        f"Weight mix {mix['chosen']} of the fine-tuned stages with the shipped ones: the best site val top-1 among the "
-        f"mixes that keep TrashNet's val top-1 within {mix['keep_points']} point(s) of the shipped network's (mix 0).",
-        "",
-        "| mix | site val top-1 | TrashNet val top-1 |",
-        "|---|---|---|",
-        *(f"| {r['mix']} | {r['site_val']:.4f} | {r['trashnet_val']:.4f} |" for r in mix["tried"]),
-        "",
-    ]
