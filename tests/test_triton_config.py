@@ -14,11 +14,13 @@ import pytest
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
+from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.contract import PreprocessContract
 from wastesort.paths import REPO_ROOT
-from wastesort.shipped import DEFAULT_NET, ShippedModel
+from wastesort.shipped import DEFAULT_NET, PROBABILITIES, ShippedModel
 from wastesort.triton import config as tc
-from wastesort.triton.naming import TTA, ensemble_of, variant_name
+from wastesort.triton.default import DEFAULT_PARAMETER
+from wastesort.triton.naming import COUNTED_AS_PARAMETER, TTA, answers_name, ensemble_of, variant_name
 from wastesort.triton.server import DEFAULT_ADDRESS, server_command
 
 REPOSITORY = REPO_ROOT / "model_repository"
@@ -36,9 +38,12 @@ def test_repository_has_the_three_roles() -> None:
     variant ``make build`` installed (untracked)."""
     names = set(_configs())
     assert {"preprocess", f"{NET}_onnx", f"ensemble_{NET}"} <= names
-    variants = names - {"preprocess", f"{NET}_onnx", f"ensemble_{NET}"}
-    assert all(re.fullmatch(rf"(ensemble_)?{NET}_(onnx|trt)_(fp32|fp16|int8|tta|int8_tta)", name) for name in variants), variants
+    assert answers_name(f"{NET}_onnx") in names  # the GPU ensemble's answers step
+    variants = names - {"preprocess", f"{NET}_onnx", f"ensemble_{NET}", answers_name(f"{NET}_onnx")}
+    pattern = rf"(ensemble_)?{NET}_(onnx|trt)_(fp32|fp16|int8|tta|int8_tta)|{NET}_(onnx|trt)_(fp32|fp16|int8|tta|int8_tta)_answers"
+    assert all(re.fullmatch(pattern, name) for name in variants), variants
     assert (REPOSITORY / f"{NET}_onnx" / "configs" / "gpu.pbtxt").is_file()
+    assert (REPOSITORY / f"ensemble_{NET}" / "configs" / "gpu.pbtxt").is_file()
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPOSITORY)))
@@ -48,12 +53,12 @@ def test_every_config_parses_and_is_complete(path: Path) -> None:
     assert cfg.max_batch_size > 0
     assert cfg.version_policy.latest.num_versions == 1
     assert all(t.name.isupper() for t in [*cfg.input, *cfg.output])
-    if cfg.platform == "ensemble":
-        assert len(cfg.ensemble_scheduling.step) == 2
+    if cfg.platform == "ensemble":  # the GPU one ends with the answers step
+        assert len(cfg.ensemble_scheduling.step) == (3 if path.parent.name == "configs" else 2)
         return
     assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == tc.ServingOptions().queue_delay_us
     assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count >= 1
-    assert len(cfg.model_warmup) >= 1
+    assert len(cfg.model_warmup) >= 1 or cfg.name.endswith("_answers")  # nothing to warm up in a counter
 
 
 def test_repository_is_in_sync_with_the_generator() -> None:
@@ -140,8 +145,36 @@ def test_gpu_config_serves_the_same_model_file_with_the_same_interface() -> None
     assert cpu.input == gpu.input and cpu.output == gpu.output and cpu.max_batch_size == gpu.max_batch_size
 
 
+def test_the_gpu_ensemble_counts_through_the_answers_step_with_the_classifiers_threshold() -> None:
+    """On a GPU the classifier's backend exports no custom metrics: the ensemble's GPU config hands
+    its probabilities through ``<classifier>_answers``, which counts them under the classifier's
+    name with the same threshold, and passes on the same tensor (name, type, shape, labels)."""
+    cfgs = _configs()
+    classifier, answers = cfgs[f"{NET}_onnx"], cfgs[answers_name(f"{NET}_onnx")]
+    cpu, gpu = cfgs[f"ensemble_{NET}"], tc.parse_config(REPOSITORY / f"ensemble_{NET}" / "configs" / "gpu.pbtxt")
+    assert [s.model_name for s in gpu.ensemble_scheduling.step] == ["preprocess", classifier.name, answers.name]
+    assert (gpu.input, gpu.output, gpu.parameters) == (cpu.input, cpu.output, cpu.parameters)  # mark and threshold included
+    handoff = gpu.ensemble_scheduling.step[1].output_map[PROBABILITIES]
+    assert gpu.ensemble_scheduling.step[2].input_map[PROBABILITIES] == handoff != PROBABILITIES
+    assert gpu.ensemble_scheduling.step[2].output_map[PROBABILITIES] == PROBABILITIES
+    assert list(answers.input[0].dims) == list(classifier.output[0].dims) and answers.output == classifier.output
+    assert answers.parameters[COUNTED_AS_PARAMETER].string_value == classifier.name
+    assert answers.parameters[THRESHOLD_PARAMETER] == classifier.parameters[THRESHOLD_PARAMETER]
+    assert answers.backend == "python" and answers.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_the_default_mark_moves_in_both_ensemble_configs(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tc.write_repository(repo, ONNX, NET)
+    ensemble = f"ensemble_{NET}"
+    for on in (False, True):
+        tc.set_default_mark(repo, ensemble, on)
+        for path in (repo / ensemble / "config.pbtxt", repo / ensemble / "configs" / "gpu.pbtxt"):
+            assert (tc.parse_config(path).parameters[DEFAULT_PARAMETER].string_value == "1") == on, path
+
+
 def test_thin_model_files_import_the_shared_implementations() -> None:
-    for model, impl in (("preprocess", tc.PREPROCESS_IMPL), (f"{NET}_onnx", tc.ONNX_IMPL)):
+    for model, impl in (("preprocess", tc.PREPROCESS_IMPL), (f"{NET}_onnx", tc.ONNX_IMPL), (answers_name(f"{NET}_onnx"), tc.ANSWERS_IMPL)):
         text = (REPOSITORY / model / "1" / "model.py").read_text()
         assert f"from {impl} import TritonPythonModel" in text
         assert (REPO_ROOT / "src" / (impl.replace(".", "/") + ".py")).is_file()

@@ -1,7 +1,8 @@
 """Unsure answers and confidence metrics against the real tritonserver: the committed model's
 threshold reaches the client from the generated config (and an edited config changes the
 client's decisions), ``--save-unsure`` copies exactly the unsure photos, and the custom metrics
-on the metrics port move, the unsure counter for images that look like nothing in training."""
+on the metrics port move, the unsure counter for images that look like nothing in training; the
+GPU configs' answers step counts the same answers (the CPU classifier standing in for the GPU one)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.confidence import read as read_confidence
 from wastesort.paths import REPO_ROOT
 from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.triton.config import parse_config
-from wastesort.triton.naming import PREPROCESS, classifier_name, ensemble_name
+from wastesort.triton.config import GPU_CONFIG_NAME, parse_config
+from wastesort.triton.naming import COUNTED_AS_PARAMETER, PREPROCESS, answers_name, classifier_name, ensemble_name
 from wastesort.triton.server import MODEL_REPOSITORY, TritonServer
 
 pytestmark = pytest.mark.server
@@ -32,8 +33,9 @@ SAMPLES = sorted((REPO_ROOT / "samples").rglob("*.jpg"))
 
 
 def _repository(dest: Path, threshold: str | None = None) -> Path:
-    """The committed plain ensemble's three models, with the ensemble's threshold replaced."""
-    for name in (PREPROCESS, CLASSIFIER, ENSEMBLE):
+    """The committed plain ensemble's models (its GPU answers step, idle on CPU, included), with
+    the ensemble's threshold replaced."""
+    for name in (PREPROCESS, CLASSIFIER, ENSEMBLE, answers_name(CLASSIFIER)):
         shutil.copytree(MODEL_REPOSITORY / name, dest / name)
     if threshold is not None:
         config = dest / ENSEMBLE / "config.pbtxt"
@@ -103,6 +105,39 @@ def test_unsure_answers_save_and_metrics_on_the_real_server(committed_threshold:
     labels = {r["label"] for r in rows}
     for label in labels:
         assert _metric(after, "wastesort_answers_total", model=CLASSIFIER, label=label) > 0
+
+
+def test_the_gpu_ensemble_counts_answers_in_its_answers_step(committed_threshold: float, tmp_path: Path) -> None:
+    """``--model-config-name=gpu`` serves the ensemble's ``configs/gpu.pbtxt``, which ends with
+    the answers step (a classifier on the onnxruntime or TensorRT backend exports no metrics).
+    This server has no onnxruntime backend, so the CPU classifier stands in for the GPU one (its
+    ``configs/`` removed) and the answers step counts under another name: both must count the
+    same photos, and the same unsure ones."""
+    repo = _repository(tmp_path / "repo")
+    shutil.rmtree(repo / CLASSIFIER / "configs")
+    gpu_ensemble = parse_config(repo / ENSEMBLE / "configs" / f"{GPU_CONFIG_NAME}.pbtxt")
+    assert [step.model_name for step in gpu_ensemble.ensemble_scheduling.step] == [PREPROCESS, CLASSIFIER, answers_name(CLASSIFIER)]
+    answers_config = repo / answers_name(CLASSIFIER) / "config.pbtxt"
+    assert parse_config(answers_config).parameters[COUNTED_AS_PARAMETER].string_value == CLASSIFIER
+    answers_config.write_text(answers_config.read_text().replace(f'string_value: "{CLASSIFIER}"', 'string_value: "gpu_pipeline"'))
+    noise = _noise(tmp_path / "noise")
+    with TritonServer(repo, log_path=tmp_path / "server.log", extra=[f"--model-config-name={GPU_CONFIG_NAME}"]) as server:
+        before = server.metrics_text()  # the classifier's warm-up already counted
+        rows, _ = _client(server, "--model", ENSEMBLE, *map(str, SAMPLES + noise))
+        after = server.metrics_text()
+
+    def moved(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    unsure = sum(r["unsure"] for r in rows)
+    assert unsure >= len(noise) and all(r["unsure"] == (r["score"] < committed_threshold) for r in rows)
+    assert _metric(before, "wastesort_answers_total", model="gpu_pipeline") == 0
+    for model in (CLASSIFIER, "gpu_pipeline"):
+        assert moved("wastesort_answers_total", model=model) == len(rows), model
+        assert moved("wastesort_unsure_total", model=model) == unsure, model
+        assert moved("wastesort_top_probability_count", model=model) == len(rows), model
+    for label in {r["label"] for r in rows}:
+        assert moved("wastesort_answers_total", model="gpu_pipeline", label=label) == sum(r["label"] == label for r in rows)
 
 
 def test_a_threshold_changed_in_the_config_changes_the_clients_decisions(tmp_path: Path) -> None:

@@ -32,7 +32,17 @@ from wastesort.contract import META_LABELS, META_PREPROCESSING, PreprocessContra
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from wastesort.shipped import IMAGE_BYTES, IMAGES, PROBABILITIES, ShippedModel
 from wastesort.triton.default import DEFAULT_PARAMETER
-from wastesort.triton.naming import PREPROCESS, TTA, classifier_name, ensemble_name, ensemble_of, installed_file, variant_name
+from wastesort.triton.naming import (
+    COUNTED_AS_PARAMETER,
+    PREPROCESS,
+    TTA,
+    answers_name,
+    classifier_name,
+    ensemble_name,
+    ensemble_of,
+    installed_file,
+    variant_name,
+)
 
 LABELS_FILE = "labels.txt"
 #: Custom config name (``tritonserver --model-config-name=gpu``) of the classifier's
@@ -41,6 +51,7 @@ GPU_CONFIG_NAME = "gpu"
 #: Python-backend implementations the thin ``model.py`` files import.
 PREPROCESS_IMPL = "wastesort.triton.preprocess_model"
 ONNX_IMPL = "wastesort.triton.onnx_model"
+ANSWERS_IMPL = "wastesort.triton.answers_model"
 WARMUP_FILE = "jpeg_512x384"
 
 
@@ -182,6 +193,23 @@ def tensorrt_plan_config(name: str, contract: PreprocessContract, opts: ServingO
     return cfg
 
 
+def answers_config(
+    classifier: str, contract: PreprocessContract, opts: ServingOptions = ServingOptions(), threshold: float | None = None
+) -> mc.ModelConfig:
+    """The Python step that counts ``classifier``'s answers in the metrics when it runs on a GPU
+    backend (:mod:`wastesort.triton.answers_model`): probabilities in, the same out."""
+    cfg = mc.ModelConfig(name=answers_name(classifier), backend="python", max_batch_size=opts.max_batch_size)
+    _latest_only(cfg)
+    classes = len(contract.labels)
+    cfg.input.append(_tensor(mc.ModelInput, PROBABILITIES, mc.TYPE_FP32, [classes]))
+    cfg.output.append(_tensor(mc.ModelOutput, PROBABILITIES, mc.TYPE_FP32, [classes], label_filename=LABELS_FILE))
+    _batching(cfg, opts)
+    cfg.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+    _params(cfg, {COUNTED_AS_PARAMETER: classifier})
+    _threshold(cfg, threshold)
+    return cfg
+
+
 def ensemble_config(
     net: str,
     contract: PreprocessContract,
@@ -189,11 +217,13 @@ def ensemble_config(
     classifier: str | None = None,
     default: bool = False,
     threshold: float | None = None,
+    answers: bool = False,
 ) -> mc.ModelConfig:
     """Bytes in, probabilities (with labels) out: ``preprocess`` then ``classifier``
     (default ``<net>_onnx``, named ``ensemble_<net>``; a variant's is ``ensemble_<variant>``).
     ``default``: carry :data:`~wastesort.triton.default.DEFAULT_PARAMETER` (the rule's pick);
-    ``threshold``: the classifier's unsure threshold, for clients."""
+    ``threshold``: the classifier's unsure threshold, for clients; ``answers``: end with the
+    classifier's answers step (a classifier on a GPU backend exports no metrics itself)."""
     name = ensemble_of(classifier or classifier_name(net))
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
@@ -207,7 +237,11 @@ def ensemble_config(
     pre.output_map[IMAGES] = "preprocessed_images"
     clf = cfg.ensemble_scheduling.step.add(model_name=classifier or classifier_name(net), model_version=-1)
     clf.input_map[IMAGES] = "preprocessed_images"
-    clf.output_map[PROBABILITIES] = PROBABILITIES
+    clf.output_map[PROBABILITIES] = "classifier_probabilities" if answers else PROBABILITIES
+    if answers:
+        count = cfg.ensemble_scheduling.step.add(model_name=answers_name(classifier or classifier_name(net)), model_version=-1)
+        count.input_map[PROBABILITIES] = "classifier_probabilities"
+        count.output_map[PROBABILITIES] = PROBABILITIES
     return cfg
 
 
@@ -265,9 +299,12 @@ def _classifier_files(
     and the relative path the model file goes to.
 
     ``backend`` "onnxruntime": ``config.pbtxt`` runs it on CPU in the Python backend and
-    ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``.
+    ``configs/gpu.pbtxt`` on Triton's onnxruntime backend; "tensorrt": a ``tensorrt_plan``. On a
+    GPU backend the ensemble ends with ``<classifier>_answers``, which counts the answers.
     """
     ensemble = ensemble_config(net, contract, opts, classifier=classifier, default=default, threshold=threshold)
+    on_gpu = ensemble_config(net, contract, opts, classifier=classifier, default=default, threshold=threshold, answers=True)
+    answers = answers_name(classifier)
     labels = ("\n".join(contract.labels) + "\n").encode()
     if backend == "onnxruntime":
         gpu = classifier_onnxruntime_config(net, contract, opts, name=classifier, tensorrt_precision=tensorrt_precision)
@@ -275,18 +312,24 @@ def _classifier_files(
             f"{classifier}/config.pbtxt": to_text(classifier_python_config(net, contract, opts, classifier, threshold), source),
             f"{classifier}/configs/{GPU_CONFIG_NAME}.pbtxt": to_text(gpu, source),
             f"{classifier}/1/model.py": THIN_MODEL_PY.format(model=classifier, impl=ONNX_IMPL),
+            f"{ensemble.name}/config.pbtxt": to_text(ensemble, source),
+            f"{ensemble.name}/configs/{GPU_CONFIG_NAME}.pbtxt": to_text(on_gpu, source),
         }
         target = f"{classifier}/1/model.onnx"
-    elif backend == "tensorrt":
-        text = {f"{classifier}/config.pbtxt": to_text(tensorrt_plan_config(classifier, contract, opts), source)}
+    elif backend == "tensorrt":  # only ever served on a GPU
+        text = {
+            f"{classifier}/config.pbtxt": to_text(tensorrt_plan_config(classifier, contract, opts), source),
+            f"{ensemble.name}/config.pbtxt": to_text(on_gpu, source),
+        }
         target = f"{classifier}/1/model.plan"
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    text[f"{ensemble.name}/config.pbtxt"] = to_text(ensemble, source)
     text[f"{ensemble.name}/1/.gitkeep"] = ""
+    text[f"{answers}/config.pbtxt"] = to_text(answers_config(classifier, contract, opts, threshold), source)
+    text[f"{answers}/1/model.py"] = THIN_MODEL_PY.format(model=answers, impl=ANSWERS_IMPL)
     files = {path: body.encode() for path, body in text.items()}
-    files[f"{classifier}/{LABELS_FILE}"] = labels
-    files[f"{ensemble.name}/{LABELS_FILE}"] = labels
+    for model in (classifier, ensemble.name, answers):
+        files[f"{model}/{LABELS_FILE}"] = labels
     return files, target
 
 
@@ -407,7 +450,7 @@ def write_variant(
 
 def remove_variant(repository: Path, variant: str) -> None:
     """Take a variant (and its ensemble) out of the repository, if present."""
-    for name in (variant, ensemble_of(variant)):
+    for name in (variant, ensemble_of(variant), answers_name(variant)):
         if (repository / name).is_dir():
             shutil.rmtree(repository / name)
 
@@ -443,11 +486,14 @@ def marked_default(repository: Path, ensemble: str) -> bool:
 
 
 def set_default_mark(repository: Path, ensemble: str, on: bool) -> None:
-    """Add or remove the rule's mark in an installed ensemble's config, keeping its header."""
-    path = repository / ensemble / "config.pbtxt"
-    header, cfg = path.read_text().splitlines(keepends=True)[0], parse_config(path)
-    if on:
-        cfg.parameters[DEFAULT_PARAMETER].string_value = "1"
-    else:
-        cfg.parameters.pop(DEFAULT_PARAMETER, None)
-    path.write_text(header + text_format.MessageToString(cfg))
+    """Add or remove the rule's mark in an installed ensemble's configs (``config.pbtxt`` and
+    the GPU one), keeping their headers."""
+    for path in (repository / ensemble / "config.pbtxt", repository / ensemble / "configs" / f"{GPU_CONFIG_NAME}.pbtxt"):
+        if not path.is_file():
+            continue
+        header, cfg = path.read_text().splitlines(keepends=True)[0], parse_config(path)
+        if on:
+            cfg.parameters[DEFAULT_PARAMETER].string_value = "1"
+        else:
+            cfg.parameters.pop(DEFAULT_PARAMETER, None)
+        path.write_text(header + text_format.MessageToString(cfg))

@@ -5,6 +5,8 @@
 * ``<net>_<variant>``: a precision or TTA variant (``onnx_int8``, ``onnx_tta``, ``trt_fp16``...).
 * ``ensemble_<net>`` serves the base classifier and ``ensemble_<net>_<variant>`` a variant:
   bytes in, probabilities out.
+* ``<classifier>_answers``: the Python step that counts a classifier's answers in the metrics
+  when the classifier runs on a GPU backend (the ensemble's ``configs/gpu.pbtxt``).
 * The service's default: the ensemble the rule of :mod:`wastesort.triton.default` picked,
   marked in its config, among :func:`default_ensembles` (the ones ``make build`` installs first,
   then the ones ``make release`` commits); the first ready one where none is marked.
@@ -31,6 +33,15 @@ def classifier_name(net: str) -> str:
 
 def variant_name(net: str, variant: str) -> str:
     return f"{net}_{variant}"
+
+
+#: Config parameter of an answers step: the classifier it counts for (the metrics' ``model`` label).
+COUNTED_AS_PARAMETER = "counted_as"
+
+
+def answers_name(classifier: str) -> str:
+    """The step that counts ``classifier``'s answers behind a GPU backend."""
+    return f"{classifier}_answers"
 
 
 def ensemble_of(classifier: str) -> str:

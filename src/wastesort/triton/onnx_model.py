@@ -7,11 +7,9 @@ Contract: input ``IMAGES`` FP32 ``[N, 3, H, W]`` -> outputs named in the config 
 ``model.onnx``), ``intra_op_threads`` (0: one per core this process may use), ``allow_spinning``
 ("0": idle ONNX Runtime workers sleep instead of spin-waiting; see ``ServingOptions.ort_spinning``).
 
-Metrics (Triton's custom metrics, on its metrics port beside its own): every photo answered,
-by top-1 label (``wastesort_answers_total``), those below the config's ``unsure_below``
-threshold (``wastesort_unsure_total``), and a histogram of the top probability
-(``wastesort_top_probability``): the share of unsure answers rising is the sign that the photos
-drifted from what the model knows.
+Metrics: every photo answered is counted (:class:`~wastesort.triton.metrics.AnswerMetrics`,
+with the config's ``unsure_below`` threshold) under this model's name; on a GPU the
+``<classifier>_answers`` step of the ensemble counts them instead.
 
 The session is built once per instance. One ``execute`` call concatenates every request the
 dynamic batcher gathered, runs the session once, and splits the outputs back per request. A
@@ -31,42 +29,8 @@ import triton_python_backend_utils as pb_utils
 from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import PROBABILITIES
+from wastesort.triton.metrics import AnswerMetrics
 from wastesort.triton.responses import invalid_argument
-
-#: Upper bounds of the top-probability histogram's buckets.
-TOP_PROBABILITY_BUCKETS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
-
-
-class AnswerMetrics:
-    """The model's custom metrics; :meth:`count` records one batch of probabilities."""
-
-    def __init__(self, model: str, labels: tuple[str, ...], threshold: float | None) -> None:
-        self.labels, self.threshold = labels, threshold
-        kinds = pb_utils.MetricFamily
-        self.families = [
-            kinds(name="wastesort_answers_total", description="Photos classified, by top-1 label", kind=kinds.COUNTER),
-            kinds(
-                name="wastesort_unsure_total",
-                description="Photos whose top probability was below the model's unsure threshold, by top-1 label",
-                kind=kinds.COUNTER,
-            ),
-            kinds(name="wastesort_top_probability", description="Top probability of every photo classified", kind=kinds.HISTOGRAM),
-        ]
-        answers, unsure, top = self.families
-        self.answers = [answers.Metric(labels={"model": model, "label": label}) for label in labels]
-        self.unsure = [unsure.Metric(labels={"model": model, "label": label}) for label in labels]
-        self.top = top.Metric(labels={"model": model}, buckets=TOP_PROBABILITY_BUCKETS)
-
-    def count(self, probabilities: np.ndarray) -> None:
-        top, label = probabilities.max(axis=1), probabilities.argmax(axis=1)
-        for index, count in zip(*np.unique(label, return_counts=True), strict=True):
-            self.answers[index].increment(float(count))
-        if self.threshold is not None:
-            below = label[top < self.threshold]
-            for index, count in zip(*np.unique(below, return_counts=True), strict=True):
-                self.unsure[index].increment(float(count))
-        for value in top:
-            self.top.observe(float(value))
 
 
 class TritonPythonModel:
