@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-trained-block", type=int, default=DEFAULTS.first_trained_block, help="earlier blocks stay frozen")
     p.add_argument("--replay", type=float, default=DEFAULTS.replay, help="TrashNet photos replayed per site training photo")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing, help="on the site photos' cross-entropy")
     args = p.parse_args(argv)
     config = AdaptConfig(
         epochs=args.epochs,
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         first_trained_block=args.first_trained_block,
         replay=args.replay,
         seed=args.seed,
+        label_smoothing=args.label_smoothing,
     )
     try:
         report = adapt_site(args.data, args.out, args.trashnet, args.net, config)

@@ -6,7 +6,7 @@ camera; a few labelled photos of them do most of the work. The site's photos (an
 with any subset of the six classes) are split into the site's own train and val; the shipped
 network is rebuilt from its ONNX file (:func:`~wastesort.training.rebuild.unadjusted_student`),
 its early stages frozen and run once over every photo and its mirror (cached), and its last
-stages and head fine-tuned on the site's training photos (their labels) mixed with replayed
+stages and head fine-tuned on the site's training photos (their labels, smoothed) mixed with replayed
 TrashNet training photos (distilled towards the shipped network's own outputs on them, so that
 it does not forget what it knew). The result is exported with the release's
 contract and calibrated afresh (:func:`~wastesort.training.calibrate.calibrate_file`: the site's
@@ -64,6 +64,7 @@ class AdaptConfig:
     replay: float = 2.0
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
+    label_smoothing: float = 0.1
 
 
 def site_samples(site: Path) -> list[Sample]:
@@ -168,12 +169,16 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     generator = torch.Generator().manual_seed(config.seed)
     # eval mode throughout: the rebuilt BatchNorms are the export's folded identities, and the
     # network has no dropout; gradients flow all the same. Each batch: half site photos
-    # (cross-entropy on their labels), half replayed TrashNet photos (distilled towards the
-    # shipped network's own outputs, so the classes the site does not show keep their answers).
+    # (cross-entropy on their labels, smoothed: hard labels made the site's wrong answers more
+    # confident than any TrashNet photo, so no one threshold served both), half replayed
+    # TrashNet photos (distilled towards the shipped network's own outputs, so the classes the
+    # site does not show keep their answers).
     for _ in range(steps):
         site_batch = torch.randint(len(on_site), (half,), generator=generator)
         replay_batch = torch.randint(len(replayed), (half,), generator=generator)
-        learn = nn.functional.cross_entropy(halves.late(on_site[site_batch]), site_labels[site_batch])
+        learn = nn.functional.cross_entropy(
+            halves.late(on_site[site_batch]), site_labels[site_batch], label_smoothing=config.label_smoothing
+        )
         student = nn.functional.log_softmax(halves.late(replayed[replay_batch]) / DISTILL_TEMPERATURE, dim=1)
         target = nn.functional.softmax(teacher[replay_batch] / DISTILL_TEMPERATURE, dim=1)
         keep = nn.functional.kl_div(student, target, reduction="batchmean") * DISTILL_TEMPERATURE**2
