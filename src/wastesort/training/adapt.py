@@ -61,7 +61,7 @@ class AdaptConfig:
     lr: float = 3e-4
     weight_decay: float = 0.01
     first_trained_block: int = 5
-    replay: float = 2.0
+    replay: float = 6.0
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
     label_smoothing: float = 0.1
