@@ -8,8 +8,8 @@ Contract: input ``IMAGES`` FP32 ``[N, 3, H, W]`` -> outputs named in the config 
 ("0": idle ONNX Runtime workers sleep instead of spin-waiting; see ``ServingOptions.ort_spinning``).
 
 Metrics: every photo answered is counted (:class:`~wastesort.triton.metrics.AnswerMetrics`,
-with the config's ``unsure_below`` threshold) under this model's name; on a GPU the
-``<classifier>_answers`` step of the ensemble counts them instead.
+with the config's ``unsure_below`` threshold) under this model's name, except all-zero images
+(Triton's warm-up); on a GPU the ``<classifier>_answers`` step of the ensemble counts them instead.
 
 The session is built once per instance. One ``execute`` call concatenates every request the
 dynamic batcher gathered, runs the session once, and splits the outputs back per request. A
@@ -65,8 +65,11 @@ class TritonPythonModel:
             error = pb_utils.TritonError(f"ONNX Runtime failed on a batch of {len(batch)}: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         finite = np.isfinite(outputs[0]).all(axis=1)
-        if self.metrics is not None and finite.any() and PROBABILITIES in self.output_names:
-            self.metrics.count(outputs[self.output_names.index(PROBABILITIES)][finite])
+        # Triton's warm-up sends all-zero images; no decoded photo normalises to exactly zero
+        # everywhere while a contract's means times 255 are not whole numbers (ImageNet's, 0.5)
+        counted = finite & batch.reshape(len(batch), -1).any(axis=1)
+        if self.metrics is not None and counted.any() and PROBABILITIES in self.output_names:
+            self.metrics.count(outputs[self.output_names.index(PROBABILITIES)][counted])
         responses, start = [], 0
         for array in arrays:
             stop = start + len(array)
