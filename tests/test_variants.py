@@ -20,7 +20,7 @@ from wastesort.inference import OnnxClassifier
 from wastesort.preprocess import preprocess_bytes
 from wastesort.shipped import FROM_SCRATCH_NET, ShippedModel
 from wastesort.triton import config as tc
-from wastesort.triton.naming import ensemble_of, variant_name
+from wastesort.triton.naming import answers_name, ensemble_of, variant_name
 from wastesort.variants import gate as g
 from wastesort.variants import tensorrt as trt
 from wastesort.variants.calibration import ArrayCalibrationReader, calibration_tensor, select_calibration
@@ -218,12 +218,20 @@ def test_variants_install_with_their_ensembles(tmp_path: Path, contract) -> None
     plan = tc.parse_config(repo / variant_name(NET, "trt_int8") / "config.pbtxt")
     assert (plan.platform, plan.default_model_filename) == ("tensorrt_plan", "model.plan")
     assert (repo / variant_name(NET, "trt_int8") / "1" / "model.plan").is_file()
-    for variant in (variant_name(NET, "onnx_fp16"), variant_name(NET, "trt_int8")):
-        ens = tc.parse_config(repo / f"ensemble_{variant}" / "config.pbtxt")
-        assert [s.model_name for s in ens.ensemble_scheduling.step] == ["preprocess", variant]
+    fp16, trt_int8 = variant_name(NET, "onnx_fp16"), variant_name(NET, "trt_int8")
+    # on CPU the ONNX variant's ensemble has two steps; on a GPU (its configs/gpu.pbtxt, and a
+    # plan's only config) the answers step counts after the classifier
+    for variant, config, steps in (
+        (fp16, "config.pbtxt", ["preprocess", fp16]),
+        (fp16, "configs/gpu.pbtxt", ["preprocess", fp16, answers_name(fp16)]),
+        (trt_int8, "config.pbtxt", ["preprocess", trt_int8, answers_name(trt_int8)]),
+    ):
+        ens = tc.parse_config(repo / f"ensemble_{variant}" / config)
+        assert [s.model_name for s in ens.ensemble_scheduling.step] == steps
         assert (repo / f"ensemble_{variant}" / "labels.txt").read_text().splitlines() == list(contract.labels)
-    tc.remove_variant(repo, variant_name(NET, "trt_int8"))
-    assert not (repo / variant_name(NET, "trt_int8")).exists() and not (repo / ensemble_of(variant_name(NET, "trt_int8"))).exists()
+        assert (repo / answers_name(variant) / "config.pbtxt").is_file()
+    tc.remove_variant(repo, trt_int8)
+    assert not any((repo / name).exists() for name in (trt_int8, ensemble_of(trt_int8), answers_name(trt_int8)))
     assert tc.check_repository(repo, ONNX, NET) == []  # the base models are untouched
 
 

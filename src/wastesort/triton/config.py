@@ -449,7 +449,7 @@ def write_variant(
 
 
 def remove_variant(repository: Path, variant: str) -> None:
-    """Take a variant (and its ensemble) out of the repository, if present."""
+    """Take a variant (its ensemble and answers step too) out of the repository, if present."""
     for name in (variant, ensemble_of(variant), answers_name(variant)):
         if (repository / name).is_dir():
             shutil.rmtree(repository / name)
