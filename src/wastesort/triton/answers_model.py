@@ -22,6 +22,7 @@ from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.shipped import PROBABILITIES
 from wastesort.triton.metrics import AnswerMetrics
 from wastesort.triton.naming import COUNTED_AS_PARAMETER
+from wastesort.triton.responses import config_parameters
 
 
 class TritonPythonModel:
@@ -29,7 +30,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        params = config_parameters(config)
         label_file = pb_utils.get_output_config_by_name(config, PROBABILITIES).get("label_filename", "")
         path = Path(args["model_repository"]) / label_file
         if not label_file or not path.is_file():

@@ -224,7 +224,8 @@ def ensemble_config(
     ``default``: carry :data:`~wastesort.triton.default.DEFAULT_PARAMETER` (the rule's pick);
     ``threshold``: the classifier's unsure threshold, for clients; ``answers``: end with the
     classifier's answers step (a classifier on a GPU backend exports no metrics itself)."""
-    name = ensemble_of(classifier or classifier_name(net))
+    classifier = classifier or classifier_name(net)
+    name = ensemble_of(classifier)
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     _latest_only(cfg)
     if default:
@@ -235,12 +236,13 @@ def ensemble_config(
     pre = cfg.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
     pre.input_map[IMAGE_BYTES] = IMAGE_BYTES
     pre.output_map[IMAGES] = "preprocessed_images"
-    clf = cfg.ensemble_scheduling.step.add(model_name=classifier or classifier_name(net), model_version=-1)
+    clf = cfg.ensemble_scheduling.step.add(model_name=classifier, model_version=-1)
     clf.input_map[IMAGES] = "preprocessed_images"
-    clf.output_map[PROBABILITIES] = "classifier_probabilities" if answers else PROBABILITIES
+    handoff = "classifier_probabilities" if answers else PROBABILITIES
+    clf.output_map[PROBABILITIES] = handoff
     if answers:
-        count = cfg.ensemble_scheduling.step.add(model_name=answers_name(classifier or classifier_name(net)), model_version=-1)
-        count.input_map[PROBABILITIES] = "classifier_probabilities"
+        count = cfg.ensemble_scheduling.step.add(model_name=answers_name(classifier), model_version=-1)
+        count.input_map[PROBABILITIES] = handoff
         count.output_map[PROBABILITIES] = PROBABILITIES
     return cfg
 

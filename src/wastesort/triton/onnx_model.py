@@ -30,7 +30,7 @@ from wastesort.confidence import THRESHOLD_PARAMETER
 from wastesort.inference import OnnxClassifier
 from wastesort.shipped import PROBABILITIES
 from wastesort.triton.metrics import AnswerMetrics
-from wastesort.triton.responses import invalid_argument
+from wastesort.triton.responses import config_parameters, invalid_argument
 
 
 class TritonPythonModel:
@@ -38,7 +38,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        params = config_parameters(config)
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
         threads = int(params.get("intra_op_threads", "0")) or len(os.sched_getaffinity(0))
         self.classifier = OnnxClassifier(path, threads=threads, spinning=params.get("allow_spinning", "1") != "0")

@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 from wastesort.contract import PreprocessContract
 from wastesort.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess_into
-from wastesort.triton.responses import invalid_argument
+from wastesort.triton.responses import config_parameters, invalid_argument
 
 
 def _publish_instance_deaths() -> list[object]:
@@ -55,7 +55,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        params = config_parameters(config)
         self.contract = PreprocessContract.from_metadata(params)
         self.max_pixels = int(params.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.max_bytes = int(params.get("max_image_bytes", DEFAULT_MAX_BYTES))
