@@ -33,9 +33,7 @@ from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
 from wastesort.machine import describe, one_line
-from wastesort.preprocess import preprocess_bytes
 from wastesort.shipped import DEFAULT_NET, ShippedModel, sha256
-from wastesort.training.background import scene_jpeg
 from wastesort.training.calibrate import calibrate_file, typicality_factor
 from wastesort.training.export import ExportError, export_onnx, verify_export
 from wastesort.training.rebuild import unadjusted_student
@@ -56,8 +54,7 @@ class AdaptError(ValueError):
 @dataclass(frozen=True)
 class AdaptConfig:
     """Fine-tuning settings: the stages from ``first_trained_block`` on (and the head) train,
-    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo, a
-    share ``scene_replay`` of them seen as their item in a composed scene."""
+    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -68,7 +65,6 @@ class AdaptConfig:
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
     label_smoothing: float = 0.1
-    scene_replay: float = 0.0
 
 
 def site_samples(site: Path) -> list[Sample]:
@@ -86,19 +82,6 @@ def split_site(samples: list[Sample], seed: int = 0) -> dict[str, list[Sample]]:
     if not splits["train"] or not splits["val"]:
         raise AdaptError(f"{len(samples)} site photos are too few to split into train and val")
     return {"train": splits["train"], "val": splits["val"]}
-
-
-def scene_views(samples: list[Sample], x: np.ndarray, contract: PreprocessContract, share: float, seed: int) -> np.ndarray:
-    """``x`` (the inputs of ``samples``) with a ``share`` of the photos, drawn from ``seed``, shown
-    as their item in a composed scene (:func:`~wastesort.training.background.scene_jpeg` through
-    the serving preprocessing); a photo whose item the mask cannot cut stays as it is."""
-    chosen = np.flatnonzero(np.random.default_rng(seed).random(len(samples)) < share)
-    out = x.copy()
-    for i in chosen:
-        scene = scene_jpeg(samples[i].path.read_bytes(), seed + int(i))
-        if scene is not None:
-            out[i] = preprocess_bytes(scene, contract)
-    return out
 
 
 class Halves(nn.Module):
@@ -174,16 +157,10 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     halves = Halves(unadjusted_student(model.onnx, net).eval(), config.first_trained_block)
     site_x, site_y = tensors["site_train"]
     replay_x, replay_y = tensors["replay"]
-
-    def both(x: np.ndarray) -> torch.Tensor:  # each photo and its mirror, through the frozen stages
-        return _early(halves, np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
-
-    on_site, on_board = both(site_x), both(replay_x)
-    site_labels = torch.from_numpy(np.concatenate([site_y, site_y]))
-    with torch.inference_mode():  # what the shipped network says about the replayed photos on their board: kept
-        teacher = torch.cat([halves.late(on_board[i : i + 64]) for i in range(0, len(on_board), 64)])
-    # the student sees some replayed photos as scenes, the teacher's answer for the board photo kept
-    replayed = both(scene_views(replay, replay_x, contract, config.scene_replay, config.seed)) if config.scene_replay > 0 else on_board
+    on_site, replayed = (_early(halves, np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])) for x in (site_x, replay_x))
+    site_labels = torch.from_numpy(np.concatenate([site_y, site_y]))  # each photo and its mirror
+    with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
+        teacher = torch.cat([halves.late(replayed[i : i + 64]) for i in range(0, len(replayed), 64)])
     parameters = halves.trainable()
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * max(1, 2 * (len(site_y) + len(replay_y)) // config.batch_size)

@@ -240,30 +240,14 @@ class ReplaceBackground(torch.nn.Module):
 PROXY_SEED = 20261122
 
 
-def _decoded(data: bytes) -> torch.Tensor:
-    """Encoded bytes -> uint8 ``(3, H, W)``."""
-    return torch.from_numpy(np.asarray(decode(data), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def _jpeg(image: torch.Tensor, quality: int) -> bytes:
-    """uint8 ``(3, H, W)`` -> JPEG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 def replaced_jpeg(data: bytes, seed: int, quality: int = 92) -> bytes:
     """An encoded photo with its board replaced (background drawn from ``seed``), re-encoded
     as JPEG, for evaluation through the serving preprocessing (bytes in)."""
-    return _jpeg(replace_background(_decoded(data), torch.Generator().manual_seed(seed)), quality)
-
-
-def scene_jpeg(data: bytes, seed: int, quality: int = 92) -> bytes | None:
-    """An encoded photo's item in a composed scene (:func:`compose_scene`, drawn from ``seed``),
-    re-encoded as JPEG; ``None`` where the mask finds no board to cut the item from."""
-    image = _decoded(data)
-    mask = foreground_mask(image)
-    return None if mask is None else _jpeg(compose_scene(image, mask, torch.Generator().manual_seed(seed)), quality)
+    rgb = np.asarray(decode(data), dtype=np.uint8)
+    out = replace_background(torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous(), torch.Generator().manual_seed(seed))
+    buffer = io.BytesIO()
+    Image.fromarray(out.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def proxy_tensor(paths: list[Path], contract: PreprocessContract, seed: int = PROXY_SEED) -> np.ndarray:
