@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         right = classifier.probabilities(x).argmax(1) == y
         result["models"][name] = {"all": top1(right), "whole": top1(right[whole]), "fragmented": top1(right[~whole])}
         print(name, json.dumps(result["models"][name]))
-    result["fragmented_files"] = sorted(f"{s.path.parent.name}/{s.path.name}" for s, w in zip(samples, whole) if not w)
+    result["fragmented_files"] = sorted(f"{s.path.parent.name}/{s.path.name}" for s, w in zip(samples, whole, strict=True) if not w)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
