@@ -21,10 +21,9 @@ def share(figures: dict | None) -> str:
     return f"{figures['top1']:.3f} ± {figures['se']:.3f} ({figures['photos']})" if figures else "-"
 
 
-def row(name: str, wholeness: dict) -> str:
+def row(name: str, report: dict, wholeness: dict) -> str:
     """One run's row: photos, time, held-out site top-1 with its standard error (all, whole,
     fragmented), TrashNet's test top-1."""
-    report = json.loads((HERE / f"{name}.json").read_text())
     held_out = json.loads((HERE / f"{name}.site_val.json").read_text())
     top1, n = held_out["accuracy"], held_out["images"]
     photos = report["photos"]
@@ -42,7 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run names: <run>.json and <run>.site_val.json in this folder")
     args = parser.parse_args()
-    machines = sorted({json.loads((HERE / f"{name}.json").read_text())["machine"] for name in args.runs})
+    reports = {name: json.loads((HERE / f"{name}.json").read_text()) for name in args.runs}
+    machines = sorted({report["machine"] for report in reports.values()})
     print("| run | site photos (train + calibration) | replayed | first trained block | epochs | seconds | "
           "site calibration top-1 | held-out site top-1 (photos) | held-out macro F1 | whole items | fragmented items | "
           "TrashNet test top-1 |")  # fmt: skip
@@ -50,7 +50,7 @@ def main() -> None:
     scored = HERE / "wholeness.json"
     wholeness = json.loads(scored.read_text())["models"] if scored.exists() else {}
     for name in args.runs:
-        print(row(name, wholeness))
+        print(row(name, reports[name], wholeness))
     print(f"\nMachine: {'; '.join(machines)}. Written by `protocol2_table.py`.")
 
 

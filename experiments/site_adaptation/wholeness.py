@@ -71,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
         "machine": one_line(describe()),
     }
+    inputs: dict[PreprocessContract, tuple[np.ndarray, np.ndarray]] = {}  # adapted files share the release's contract
     for spec in args.model:
         name, path = spec.split("=", 1)
-        classifier = OnnxClassifier(path)
-        x, y = split_tensors(samples, PreprocessContract.from_onnx(path), name)
-        right = classifier.probabilities(x).argmax(1) == y
+        contract = PreprocessContract.from_onnx(path)
+        if contract not in inputs:
+            inputs[contract] = split_tensors(samples, contract, name)
+        x, y = inputs[contract]
+        right = OnnxClassifier(path).probabilities(x).argmax(1) == y
         result["models"][name] = {"all": top1(right), "whole": top1(right[whole]), "fragmented": top1(right[~whole])}
         print(name, json.dumps(result["models"][name]))
     result["fragmented_files"] = sorted(f"{s.path.parent.name}/{s.path.name}" for s, w in zip(samples, whole, strict=True) if not w)
