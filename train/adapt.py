@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay", type=float, default=DEFAULTS.replay, help="TrashNet photos replayed per site training photo")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing, help="on the site photos' cross-entropy")
-    p.add_argument("--site-views", type=int, default=DEFAULTS.site_views, help="views per site photo: itself, its mirror, augmented")
     args = p.parse_args(argv)
     config = AdaptConfig(
         epochs=args.epochs,
@@ -45,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         replay=args.replay,
         seed=args.seed,
         label_smoothing=args.label_smoothing,
-        site_views=args.site_views,
     )
     try:
         report = adapt_site(args.data, args.out, args.trashnet, args.net, config)

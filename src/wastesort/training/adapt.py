@@ -54,8 +54,7 @@ class AdaptError(ValueError):
 @dataclass(frozen=True)
 class AdaptConfig:
     """Fine-tuning settings: the stages from ``first_trained_block`` on (and the head) train,
-    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo;
-    ``site_views`` views of each site photo (itself, its mirror, the rest augmented)."""
+    the earlier ones stay frozen and are run once; ``replay`` TrashNet photos per site photo."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -66,7 +65,6 @@ class AdaptConfig:
     seed: int = 0
     target_accuracy: float = TARGET_ACCURACY
     label_smoothing: float = 0.1
-    site_views: int = 2
 
 
 def site_samples(site: Path) -> list[Sample]:
@@ -111,28 +109,6 @@ def _early(halves: Halves, x: np.ndarray, batch: int = 32) -> torch.Tensor:
     """The frozen early stages' output for every image, ``(N, C, H, W)``."""
     with torch.inference_mode():
         return torch.cat([halves.early(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)])
-
-
-def site_views(x: np.ndarray, contract: PreprocessContract, views: int, seed: int = 0) -> np.ndarray:
-    """Each photo, its mirror and ``views - 2`` random crops, flips and lighting changes of it,
-    ``(views * N, C, H, W)`` view-major: a few dozen photos are otherwise memorised."""
-    from torchvision.transforms import v2
-
-    augment = v2.Compose(
-        [
-            v2.RandomResizedCrop((contract.height, contract.width), scale=(0.4, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2, hue=0.02),
-        ]
-    )
-    mean = np.asarray(contract.mean, np.float32)[:, None, None]
-    std = np.asarray(contract.std, np.float32)[:, None, None]
-    torch.manual_seed(seed)
-    out = [x, np.ascontiguousarray(x[..., ::-1])]
-    for _ in range(views - 2):
-        images = torch.from_numpy(np.clip(x * std + mean, 0.0, 1.0))
-        out.append((torch.stack([augment(image) for image in images]).numpy() - mean) / std)
-    return np.concatenate(out[: max(views, 1)]).astype(np.float32)
 
 
 def _scores(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -181,9 +157,8 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     halves = Halves(unadjusted_student(model.onnx, net).eval(), config.first_trained_block)
     site_x, site_y = tensors["site_train"]
     replay_x, replay_y = tensors["replay"]
-    on_site = _early(halves, site_views(site_x, contract, config.site_views, config.seed))
-    site_labels = torch.from_numpy(np.tile(site_y, len(on_site) // len(site_y)))  # view-major
-    replayed = _early(halves, np.concatenate([replay_x, np.ascontiguousarray(replay_x[..., ::-1])]))
+    on_site, replayed = (_early(halves, np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])) for x in (site_x, replay_x))
+    site_labels = torch.from_numpy(np.concatenate([site_y, site_y]))  # each photo and its mirror
     with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
         teacher = torch.cat([halves.late(replayed[i : i + 64]) for i in range(0, len(replayed), 64)])
     parameters = halves.trainable()
