@@ -25,7 +25,7 @@ from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import ShippedModel
 from wastesort.synthetic import generate
-from wastesort.training.adapt import AdaptConfig, AdaptError, adapt_site, site_samples
+from wastesort.training.adapt import AdaptConfig, AdaptError, adapt_site, scan_site
 from wastesort.triton.config import parse_config
 from wastesort.triton.naming import classifier_name, ensemble_name
 
@@ -48,7 +48,7 @@ def test_a_folder_that_is_not_a_class_is_refused_and_nothing_is_written(tmp_path
 
 def test_the_site_photos_take_the_models_label_order(tmp_path: Path) -> None:
     site = generate(tmp_path / "site", per_class=3, labels=SITE_CLASSES)
-    labels = {LABELS[s.label] for s in site_samples(site)}
+    labels = {LABELS[s.label] for s in scan_site(site).samples}
     assert labels == set(SITE_CLASSES)  # paper is the model's index 3 even though it is the site's third folder
 
 
@@ -57,7 +57,12 @@ def test_adapting_to_a_three_class_site_learns_it_and_keeps_the_rest(tmp_path: P
     if not DEFAULT_TRASHNET.is_dir():
         pytest.skip(f"no TrashNet photos at {DEFAULT_TRASHNET} to replay")
     site = generate(tmp_path / "site", per_class=12, seed=3, labels=SITE_CLASSES)
+    broken = site / "glass" / "half_uploaded.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     report = adapt_site(site, tmp_path / "out", DEFAULT_TRASHNET, config=AdaptConfig(epochs=4, replay=1.5))
+    # an unreadable photo a person sorted is named in the report, not dropped unsaid
+    assert [path for path, _ in report["skipped"]] == [str(broken)]
+    assert str(broken) in (tmp_path / "out" / "report.md").read_text()
     before, after = report["before"], report["after"]
     assert after["site_val"]["accuracy"] > before["site_val"]["accuracy"] + 0.2
     model = ShippedModel()

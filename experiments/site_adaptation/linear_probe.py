@@ -20,7 +20,7 @@ from wastesort.contract import PreprocessContract
 from wastesort.evaluation import split_tensors
 from wastesort.machine import describe, one_line
 from wastesort.shipped import DEFAULT_NET, ShippedModel
-from wastesort.training.adapt import site_samples, split_site
+from wastesort.training.adapt import scan_site, split_site
 from wastesort.training.lite import build_lite
 from wastesort.training.rebuild import unadjusted_student
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = ShippedModel(DEFAULT_NET)
     contract = PreprocessContract.from_onnx(str(model.onnx))
-    splits = split_site(site_samples(args.site))
+    splits = split_site(scan_site(args.site).samples)
     (x, y), (vx, vy) = (split_tensors(splits[s], contract, s) for s in ("train", "val"))
     nets = {"shipped": unadjusted_student(model.onnx, DEFAULT_NET), "imagenet": build_lite(DEFAULT_NET, 6, pretrained=True)}
     record: dict = {"machine": one_line(describe()), "site_train": len(y), "site_val": len(vy), "val_top1": {}}

@@ -28,7 +28,7 @@ from wastesort.inference import OnnxClassifier
 from wastesort.machine import describe, one_line
 from wastesort.paths import DEFAULT_TRASHNET
 from wastesort.preprocess import decode
-from wastesort.training.adapt import site_samples
+from wastesort.training.adapt import scan_site
 from wastesort.training.background import foreground_mask
 
 #: The share of the mask's area its largest piece must hold for the photo to count as whole.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=[], metavar="NAME=ONNX", help="an adapted file to score")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    samples = site_samples(args.site)
+    samples = scan_site(args.site).samples
     shares = np.array([largest_share(args.data / s.path.parent.name / s.path.name) for s in samples])
     whole = shares >= WHOLE_SHARE
     result = {

@@ -28,7 +28,7 @@ from torch import nn
 from wastesort.confidence import TARGET_ACCURACY, ece, selective
 from wastesort.confidence import read as read_confidence
 from wastesort.contract import PreprocessContract
-from wastesort.data import DatasetError, Sample, scan_classes_of, stratified_split
+from wastesort.data import DatasetError, Sample, ScanResult, scan_classes_of, stratified_split
 from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
@@ -67,11 +67,13 @@ class AdaptConfig:
     label_smoothing: float = 0.1
 
 
-def site_samples(site: Path) -> list[Sample]:
-    """The site's photos labelled in the model's label order (:func:`~wastesort.data.scan_classes_of`).
-    Raises :class:`AdaptError` for a folder that is not one of the six classes (listing them)."""
+def scan_site(site: Path) -> ScanResult:
+    """The site's photos labelled in the model's label order (:func:`~wastesort.data.scan_classes_of`),
+    and the files it skipped (unreadable, not an image) with the reason: a person sorted each one,
+    so none is dropped unsaid. Raises :class:`AdaptError` for a folder that is not one of the six
+    classes (listing them)."""
     try:
-        return scan_classes_of(site, LABELS).samples
+        return scan_classes_of(site, LABELS)
     except DatasetError as exc:
         raise AdaptError(str(exc)) from exc
 
@@ -129,7 +131,10 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     ``out/model.onnx`` (calibrated, the release's contract) and ``out/report.{json,md}``; returns
     the report. Raises :class:`AdaptError` before writing anything when the inputs are wrong."""
     start = time.perf_counter()
-    samples = site_samples(site)
+    scan = scan_site(site)
+    samples = scan.samples
+    for path, reason in scan.skipped:
+        log(f"skipped {path}: {reason}")
     model = ShippedModel(net)
     if not trashnet.is_dir():
         raise AdaptError(f"no TrashNet photos at {trashnet} to replay (so the model keeps what it knew): pass --trashnet DIR")
@@ -228,6 +233,7 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
         "trashnet": str(trashnet),
         "classes": sorted({LABELS[s.label] for s in samples}),
         "photos": {"site_train": len(splits["train"]), "site_val": len(splits["val"]), "replay": len(replay)},
+        "skipped": [[str(path), reason] for path, reason in scan.skipped],
         "config": asdict(config),
         "before": {"file": model.served_onnx.name, **before},
         "after": {"file": onnx_path.name, **after},
@@ -260,6 +266,15 @@ def _few_answered(report: dict) -> list[str]:
     ]
 
 
+def _skipped(report: dict) -> list[str]:
+    """The site's files that were not used, each with the reason, so a person can fix or re-sort them."""
+    skipped = report.get("skipped", [])
+    if not skipped:
+        return []
+    return [f"**{len(skipped)} file(s) of the site were skipped** (fix or remove them and adapt again):", "",
+            *(f"- `{path}`: {reason}" for path, reason in skipped), ""]  # fmt: skip
+
+
 def report_markdown(report: dict) -> str:
     """The report's tables: the site's val photos and TrashNet's test photos, before and after."""
     rows = []
@@ -281,6 +296,7 @@ def report_markdown(report: dict) -> str:
             f"{report['calibration']['threshold']:.3f}.",
             "",
             *_few_answered(report),
+            *_skipped(report),
             "| photos | model | top-1 | answered | right among answered | answered wrongly |",
             "|---|---|---|---|---|---|",
             *rows,
