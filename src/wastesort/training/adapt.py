@@ -28,7 +28,7 @@ from torch import nn
 from wastesort.confidence import TARGET_ACCURACY, ece, selective
 from wastesort.confidence import read as read_confidence
 from wastesort.contract import PreprocessContract
-from wastesort.data import DatasetError, Sample, ScanResult, scan_classes_of, stratified_split
+from wastesort.data import DatasetError, Sample, ScanResult, report_skipped, scan_classes_of, stratified_split
 from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
@@ -133,8 +133,7 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     start = time.perf_counter()
     scan = scan_site(site)
     samples = scan.samples
-    for path, reason in scan.skipped:
-        log(f"skipped {path}: {reason}")
+    report_skipped(scan.skipped)
     model = ShippedModel(net)
     if not trashnet.is_dir():
         raise AdaptError(f"no TrashNet photos at {trashnet} to replay (so the model keeps what it knew): pass --trashnet DIR")
