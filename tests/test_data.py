@@ -8,17 +8,14 @@ from pathlib import Path
 import pytest
 
 from wastesort.data import (
-    UNLABELLED,
     DatasetError,
     class_weights,
     read_manifest,
     scan_image_folder,
-    scan_unlabelled,
     stratified_split,
     write_manifest,
 )
 from wastesort.labels import LABELS
-from wastesort.synthetic import generate
 
 
 def _hashes(samples) -> set[str]:
@@ -108,25 +105,3 @@ def test_class_weights_favour_the_rare_class(synthetic_root: Path) -> None:
     w = class_weights(rare, 6)
     assert w[5] == w.max() and w[5] > 5 * w[0]
     assert abs(float(w.mean()) - 1.0) < 1e-6
-
-
-def test_unlabelled_photos_are_found_in_any_layout_and_never_twice(small_root: Path, tmp_path: Path) -> None:
-    labelled = scan_image_folder(small_root).samples
-    fresh = sorted(generate(tmp_path / "fresh", per_class=1, seed=9, labels=("glass",)).rglob("*.jpg"))[0]
-    pool = tmp_path / "pool"
-    (pool / "morning").mkdir(parents=True)
-    shutil.copy(labelled[0].path, pool / "sorted_already.jpg")
-    shutil.copy(fresh, pool / "morning" / "nested.jpg")
-    shutil.copy(fresh, pool / "zz_copy.jpg")
-    (pool / "notes.txt").write_text("not a photo")
-    (pool / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    scan = scan_unlabelled(pool, known={s.sha256 for s in labelled})
-    assert [(s.path.name, s.label) for s in scan.samples] == [("nested.jpg", UNLABELLED)]
-    reasons = {path.name: reason for path, reason in scan.skipped}
-    assert set(reasons) == {"sorted_already.jpg", "zz_copy.jpg", "notes.txt", "cut.jpg"}
-    assert "labelled" in reasons["sorted_already.jpg"] and "duplicate" in reasons["zz_copy.jpg"]
-    assert "unreadable" in reasons["cut.jpg"] and "extension" in reasons["notes.txt"]
-    (tmp_path / "empty").mkdir()
-    for folder in (tmp_path / "empty", tmp_path / "missing"):
-        with pytest.raises(DatasetError, match=str(folder)):
-            scan_unlabelled(folder)

@@ -30,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for model.onnx and the report")
     p.add_argument("--trashnet", type=Path, default=DEFAULT_TRASHNET, help="TrashNet photos to replay (the committed split's)")
     p.add_argument("--net", default=DEFAULT_NET, help="committed model under models/")
-    p.add_argument("--unlabelled", type=Path, help="the site's photos no person sorted (any layout): the ones the first "
-                   "adaptation answers keep its labels for a second one, which takes as long again")  # fmt: skip
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
     p.add_argument("--first-trained-block", type=int, default=DEFAULTS.first_trained_block, help="earlier blocks stay frozen")
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         label_smoothing=args.label_smoothing,
     )
     try:
-        report = adapt_site(args.data, args.out, args.trashnet, args.net, config, unlabelled=args.unlabelled)
+        report = adapt_site(args.data, args.out, args.trashnet, args.net, config)
     except AdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

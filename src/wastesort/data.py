@@ -125,47 +125,6 @@ def scan_image_folder(root: str | Path, classes: tuple[str, ...] | None = None, 
     return result
 
 
-#: The label of a photo no person has sorted yet (:func:`scan_unlabelled`).
-UNLABELLED = -1
-
-
-def scan_unlabelled(root: str | Path, known: set[str] = frozenset()) -> ScanResult:
-    """Every readable image anywhere under ``root`` (flat, as ``classify.py --save-unsure`` writes
-    them, or in sub-folders, whose names are ignored), labelled :data:`UNLABELLED`. Skipped and
-    listed: other extensions, unreadable images, byte-identical copies, and photos whose content
-    hash is in ``known`` (already labelled elsewhere, so never given a second label).
-
-    Raises:
-        DatasetError: ``root`` missing, or no usable image under it.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"folder of unlabelled photos {root} does not exist or is not a folder")
-    skipped: list[tuple[Path, str]] = []
-    seen: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append((path, f"not an image extension {sorted(IMAGE_EXTENSIONS)}"))
-            continue
-        reason = _check_image(path)
-        if reason:
-            skipped.append((path, reason))
-            continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest in known:
-            skipped.append((path, "the same photo is among the labelled ones"))
-        elif digest in seen:
-            skipped.append((path, f"duplicate of {seen[digest]}"))
-        else:
-            seen[digest] = path
-    if not seen:
-        raise DatasetError(f"{root} holds no usable image ({len(skipped)} file(s) skipped)")
-    samples = [Sample(path.resolve(), UNLABELLED, digest) for digest, path in seen.items()]
-    return ScanResult(sorted(samples, key=lambda s: str(s.path)), (), skipped)
-
-
 def report_skipped(skipped: list[tuple[Path, str]], stream=sys.stderr) -> None:
     """Print one line per skipped file: ``skipped <path>: <reason>``."""
     for path, reason in skipped:

@@ -17,20 +17,18 @@ photos before and after.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from itertools import compress
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from wastesort.confidence import TARGET_ACCURACY, Confidence, ece, selective, unsure
+from wastesort.confidence import TARGET_ACCURACY, ece, selective
 from wastesort.confidence import read as read_confidence
 from wastesort.contract import PreprocessContract
-from wastesort.data import DatasetError, Sample, ScanResult, report_skipped, scan_classes_of, scan_unlabelled, stratified_split
+from wastesort.data import DatasetError, Sample, ScanResult, report_skipped, scan_classes_of, stratified_split
 from wastesort.evaluation import classification_metrics, split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.labels import LABELS
@@ -128,20 +126,48 @@ def _scores(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> di
     return out
 
 
-def _fine_tune(
-    model: ShippedModel, net: str, config: AdaptConfig, site: tuple[np.ndarray, np.ndarray], replay_x: np.ndarray, steps: int
-) -> tuple[Halves, list[float]]:
-    """The shipped network rebuilt afresh, its late stages trained for ``steps`` batches on the
-    site's photos and the replayed ones; returns it and the loss of every step."""
+def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, config: AdaptConfig = AdaptConfig(), log=print) -> dict:
+    """Fine-tune the committed ``net`` on ``site``'s photos with TrashNet replay, write
+    ``out/model.onnx`` (calibrated, the release's contract) and ``out/report.{json,md}``; returns
+    the report. Raises :class:`AdaptError` before writing anything when the inputs are wrong."""
+    start = time.perf_counter()
+    scan = scan_site(site)
+    samples = scan.samples
+    report_skipped(scan.skipped)
+    model = ShippedModel(net)
+    if not trashnet.is_dir():
+        raise AdaptError(f"no TrashNet photos at {trashnet} to replay (so the model keeps what it knew): pass --trashnet DIR")
+    try:
+        replay_pool, trash_val, trash_test = (model.split(s, trashnet) for s in ("train", "val", "test"))
+    except DatasetError as exc:
+        raise AdaptError(f"the TrashNet photos under {trashnet} do not match {model.manifest.name}: {exc}") from exc
+    splits = split_site(samples, config.seed)
+    rng = np.random.default_rng(config.seed)
+    replay = [replay_pool[i] for i in rng.permutation(len(replay_pool))[: int(config.replay * len(splits["train"]))]]
+    contract = PreprocessContract.from_onnx(str(model.onnx))
+    log(f"site: {len(splits['train'])} train and {len(splits['val'])} val photos of {sorted({LABELS[s.label] for s in samples})}; "
+        f"replaying {len(replay)} TrashNet training photos")  # fmt: skip
+    tensors = {
+        "site_train": split_tensors(splits["train"], contract, "site train"),
+        "site_val": split_tensors(splits["val"], contract, "site val"),
+        "replay": split_tensors(replay, contract, "replay"),
+        "trashnet_val": split_tensors(trash_val, contract, "TrashNet val"),
+        "trashnet_test": split_tensors(trash_test, contract, "TrashNet test"),
+    }
+    measured = {k: tensors[k] for k in ("site_val", "trashnet_test")}
+    before = _scores(model.served_onnx, measured)
+
     torch.manual_seed(config.seed)
     halves = Halves(unadjusted_student(model.onnx, net).eval(), config.first_trained_block)
-    site_x, site_y = site
+    site_x, site_y = tensors["site_train"]
+    replay_x, replay_y = tensors["replay"]
     on_site, replayed = (_early(halves, np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])) for x in (site_x, replay_x))
     site_labels = torch.from_numpy(np.concatenate([site_y, site_y]))  # each photo and its mirror
     with torch.inference_mode():  # what the shipped network says about the replayed photos: kept
         teacher = torch.cat([halves.late(replayed[i : i + 64]) for i in range(0, len(replayed), 64)])
     parameters = halves.trainable()
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * max(1, 2 * (len(site_y) + len(replay_y)) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=steps, pct_start=0.15)
     half, losses = config.batch_size // 2, []
     generator = torch.Generator().manual_seed(config.seed)
@@ -166,121 +192,24 @@ def _fine_tune(
         optimiser.step()
         schedule.step()
         losses.append(loss.item())
-    return halves, losses
 
-
-def _export_calibrated(
-    halves: Halves,
-    model: ShippedModel,
-    contract: PreprocessContract,
-    path: Path,
-    tensors: dict,
-    train_x: np.ndarray,
-    config: AdaptConfig,
-    doc: str = "",
-) -> tuple[Confidence, dict, np.ndarray]:
-    """Export the fine-tuned network to ``path`` with the release's contract, check it against
-    PyTorch, and calibrate it afresh; returns its confidence, what that does on val, and the
-    uncalibrated file's probabilities on TrashNet's test photos."""
-    path = export_onnx(halves.model, contract, path, doc=doc or f"{model.onnx.name} adapted")
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(halves.model, contract, out / ADAPTED_ONNX, doc=f"{model.onnx.name} adapted to {site}")
     try:
-        check = verify_export(path, halves.model, np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0][:64]]))
+        check = verify_export(onnx_path, halves.model, np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0][:64]]))
     except ExportError as exc:
         raise AdaptError(f"the adapted export does not reproduce PyTorch: {exc}") from exc
-    export_record = {"source_run": str(path.parent), "tta": False, "adapted_from": model.onnx.name, **check}
-    path.with_suffix(".export.json").write_text(json.dumps(export_record, indent=2) + "\n")
+    export_record = {"source_run": str(out), "tta": False, "adapted_from": model.onnx.name, **check}
+    onnx_path.with_suffix(".export.json").write_text(json.dumps(export_record, indent=2) + "\n")
     # the site's photos count as typical from now on; the temperature, the typicality's scale and
     # the threshold come from the site's val photos and TrashNet's together (TrashNet's alone
     # chose a threshold that answered a fifth of the simulated site's photos wrongly)
-    calibration_train = np.concatenate([train_x, tensors["replay"][0]])
+    calibration_train = np.concatenate([tensors["site_train"][0], tensors["replay"][0]])
     val_x = np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0]])
     val_y = np.concatenate([tensors["site_val"][1], tensors["trashnet_val"][1]])
-    uncalibrated_test = OnnxClassifier(path).probabilities(tensors["trashnet_test"][0])
-    confidence, calibration = calibrate_file(path, calibration_train, val_x, val_y, config.target_accuracy)
-    return confidence, calibration, uncalibrated_test
-
-
-def adapt_site(
-    site: Path,
-    out: Path,
-    trashnet: Path,
-    net: str = DEFAULT_NET,
-    config: AdaptConfig = AdaptConfig(),
-    log=print,
-    unlabelled: Path | None = None,
-) -> dict:
-    """Fine-tune the committed ``net`` on ``site``'s photos with TrashNet replay, write
-    ``out/model.onnx`` (calibrated, the release's contract) and ``out/report.{json,md}``; returns
-    the report. With ``unlabelled`` (a folder of the site's photos no person sorted), the photos
-    the first adaptation answers keep its labels and a second adaptation, from the shipped
-    network again and as many steps long, trains on them too. Raises :class:`AdaptError` before
-    writing anything when the inputs are wrong."""
-    start = time.perf_counter()
-    scan = scan_site(site)
-    samples = scan.samples
-    skipped = list(scan.skipped)
-    unlabelled_samples: list[Sample] = []
-    if unlabelled is not None:
-        try:
-            pool = scan_unlabelled(unlabelled, known={s.sha256 for s in samples})
-        except DatasetError as exc:
-            raise AdaptError(str(exc)) from exc
-        unlabelled_samples, skipped = pool.samples, skipped + pool.skipped
-    report_skipped(skipped)
-    model = ShippedModel(net)
-    if not trashnet.is_dir():
-        raise AdaptError(f"no TrashNet photos at {trashnet} to replay (so the model keeps what it knew): pass --trashnet DIR")
-    try:
-        replay_pool, trash_val, trash_test = (model.split(s, trashnet) for s in ("train", "val", "test"))
-    except DatasetError as exc:
-        raise AdaptError(f"the TrashNet photos under {trashnet} do not match {model.manifest.name}: {exc}") from exc
-    splits = split_site(samples, config.seed)
-    rng = np.random.default_rng(config.seed)
-    replay = [replay_pool[i] for i in rng.permutation(len(replay_pool))[: int(config.replay * len(splits["train"]))]]
-    contract = PreprocessContract.from_onnx(str(model.onnx))
-    log(f"site: {len(splits['train'])} train and {len(splits['val'])} val photos of {sorted({LABELS[s.label] for s in samples})}; "
-        f"replaying {len(replay)} TrashNet training photos")  # fmt: skip
-    tensors = {
-        "site_train": split_tensors(splits["train"], contract, "site train"),
-        "site_val": split_tensors(splits["val"], contract, "site val"),
-        "replay": split_tensors(replay, contract, "replay"),
-        "trashnet_val": split_tensors(trash_val, contract, "TrashNet val"),
-        "trashnet_test": split_tensors(trash_test, contract, "TrashNet test"),
-    }
-    if unlabelled_samples:
-        tensors["unlabelled"] = split_tensors(unlabelled_samples, contract, "unlabelled")
-    measured = {k: tensors[k] for k in ("site_val", "trashnet_test")}
-    before = _scores(model.served_onnx, measured)
-
-    steps = config.epochs * max(1, 2 * (len(tensors["site_train"][1]) + len(tensors["replay"][1])) // config.batch_size)
-    halves, losses = _fine_tune(model, net, config, tensors["site_train"], tensors["replay"][0], steps)
-    out.mkdir(parents=True, exist_ok=True)
-    site_train_x = tensors["site_train"][0]
-    pseudo = None
-    if unlabelled is not None:  # the photos the first adaptation would answer keep its labels
-        with tempfile.TemporaryDirectory() as tmp:
-            first = Path(tmp) / ADAPTED_ONNX
-            first_confidence, _, _ = _export_calibrated(halves, model, contract, first, tensors, site_train_x, config)
-            probabilities = OnnxClassifier(first).probabilities(tensors["unlabelled"][0])
-        taken = ~unsure(probabilities, first_confidence.threshold)
-        pseudo_x, pseudo_y = tensors["unlabelled"][0][taken], probabilities.argmax(1)[taken]
-        pseudo = {
-            "folder": str(unlabelled),
-            "photos": int(len(taken)),
-            "taken": int(taken.sum()),
-            "threshold": first_confidence.threshold,
-            "by_class": {LABELS[i]: int((pseudo_y == i).sum()) for i in range(len(LABELS))},
-            "labels": [[str(s.path), LABELS[label]] for s, label in zip(compress(unlabelled_samples, taken), pseudo_y, strict=True)],
-        }
-        log(f"unlabelled: the first adaptation answers {pseudo['taken']} of {pseudo['photos']} photos; adapting again with them")
-        site_train_x = np.concatenate([site_train_x, pseudo_x])
-        site_train = (site_train_x, np.concatenate([tensors["site_train"][1], pseudo_y]))
-        halves, losses = _fine_tune(model, net, config, site_train, tensors["replay"][0], steps)
-    onnx_path = out / ADAPTED_ONNX
-    doc = f"{model.onnx.name} adapted to {site}"
-    confidence, calibration, uncalibrated_test = _export_calibrated(halves, model, contract, onnx_path, tensors, site_train_x, config, doc)
-    val_x = np.concatenate([tensors["site_val"][0], tensors["trashnet_val"][0]])
     test_x, test_y = tensors["trashnet_test"]
+    uncalibrated_test = OnnxClassifier(onnx_path).probabilities(test_x)
+    confidence, calibration = calibrate_file(onnx_path, calibration_train, val_x, val_y, config.target_accuracy)
     after = _scores(onnx_path, measured)
     test = OnnxClassifier(onnx_path).probabilities(test_x)
     test_figures = {"ece_before": ece(uncalibrated_test, test_y), "ece_after": ece(test, test_y)} | selective(
@@ -303,8 +232,7 @@ def adapt_site(
         "trashnet": str(trashnet),
         "classes": sorted({LABELS[s.label] for s in samples}),
         "photos": {"site_train": len(splits["train"]), "site_val": len(splits["val"]), "replay": len(replay)},
-        "skipped": [[str(path), reason] for path, reason in skipped],
-        "pseudo_labelled": pseudo,
+        "skipped": [[str(path), reason] for path, reason in scan.skipped],
         "config": asdict(config),
         "before": {"file": model.served_onnx.name, **before},
         "after": {"file": onnx_path.name, **after},
@@ -346,17 +274,6 @@ def _skipped(report: dict) -> list[str]:
             *(f"- `{path}`: {reason}" for path, reason in skipped), ""]  # fmt: skip
 
 
-def _pseudo(report: dict) -> list[str]:
-    """How many of the unlabelled photos the second adaptation trained on, and as what."""
-    pseudo = report.get("pseudo_labelled")
-    if not pseudo:
-        return []
-    by_class = ", ".join(f"{n} {name}" for name, n in pseudo["by_class"].items() if n)
-    return [f"Unlabelled photos from `{pseudo['folder']}`: the first adaptation answered {pseudo['taken']} of "
-            f"{pseudo['photos']} (unsure below {pseudo['threshold']:.3f}); the second trained on them with its labels "
-            f"({by_class or 'none'}).", ""]  # fmt: skip
-
-
 def report_markdown(report: dict) -> str:
     """The report's tables: the site's val photos and TrashNet's test photos, before and after."""
     rows = []
@@ -377,7 +294,6 @@ def report_markdown(report: dict) -> str:
             f"Calibrated afresh: temperature {report['calibration']['temperature']:.3f}, unsure below "
             f"{report['calibration']['threshold']:.3f}.",
             "",
-            *_pseudo(report),
             *_few_answered(report),
             *_skipped(report),
             "| photos | model | top-1 | answered | right among answered | answered wrongly |",
