@@ -552,7 +552,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def emit(result: Result) -> None:
         reported.add(result.path)
-        print(result.to_json() if args.json else result.to_text(), flush=True)
+        try:
+            print(result.to_json() if args.json else result.to_text(), flush=True)
+        except BrokenPipeError:
+            # the reader of stdout went away (``| head``): the run goes on with stdout discarded,
+            # so that --save-unsure copies and the summary on stderr lose nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     for result in failed:
         emit(result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -65,6 +66,17 @@ def _client(server: TritonServer, *args: str) -> tuple[list[dict], str]:
     return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
 
 
+def _client_with_stdout_closed(server: TritonServer, *args: str) -> subprocess.CompletedProcess:
+    """The client writing into a pipe whose reader has already gone, as under ``| head -1``."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    cmd = [sys.executable, str(REPO_ROOT / "client" / "classify.py"), "--url", server.http_url.split("://")[-1], "--model", ENSEMBLE, *args]
+    try:
+        return subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -89,6 +101,7 @@ def test_unsure_answers_save_and_metrics_on_the_real_server(committed_threshold:
         before = server.metrics_text()
         rows, stderr = _client(server, "--model", ENSEMBLE, "--save-unsure", str(tmp_path / "unsure"), *map(str, SAMPLES + noise))
         after = server.metrics_text()
+        gone = _client_with_stdout_closed(server, "--save-unsure", str(tmp_path / "unsure_piped"), *map(str, SAMPLES + noise))
     by_path = {Path(r["path"]).name: r for r in rows}
     assert all(by_path[p.name]["unsure"] for p in noise), "noise and flat colours must not be answered"
     for row in rows:
@@ -97,6 +110,9 @@ def test_unsure_answers_save_and_metrics_on_the_real_server(committed_threshold:
     unsure = sorted(Path(r["path"]).name for r in rows if r["unsure"])
     assert sorted(p.name for p in (tmp_path / "unsure").iterdir()) == unsure
     assert f"unsure about {len(unsure)} of {len(rows)} images" in stderr
+    # the reader of stdout gone (``| head``): no traceback, and the unsure photos are still copied
+    assert gone.returncode == 0 and "Traceback" not in gone.stderr, gone.stderr
+    assert sorted(p.name for p in (tmp_path / "unsure_piped").iterdir()) == unsure
     answered = _metric(after, "wastesort_answers_total", model=CLASSIFIER) - _metric(before, "wastesort_answers_total", model=CLASSIFIER)
     unsure_count = _metric(after, "wastesort_unsure_total", model=CLASSIFIER) - _metric(before, "wastesort_unsure_total", model=CLASSIFIER)
     assert answered == len(rows) and unsure_count == len(unsure) >= len(noise)
