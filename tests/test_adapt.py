@@ -52,6 +52,19 @@ def test_the_site_photos_take_the_models_label_order(tmp_path: Path) -> None:
     assert labels == set(SITE_CLASSES)  # paper is the model's index 3 even though it is the site's third folder
 
 
+def test_an_empty_class_folder_is_a_class_the_site_does_not_show(tmp_path: Path) -> None:
+    site = generate(tmp_path / "site", per_class=3, labels=SITE_CLASSES)
+    for label in LABELS:  # a person made all six folders, and had no photo for some
+        (site / label).mkdir(exist_ok=True)
+    scan = scan_site(site)
+    assert {LABELS[s.label] for s in scan.samples} == set(SITE_CLASSES) and len(scan.samples) == 9
+    assert sorted(path.name for path, _ in scan.skipped) == sorted(set(LABELS) - set(SITE_CLASSES))
+    for photo in [p for label in SITE_CLASSES for p in (site / label).iterdir()]:
+        photo.unlink()
+    with pytest.raises(AdaptError, match="no usable image"):
+        scan_site(site)
+
+
 @pytest.mark.slow
 def test_adapting_to_a_three_class_site_learns_it_and_keeps_the_rest(tmp_path: Path) -> None:
     if not DEFAULT_TRASHNET.is_dir():

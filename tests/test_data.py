@@ -81,6 +81,14 @@ def test_empty_class_is_a_clear_error(small_root: Path) -> None:
         scan_image_folder(small_root)
 
 
+def test_an_image_outside_the_class_folders_is_listed_not_dropped_unsaid(small_root: Path) -> None:
+    stray = small_root / "IMG_0001.jpg"  # a photo nobody sorted yet
+    shutil.copy(next((small_root / "glass").iterdir()), stray)
+    (small_root / "README.md").write_text("notes")  # not an image: not a photo left out
+    scan = scan_image_folder(small_root)
+    assert [(path, "outside any class folder" in reason) for path, reason in scan.skipped] == [(stray, True)]
+
+
 def test_class_of_only_corrupt_files_is_an_error(small_root: Path) -> None:
     for f in (small_root / "metal").iterdir():
         f.write_bytes(b"garbage")

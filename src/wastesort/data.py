@@ -64,21 +64,25 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def scan_image_folder(root: str | Path, classes: tuple[str, ...] | None = None, verify: bool = True) -> ScanResult:
+def scan_image_folder(
+    root: str | Path, classes: tuple[str, ...] | None = None, verify: bool = True, allow_empty: bool = False
+) -> ScanResult:
     """Find every image under ``root/<class>/``.
 
     Args:
         root: dataset folder.
         classes: expected class names in label order; ``None`` takes the sorted sub-folders.
         verify: decode every file once and skip those PIL cannot read.
+        allow_empty: a class left with no usable image is not an error (it has no samples).
 
-    Files with another extension and unreadable images are skipped and listed in
-    ``ScanResult.skipped`` (never raised). Byte-identical files are kept once; a file found
-    under two different classes is dropped from both (its label is ambiguous).
+    Files with another extension, unreadable images and images lying in ``root`` itself
+    (outside any class folder, so unlabelled) are skipped and listed in ``ScanResult.skipped``
+    (never raised). Byte-identical files are kept once; a file found under two different
+    classes is dropped from both (its label is ambiguous).
 
     Raises:
         DatasetError: ``root`` missing, no class folders, a missing expected class, or a
-            class left with no usable image.
+            class left with no usable image (unless ``allow_empty``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -93,6 +97,11 @@ def scan_image_folder(root: str | Path, classes: tuple[str, ...] | None = None, 
         raise DatasetError(f"{root} has no folder for class(es) {missing}; found {found}")
     extra = [c for c in found if c not in classes]
     skipped: list[tuple[Path, str]] = [(root / c, "folder is not one of the model's classes") for c in extra]
+    skipped += [
+        (path, "image outside any class folder: move it into one")
+        for path in sorted(root.iterdir())
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
 
     by_hash: dict[str, list[tuple[Path, int]]] = {}
     for label, name in enumerate(classes):
@@ -120,7 +129,7 @@ def scan_image_folder(root: str | Path, classes: tuple[str, ...] | None = None, 
 
     result = ScanResult(sorted(samples, key=lambda s: (s.label, s.sha256)), tuple(classes), skipped)
     empty = [name for name, n in result.class_counts().items() if n == 0]
-    if empty:
+    if empty and not allow_empty:
         raise DatasetError(f"class folder(s) {[str(root / e) for e in empty]} contain no usable image")
     return result
 
@@ -202,10 +211,12 @@ def class_weights(samples: list[Sample], num_classes: int) -> np.ndarray:
 def scan_classes_of(root: str | Path, labels: tuple[str, ...]) -> ScanResult:
     """:func:`scan_image_folder` of a folder holding any subset of a model's ``labels`` as class
     folders (a site may have no trash photos), labelled in the model's order: ``classes`` is
-    ``labels`` and each sample's ``label`` indexes it.
+    ``labels`` and each sample's ``label`` indexes it. A class folder with no usable image is a
+    class the folder does not show (listed in ``skipped``), as if it were not there.
 
     Raises:
-        DatasetError: a folder that is not one of ``labels`` (the message lists them), or none.
+        DatasetError: a folder that is not one of ``labels`` (the message lists them), or no
+            usable image in any of them.
     """
     root = Path(root)
     if not root.is_dir():
@@ -215,6 +226,9 @@ def scan_classes_of(root: str | Path, labels: tuple[str, ...]) -> ScanResult:
     if unknown or not found:
         what = f"folder(s) {unknown} are not classes of the model" if unknown else "no class folders"
         raise DatasetError(f"{root}: {what}; use any of: {', '.join(labels)}")
-    scan = scan_image_folder(root, tuple(found))
+    scan = scan_image_folder(root, tuple(found), allow_empty=True)
+    if not scan.samples:
+        raise DatasetError(f"{root}: no usable image in any class folder ({', '.join(found)})")
     samples = [Sample(s.path, labels.index(found[s.label]), s.sha256) for s in scan.samples]
-    return ScanResult(samples, tuple(labels), scan.skipped)
+    empty = [(root / name, "no usable image: this class is left out") for name, n in scan.class_counts().items() if n == 0]
+    return ScanResult(samples, tuple(labels), scan.skipped + empty)
