@@ -64,6 +64,11 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def _class_folders(root: Path) -> list[str]:
+    """The sub-folders of ``root`` that name classes, sorted (hidden ones are not classes)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def scan_image_folder(
     root: str | Path, classes: tuple[str, ...] | None = None, verify: bool = True, allow_empty: bool = False
 ) -> ScanResult:
@@ -73,7 +78,8 @@ def scan_image_folder(
         root: dataset folder.
         classes: expected class names in label order; ``None`` takes the sorted sub-folders.
         verify: decode every file once and skip those PIL cannot read.
-        allow_empty: a class left with no usable image is not an error (it has no samples).
+        allow_empty: a class left with no usable image is not an error: it has no samples and
+            its folder is listed in ``skipped``.
 
     Files with another extension, unreadable images and images lying in ``root`` itself
     (outside any class folder, so unlabelled) are skipped and listed in ``ScanResult.skipped``
@@ -87,7 +93,7 @@ def scan_image_folder(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = _class_folders(root)
     if classes is None:
         classes = tuple(found)
     if not classes:
@@ -131,6 +137,7 @@ def scan_image_folder(
     empty = [name for name, n in result.class_counts().items() if n == 0]
     if empty and not allow_empty:
         raise DatasetError(f"class folder(s) {[str(root / e) for e in empty]} contain no usable image")
+    result.skipped.extend((root / name, "no usable image: this class is left out") for name in empty)
     return result
 
 
@@ -221,7 +228,7 @@ def scan_classes_of(root: str | Path, labels: tuple[str, ...]) -> ScanResult:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = _class_folders(root)
     unknown = [name for name in found if name not in labels]
     if unknown or not found:
         what = f"folder(s) {unknown} are not classes of the model" if unknown else "no class folders"
@@ -230,5 +237,4 @@ def scan_classes_of(root: str | Path, labels: tuple[str, ...]) -> ScanResult:
     if not scan.samples:
         raise DatasetError(f"{root}: no usable image in any class folder ({', '.join(found)})")
     samples = [Sample(s.path, labels.index(found[s.label]), s.sha256) for s in scan.samples]
-    empty = [(root / name, "no usable image: this class is left out") for name, n in scan.class_counts().items() if n == 0]
-    return ScanResult(samples, tuple(labels), scan.skipped + empty)
+    return ScanResult(samples, tuple(labels), scan.skipped)
