@@ -240,6 +240,8 @@ class ModelInfo:
     max_batch_size: int
     #: answers whose top probability is below this are unsure (``None``: the model carries none)
     threshold: float | None = None
+    #: length of the output vector (0 when the metadata does not fix it)
+    classes: int = 0
 
 
 def threshold_in(config: dict) -> float | None:
@@ -293,9 +295,14 @@ class Classifier:
         tls: Tls = Tls(),
         retry: RetryPolicy = RetryPolicy(),
         headers: dict[str, str] | None = None,
+        all_classes: bool = False,
     ) -> None:
         self.proto, self.url, self.model, self.top_k, self.timeout_s = proto, url, model, top_k, timeout_s
         self.retry, self.headers = retry, headers or None
+        #: ask for every class of each answer, so that :attr:`labels` becomes the model's whole label set
+        self.all_classes = all_classes
+        #: every label the server named in an answer
+        self.labels: set[str] = set()
         self.client = proto.client(url, timeout_s, tls)
         self.info: ModelInfo | None = None
         #: requests sent again after a transient failure (for the summary)
@@ -339,7 +346,9 @@ class Classifier:
             )
         names = [o["name"] for o in outputs]
         output = PROBABILITIES if PROBABILITIES in names else names[0]
-        self.info = ModelInfo(self.model, inputs[0]["name"], output, int(config.get("max_batch_size", 0)), threshold_in(config))
+        shape = [int(d) for d in outputs[names.index(output)].get("shape", [])]
+        classes = shape[-1] if shape and shape[-1] > 0 else 0
+        self.info = ModelInfo(self.model, inputs[0]["name"], output, int(config.get("max_batch_size", 0)), threshold_in(config), classes)
         return self.info
 
     async def infer(self, payloads: list[bytes]) -> list[list[tuple[str, float]]]:
@@ -352,7 +361,8 @@ class Classifier:
         tensor = self.proto.module.InferInput(self.info.input_name, list(array.shape), "BYTES")
         tensor.set_data_from_numpy(array)
         # at least two classes: an unsure answer names the runner-up
-        output = self.proto.module.InferRequestedOutput(self.info.output_name, class_count=max(self.top_k, 2))
+        count = self.info.classes if self.all_classes and self.info.classes else max(self.top_k, 2)
+        output = self.proto.module.InferRequestedOutput(self.info.output_name, class_count=count)
         call = self.client.infer(self.model, [tensor], outputs=[output], headers=self.headers, **self.proto.infer_kw(self.timeout_s))
         result = await asyncio.wait_for(call, self.timeout_s)
         classes = result.as_numpy(self.info.output_name).reshape(len(payloads), -1)
@@ -398,6 +408,7 @@ class Classifier:
         try:
             threshold = self.info.threshold if self.info else None
             for path, top in zip(sendable, await self.infer_with_retries(payloads), strict=True):
+                self.labels.update(label for label, _ in top)
                 unsure = threshold is not None and top[0][1] < threshold
                 results.append(Result(str(path), top[0][0], top[0][1], top[: self.top_k], unsure=unsure, runner_up=(top[1:2] or [None])[0]))
         except GaveUp as exc:
@@ -420,12 +431,14 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> tuple[list[Result], int]:
+async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> tuple[list[Result], int, set[str]]:
     """Classify every path; ``emit(result)`` is called as each one completes. Returns the
-    results and how many requests were retried."""
+    results, how many requests were retried and the labels the server named (all of the
+    model's with ``--truth-from-folder``)."""
     proto = PROTOCOLS[args.protocol]
     retry = RetryPolicy(args.retries, args.backoff)
-    classifier = Classifier(proto, args.url or proto.default_url(), args.model, args.top_k, args.timeout, args.tls, retry, args.headers)
+    url = args.url or proto.default_url()
+    classifier = Classifier(proto, url, args.model, args.top_k, args.timeout, args.tls, retry, args.headers, args.truth_from_folder)
     try:
         info = await classifier.connect()
         args.model = classifier.model  # the default resolved against the server
@@ -452,7 +465,7 @@ async def run(args: argparse.Namespace, paths: list[Path], emit: Any) -> tuple[l
                     emit(result)
                 results.extend(done)
                 bar.update(len(done))
-        return results, classifier.retried
+        return results, classifier.retried, classifier.labels
     finally:
         await classifier.close()
 
@@ -505,7 +518,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--truth-from-folder",
         action="store_true",
-        help="each file's parent folder names its true class (ImageFolder layout): print top-1 accuracy and per-class F1 to stderr",
+        help="the nearest folder above each file that is named after one of the model's classes is its true class "
+        "(ImageFolder layout): print top-1 accuracy and per-class F1 to stderr; files under no such folder are not scored",
     )
     tls = parser.add_argument_group("TLS (remote servers)")
     tls.add_argument("--tls", action="store_true", help="encrypt and verify the server (implied by https:// or grpcs:// URLs)")
@@ -567,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        results, retried = asyncio.run(run(args, paths, emit))
+        results, retried, labels = asyncio.run(run(args, paths, emit))
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVER
@@ -595,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         copied = save_unsure(unsure, args.save_unsure)
         print(f"copied {len(copied)} unsure photos to {args.save_unsure}", file=sys.stderr)
     if args.truth_from_folder:
-        print(accuracy_report(results), file=sys.stderr)
+        print(accuracy_report(results, labels), file=sys.stderr)
     return EXIT_SOME_FAILED if bad else EXIT_OK
 
 
@@ -615,28 +629,45 @@ def save_unsure(unsure: list[Result], folder: Path) -> list[Path]:
     return copies
 
 
-def accuracy_report(results: list[Result]) -> str:
-    """Top-1 and per-class precision/recall/F1 of the results against their parent folder's
-    name; failed images count as wrong."""
-    truth = [Path(r.path).parent.name for r in results]
-    classes = sorted(set(truth))
-    correct = sum(r.label == t for r, t in zip(results, truth, strict=True))
-    lines = [f"top-1 {correct / max(len(results), 1):.4f} ({correct} of {len(results)} images; true class = parent folder)"]
-    answered = [(r, t) for r, t in zip(results, truth, strict=True) if r.error is None and not r.unsure]
+def true_class(path: str | Path, labels: set[str]) -> str | None:
+    """The true class of a photo in ImageFolder layout: the name of the nearest folder above it
+    that is one of ``labels`` (so ``site/glass/day2/x.jpg`` is glass), or ``None`` when no folder
+    above it names a class (a photo not sorted yet, in ``site/`` itself)."""
+    return next((parent.name for parent in Path(path).resolve().parents if parent.name in labels), None)
+
+
+def accuracy_report(results: list[Result], labels: set[str]) -> str:
+    """Top-1, coverage and per-class precision/recall/F1 of the results against
+    :func:`true_class` (``labels``: the model's classes); failed images count as wrong, images
+    with no true class are counted apart, not scored."""
+    truth = {r.path: true_class(r.path, labels) for r in results}
+    unscored = [r for r in results if truth[r.path] is None]
+    results = [r for r in results if truth[r.path] is not None]
+    lines = []
+    if unscored:
+        folders = sorted({str(Path(r.path).parent) for r in unscored})
+        shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+        why = f"no folder above them is named after a class ({', '.join(sorted(labels))})" if labels else "no image was classified"
+        lines.append(f"not scored: {len(unscored)} image{'s' * (len(unscored) != 1)} in {shown}: {why}")
+    if not results:
+        return "\n".join(lines)
+    correct = sum(r.label == truth[r.path] for r in results)
+    lines.append(f"top-1 {correct / len(results):.4f} ({correct} of {len(results)} images; true class = folder name)")
+    answered = [r for r in results if r.error is None and not r.unsure]
     if len(answered) < len(results):  # the model said unsure about some (failed images are not answered either)
-        right = sum(r.label == t for r, t in answered)
-        n = max(len(results), 1)
+        right = sum(r.label == truth[r.path] for r in answered)
         lines.append(
-            f"answered {len(answered)} of {len(results)} ({len(answered) / n:.1%} coverage): "
+            f"answered {len(answered)} of {len(results)} ({len(answered) / len(results):.1%} coverage): "
             f"{right / max(len(answered), 1):.4f} right among the answered; "
-            f"answered wrongly: {(len(answered) - right) / n:.1%} of all images"
+            f"answered wrongly: {(len(answered) - right) / len(results):.1%} of all images"
         )
-    for c in classes:
-        tp = sum(r.label == c and t == c for r, t in zip(results, truth, strict=True))
-        predicted, actual = sum(r.label == c for r in results), truth.count(c)
-        precision, recall = tp / max(predicted, 1), tp / max(actual, 1)
+    actual = [truth[r.path] for r in results]
+    for c in sorted(set(actual)):
+        tp = sum(r.label == c and truth[r.path] == c for r in results)
+        predicted = sum(r.label == c for r in results)
+        precision, recall = tp / max(predicted, 1), tp / max(actual.count(c), 1)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        lines.append(f"  {c}: precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f} ({actual} images)")
+        lines.append(f"  {c}: precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f} ({actual.count(c)} images)")
     return "\n".join(lines)
 
 

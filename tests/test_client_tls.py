@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -21,14 +20,6 @@ from wastesort.synthetic import make_image
 from wastesort.triton.server import TritonServer
 
 CLIENT = REPO_ROOT / "client" / "classify.py"
-
-
-def _client_module():
-    spec = importlib.util.spec_from_file_location("classify", CLIENT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["classify"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -62,8 +53,8 @@ def make_certificates(root: Path) -> dict[str, Path]:
     return {"ca": root / "ca.pem", "cert": root / "server.pem", "key": root / "server.key"}
 
 
-def test_tls_arguments_build_verifying_clients(tmp_path: Path) -> None:
-    classify = _client_module()
+def test_tls_arguments_build_verifying_clients(tmp_path: Path, client_module) -> None:
+    classify = client_module
     args = classify.parse_args(["x.jpg", "--url", "grpcs://triton.example:8001"])
     assert args.url == "triton.example:8001" and args.tls.enabled and args.tls.ca_cert is None
     assert not classify.parse_args(["x.jpg", "--url", "http://h:8000"]).tls.enabled

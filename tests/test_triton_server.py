@@ -314,6 +314,24 @@ def test_client_cli_classifies_a_folder(server: TritonServer, reference: OnnxCla
     assert "classified 10 of 10" in result.stderr
 
 
+def test_client_truth_from_folder_scores_class_folders_only(server: TritonServer, tmp_path: Path) -> None:
+    """The true class is the class folder above a photo, nested or not, with the labels taken from
+    the server; a photo not sorted into one yet is counted apart, and ``--top-k`` still rules
+    what each line shows."""
+    images = encoded_images(3, seed=5)
+    for path, data in zip(("glass/a.jpg", "glass/day2/b.png", "c.jpg"), images, strict=True):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(data)
+    result = _run_client(str(tmp_path), "--url", server.http_url, "--model", ENSEMBLE, "--json", "--truth-from-folder")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(r["top_k"]) == 1 for r in rows)
+    assert f"not scored: 1 image in {tmp_path}: no folder above them is named after a class ({', '.join(sorted(LABELS))})" in result.stderr
+    assert re.search(r"top-1 [0-9.]+ \([0-2] of 2 images", result.stderr), result.stderr
+    class_lines = [line.strip().split(":")[0] for line in result.stderr.splitlines() if "precision" in line]
+    assert class_lines == ["glass"] and "F1" in result.stderr and "(2 images)" in result.stderr
+
+
 def test_client_cli_reports_bad_files_and_keeps_going(server: TritonServer, photo_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "empty.png").write_bytes(b"")
