@@ -1,0 +1,127 @@
+"""How far can any threshold go? The TrashNet target (at least 90% of test photos answered, at
+least 98% of those right) judged against the best threshold there could be: the one chosen on
+the test split itself.
+
+    python experiments/unsure_signal/ceiling.py --data ../shared/data/trashnet
+
+A diagnostic, not a candidate: the served files keep their val-chosen thresholds. For each
+signal (the served plain and image-plus-mirror files, and the same without the typicality gate,
+the head's calibrated logits before it), it reports the val-chosen threshold on test, the
+*ceiling* (the most test photos answered at 98% by a threshold chosen on test) and the accuracy
+among the 90% most confident test photos. Where the ceiling is under 90%, or that accuracy under
+98%, no threshold on that signal meets the target: the ranking of the photos is the limit, and
+only a model that ranks them better (more right, or its mistakes less confident) can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from wastesort.confidence import TARGET_ACCURACY, TYPICALITY_PREFIX, choose_threshold, selective
+from wastesort.contract import PreprocessContract
+from wastesort.evaluation import split_tensors
+from wastesort.inference import OnnxClassifier
+from wastesort.machine import describe, one_line
+from wastesort.paths import DEFAULT_TRASHNET
+from wastesort.shipped import IMAGES, LOGITS, ShippedModel
+from wastesort.training.calibrate import softmax_probabilities
+
+#: The TrashNet target's share answered.
+COVERAGE = 0.90
+
+
+def ceiling(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGET_ACCURACY, coverage: float = COVERAGE) -> dict:
+    """What the best threshold on these photos' own top probabilities does: the most photos
+    answered with ``target`` of them right (``ceiling``), and the accuracy among the
+    ``coverage`` share most confident (``accuracy_at_coverage``)."""
+    probabilities = np.asarray(probabilities)
+    right = probabilities.argmax(axis=1) == labels
+    order = np.argsort(-probabilities.max(axis=1), kind="stable")
+    most_confident = order[: math.ceil(coverage * len(labels))]
+    return {
+        "ceiling": selective(probabilities, labels, choose_threshold(probabilities, labels, target)),
+        "accuracy_at_coverage": float(right[most_confident].mean()) if len(most_confident) else 1.0,
+    }
+
+
+def ungated_logits_name(proto: onnx.ModelProto) -> str:
+    """The calibrated head's logits before the typicality gate divides them (the gate's input)."""
+    gate = [n for n in proto.graph.node if LOGITS in n.output and n.name.startswith(TYPICALITY_PREFIX)]
+    if not gate:
+        raise ValueError(f"{LOGITS} is not computed by a typicality gate: the file is not gated")
+    return gate[0].input[0]
+
+
+def ungated_probabilities(path: Path, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Calibrated probabilities of ``path`` without its typicality gate, ``(N, C)``."""
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    name = ungated_logits_name(proto)
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([session.run([name], {IMAGES: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+    return softmax_probabilities(logits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_TRASHNET)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("ceiling.md"))
+    args = parser.parse_args(argv)
+    model = ShippedModel()
+    contract = PreprocessContract.from_onnx(str(model.onnx))
+    sets = {s: split_tensors(model.split(s, args.data), contract, s) for s in ("val", "test")}
+    plain, tta = OnnxClassifier(model.onnx), OnnxClassifier(model.tta_onnx)
+    signals: dict[str, dict[str, np.ndarray]] = {
+        f"served `{model.onnx.name}`": {s: plain.probabilities(x) for s, (x, _) in sets.items()},
+        f"served `{model.tta_onnx.name}` (image + mirror)": {s: tta.probabilities(x) for s, (x, _) in sets.items()},
+        "no typicality gate": {s: ungated_probabilities(model.onnx, x) for s, (x, _) in sets.items()},
+        "no typicality gate, image + mirror": {
+            s: 0.5 * (ungated_probabilities(model.onnx, x) + ungated_probabilities(model.onnx, np.ascontiguousarray(x[..., ::-1])))
+            for s, (x, _) in sets.items()
+        },
+    }
+    y_val, y_test = sets["val"][1], sets["test"][1]
+    rows, record = [], {}
+    for name, probs in signals.items():
+        threshold = choose_threshold(probs["val"], y_val, TARGET_ACCURACY)
+        chosen = selective(probs["test"], y_test, threshold)
+        best = ceiling(probs["test"], y_test)
+        top1 = float((probs["test"].argmax(1) == y_test).mean())
+        record[name] = {"val_threshold": threshold, "test": chosen, "test_top1": top1, **best}
+        c = best["ceiling"]
+        rows.append(
+            f"| {name} | {top1:.4f} | {threshold:.3f}: {chosen['coverage']:.1%} at {chosen['accuracy_answered']:.4f} "
+            f"| {c['coverage']:.1%} at {c['accuracy_answered']:.4f} | {best['accuracy_at_coverage']:.4f} |"
+        )
+    text = "\n".join(
+        [
+            f"# Unsure ceiling: measured by `experiments/unsure_signal/ceiling.py` on {one_line(describe())}",
+            "",
+            f"The target: at least {COVERAGE:.0%} of TrashNet's {len(y_test)} test photos answered, at least "
+            f"{TARGET_ACCURACY:.0%} of them right. The ceiling's threshold is chosen on test itself (a diagnostic: "
+            "no file ships with it).",
+            "",
+            "| signal | test top-1 | val-chosen threshold: test answered at right | ceiling: test answered at right "
+            f"| right among the {COVERAGE:.0%} most confident test photos |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"machine": one_line(describe()), "signals": record}, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
