@@ -7,10 +7,11 @@ the test split itself.
 A diagnostic, not a candidate: the served files keep their val-chosen thresholds. For each
 signal (the served plain and image-plus-mirror files, and the same without the typicality gate,
 the head's calibrated logits before it), it reports the val-chosen threshold on test, the
-*ceiling* (the most test photos answered at 98% by a threshold chosen on test) and the accuracy
-among the 90% most confident test photos. Where the ceiling is under 90%, or that accuracy under
-98%, no threshold on that signal meets the target: the ranking of the photos is the limit, and
-only a model that ranks them better (more right, or its mistakes less confident) can.
+*ceiling* (the most test photos answered at 98% by a threshold chosen on test), the same with one
+threshold per predicted class (chosen on test too) and the accuracy among the 90% most confident
+test photos. Where the ceilings are under 90%, no threshold on that signal meets the target: the
+ranking of the photos is the limit, and only a model that ranks them better (more right, or its
+mistakes less confident) can.
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ def ceiling(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGE
         "ceiling": selective(probabilities, labels, choose_threshold(probabilities, labels, target)),
         "accuracy_at_coverage": float(right[most_confident].mean()) if len(most_confident) else 1.0,
     }
+
+
+def per_class_ceiling(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGET_ACCURACY) -> dict:
+    """The most photos answered with ``target`` of them right when each predicted class has its
+    own threshold, all chosen on these photos (exact: the errors allowed are shared out among the
+    classes by a knapsack over each class's photos ranked by confidence)."""
+    probabilities = np.asarray(probabilities)
+    predicted, top = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    wrong = predicted != labels
+    # most[j]: the most photos answered with exactly j mistakes among them, over the classes so far
+    most = np.array([0])
+    for c in np.unique(predicted):
+        rows = np.flatnonzero(predicted == c)
+        errors = np.concatenate([[0], np.cumsum(wrong[rows[np.argsort(-top[rows], kind="stable")]])])
+        answered = np.array([np.flatnonzero(errors <= j)[-1] for j in range(int(errors[-1]) + 1)])  # the most with <= j
+        combined = np.full(len(most) + len(answered) - 1, -1)
+        for j, k in enumerate(answered):
+            combined[j : j + len(most)] = np.maximum(combined[j : j + len(most)], most + k)
+        most = combined
+    feasible = [(int(n), j) for j, n in enumerate(most) if n > 0 and (n - j) / n >= target]
+    n, j = max(feasible, default=(0, 0))
+    return {"photos": int(len(labels)), "coverage": n / len(labels) if len(labels) else 0.0, "accuracy_answered": (n - j) / n if n else 1.0}
 
 
 def ungated_logits_name(proto: onnx.ModelProto) -> str:
@@ -94,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, probs in signals.items():
         threshold = choose_threshold(probs["val"], y_val, TARGET_ACCURACY)
         chosen = selective(probs["test"], y_test, threshold)
-        best = ceiling(probs["test"], y_test)
+        best = ceiling(probs["test"], y_test) | {"per_class_ceiling": per_class_ceiling(probs["test"], y_test)}
         top1 = float((probs["test"].argmax(1) == y_test).mean())
         record[name] = {"val_threshold": threshold, "test": chosen, "test_top1": top1, **best}
-        c = best["ceiling"]
+        c, k = best["ceiling"], best["per_class_ceiling"]
         rows.append(
             f"| {name} | {top1:.4f} | {threshold:.3f}: {chosen['coverage']:.1%} at {chosen['accuracy_answered']:.4f} "
-            f"| {c['coverage']:.1%} at {c['accuracy_answered']:.4f} | {best['accuracy_at_coverage']:.4f} |"
+            f"| {c['coverage']:.1%} at {c['accuracy_answered']:.4f} | {k['coverage']:.1%} at {k['accuracy_answered']:.4f} "
+            f"| {best['accuracy_at_coverage']:.4f} |"
         )
     text = "\n".join(
         [
@@ -111,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             "no file ships with it).",
             "",
             "| signal | test top-1 | val-chosen threshold: test answered at right | ceiling: test answered at right "
-            f"| right among the {COVERAGE:.0%} most confident test photos |",
-            "|---|---|---|---|---|",
+            f"| ceiling, a threshold per predicted class | right among the {COVERAGE:.0%} most confident test photos |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
         ]

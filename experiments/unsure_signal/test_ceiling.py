@@ -63,3 +63,22 @@ def test_a_file_without_the_gate_is_named_as_such() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="not gated"):
         ceiling.ungated_logits_name(onnx.helper.make_model(graph))
+
+
+def test_the_per_class_ceiling_is_the_best_of_every_choice_of_thresholds() -> None:
+    """Against brute force: every number of most confident photos answered in each predicted class."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = rng.dirichlet(np.ones(3) * 0.7, size=14)
+        y = np.where(rng.random(14) < 0.75, p.argmax(1), rng.integers(0, 3, 14))
+        predicted, top = p.argmax(1), p.max(1)
+        ranked = [np.flatnonzero(predicted == c)[np.argsort(-top[predicted == c], kind="stable")] for c in range(3)]
+        best = 0
+        for ks in itertools.product(*[range(len(r) + 1) for r in ranked]):
+            chosen = np.concatenate([r[:k] for r, k in zip(ranked, ks, strict=True)]).astype(int)
+            if len(chosen) and (predicted[chosen] == y[chosen]).mean() >= 0.8:
+                best = max(best, len(chosen))
+        assert ceiling.per_class_ceiling(p, y, target=0.8)["coverage"] == pytest.approx(best / 14)
+        assert ceiling.per_class_ceiling(p, y, target=0.8)["coverage"] >= ceiling.ceiling(p, y, target=0.8)["ceiling"]["coverage"] - 1e-9
