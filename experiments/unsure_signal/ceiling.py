@@ -52,26 +52,46 @@ def ceiling(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGE
     }
 
 
-def per_class_ceiling(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGET_ACCURACY) -> dict:
-    """The most photos answered with ``target`` of them right when each predicted class has its
-    own threshold, all chosen on these photos (exact: the errors allowed are shared out among the
-    classes by a knapsack over each class's photos ranked by confidence)."""
+def per_class_thresholds(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGET_ACCURACY) -> np.ndarray:
+    """One threshold per class ``(C,)``, applied to the photos predicted as that class, that
+    answer the most of these photos with ``target`` of them right (exact: the mistakes allowed
+    are shared out among the classes by a knapsack over each class's photos ranked by
+    confidence). ``inf`` answers none of a class; a class no photo is predicted as gets the one
+    threshold of :func:`~wastesort.confidence.choose_threshold`."""
     probabilities = np.asarray(probabilities)
     predicted, top = probabilities.argmax(axis=1), probabilities.max(axis=1)
     wrong = predicted != labels
-    # most[j]: the most photos answered with exactly j mistakes among them, over the classes so far
-    most = np.array([0])
+    thresholds = np.full(probabilities.shape[1], choose_threshold(probabilities, labels, target))
+    best: dict[int, tuple[int, dict[int, int]]] = {0: (0, {})}  # mistakes -> (answered, answered per class)
+    ranked = {}
     for c in np.unique(predicted):
         rows = np.flatnonzero(predicted == c)
-        errors = np.concatenate([[0], np.cumsum(wrong[rows[np.argsort(-top[rows], kind="stable")]])])
-        answered = np.array([np.flatnonzero(errors <= j)[-1] for j in range(int(errors[-1]) + 1)])  # the most with <= j
-        combined = np.full(len(most) + len(answered) - 1, -1)
-        for j, k in enumerate(answered):
-            combined[j : j + len(most)] = np.maximum(combined[j : j + len(most)], most + k)
-        most = combined
-    feasible = [(int(n), j) for j, n in enumerate(most) if n > 0 and (n - j) / n >= target]
-    n, j = max(feasible, default=(0, 0))
-    return {"photos": int(len(labels)), "coverage": n / len(labels) if len(labels) else 0.0, "accuracy_answered": (n - j) / n if n else 1.0}
+        ranked[c] = rows[np.argsort(-top[rows], kind="stable")]
+        errors = np.concatenate([[0], np.cumsum(wrong[ranked[c]])])
+        grown: dict[int, tuple[int, dict[int, int]]] = {}
+        for j in range(int(errors[-1]) + 1):
+            k = int(np.flatnonzero(errors <= j)[-1])  # the most of this class answered with <= j mistakes
+            for mistakes, (answered, ks) in best.items():
+                if answered + k > grown.get(mistakes + j, (-1, {}))[0]:
+                    grown[mistakes + j] = (answered + k, {**ks, int(c): k})
+        best = grown
+    feasible = [(answered, ks) for mistakes, (answered, ks) in best.items() if answered and (answered - mistakes) / answered >= target]
+    ks = max(feasible, key=lambda f: f[0], default=(0, {c: 0 for c in ranked}))[1]
+    for c, k in ks.items():
+        thresholds[c] = top[ranked[c][k - 1]] if k else np.inf
+    return thresholds
+
+
+def selective_per_class(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict:
+    """:func:`~wastesort.confidence.selective` with a threshold per predicted class."""
+    probabilities = np.asarray(probabilities)
+    return selective(probabilities, labels, thresholds[probabilities.argmax(axis=1)])  # each row against its class's
+
+
+def per_class_ceiling(probabilities: np.ndarray, labels: np.ndarray, target: float = TARGET_ACCURACY) -> dict:
+    """The most photos answered with ``target`` of them right when each predicted class has its
+    own threshold, all chosen on these photos."""
+    return selective_per_class(probabilities, labels, per_class_thresholds(probabilities, labels, target))
 
 
 def ungated_logits_name(proto: onnx.ModelProto) -> str:
