@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from wastesort.labels import LABELS
 from wastesort.paths import DEFAULT_TRASHNET, REPO_ROOT
 from wastesort.shipped import ShippedModel
 from wastesort.synthetic import generate
-from wastesort.training.adapt import AdaptConfig, AdaptError, adapt_site, scan_site
+from wastesort.training.adapt import AdaptConfig, AdaptError, adapt_site, report_markdown, scan_site
 from wastesort.triton.config import parse_config
 from wastesort.triton.naming import classifier_name, ensemble_name
 
@@ -117,3 +118,31 @@ def _release_the_adapted_folder(tmp_path: Path, model: ShippedModel, adapted: Pa
         assert float(config.parameters[THRESHOLD_PARAMETER].string_value) == pytest.approx(threshold, rel=1e-5)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "adapt it again" in again.stderr
+
+
+def _report(site_answered: float, val_answered: float, trashnet: tuple[float, float]) -> dict:
+    """A report as :func:`adapt_site` writes it, with the figures the warnings read."""
+    figures = {"accuracy": 0.9, "macro_f1": 0.9, "coverage": 0.9, "accuracy_answered": 0.98, "answered_wrong": 0.01}
+    when = {
+        name: {"file": "model.onnx", "site_val": {**figures, "coverage": site}, "trashnet_test": {**figures, "accuracy": top1}}
+        for name, site, top1 in (("before", 0.0, trashnet[0]), ("after", site_answered, trashnet[1]))
+    }
+    return {
+        "site": "site", "classes": list(SITE_CLASSES), "photos": {"site_train": 70, "site_val": 30, "replay": 420},
+        "skipped": [], "config": asdict(AdaptConfig()), "seconds": 1.0, "machine": "here",
+        "calibration": {"temperature": 1.0, "threshold": 0.9, "val": {**figures, "coverage": val_answered}}, **when,
+    }  # fmt: skip
+
+
+def test_the_report_warns_when_few_of_the_sites_photos_are_answered() -> None:
+    # the threshold is chosen on the site's val photos with TrashNet's, which pass it easily:
+    # the warning is about the site's own share
+    warned = report_markdown(_report(site_answered=0.4, val_answered=0.8, trashnet=(0.94, 0.94)))
+    assert "Only 40.0% of the site's val photos" in warned
+    assert "Only" not in report_markdown(_report(site_answered=0.6, val_answered=0.3, trashnet=(0.94, 0.94)))
+
+
+def test_the_report_warns_when_trashnet_is_forgotten() -> None:
+    assert "fell by" not in report_markdown(_report(0.9, 0.9, trashnet=(0.9439, 0.9346)))
+    warned = report_markdown(_report(0.9, 0.9, trashnet=(0.9439, 0.9283)))
+    assert "TrashNet's test top-1 fell by 1.6 points" in warned and "--replay 9" in warned

@@ -247,20 +247,42 @@ def adapt_site(site: Path, out: Path, trashnet: Path, net: str = DEFAULT_NET, co
     return report
 
 
-#: Below this share of the val photos answered, the report warns that the adapted file is of little use yet.
+#: Below this share of the site's val photos answered, the report warns that the adapted file is of little use yet.
 FEW_ANSWERED = 0.5
 
 
 def _few_answered(report: dict) -> list[str]:
-    """The warning for a threshold few val photos pass: the file is safe but sends most photos to a person."""
-    coverage = report["calibration"]["val"]["coverage"]
+    """The warning for a threshold few of the site's val photos pass: the file is safe but sends
+    most of the site's photos to a person. The site's own share, not that of the val photos the
+    threshold was chosen on: TrashNet's val photos are most of those, and pass it easily."""
+    coverage = report["after"]["site_val"]["coverage"]
     if coverage >= FEW_ANSWERED:
         return []
     target = report["config"]["target_accuracy"]
     return [
-        f"**Only {coverage:.1%} of the val photos reach the threshold ({target:.0%} right among the answered): the adapted "
-        "file answers *unsure* for most photos.** Label more of the site's photos (above all of the classes it confuses) "
-        "and adapt again.",
+        f"**Only {coverage:.1%} of the site's val photos reach the threshold ({target:.0%} right among the answered): the "
+        "adapted file answers *unsure* for most of the site's photos.** Label more of them (above all of the classes it "
+        "confuses) and adapt again.",
+        "",
+    ]
+
+
+#: TrashNet test top-1 an adaptation may lose before the report warns that it forgets.
+FORGETTING = 0.015
+
+
+def _forgetting(report: dict) -> list[str]:
+    """The warning for an adapted file that lost more of TrashNet's test photos than
+    :data:`FORGETTING`: what it knew goes first for the classes the site does not show."""
+    before, after = (report[when]["trashnet_test"]["accuracy"] for when in ("before", "after"))
+    if before - after <= FORGETTING:
+        return []
+    replay = report["config"]["replay"]
+    return [
+        f"**TrashNet's test top-1 fell by {100 * (before - after):.1f} points ({before:.4f} → {after:.4f}), more than "
+        f"{100 * FORGETTING:g}:** the adapted file forgets part of what it knew, the classes the site does not show first. "
+        f'Adapt again replaying more TrashNet photos per site photo (`--replay`, now {replay:g}: `ADAPT_ARGS="--replay '
+        f'{replay * 1.5:g}"`).',
         "",
     ]
 
@@ -295,6 +317,7 @@ def report_markdown(report: dict) -> str:
             f"{report['calibration']['threshold']:.3f}.",
             "",
             *_few_answered(report),
+            *_forgetting(report),
             *_skipped(report),
             "| photos | model | top-1 | answered | right among answered | answered wrongly |",
             "|---|---|---|---|---|---|",
