@@ -161,10 +161,15 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": one_line(describe()), "signals": record}, indent=2) + "\n")
-    print(text)
+    write_results(args.out, text, {"signals": record})
     return 0
+
+
+def write_results(out: Path, text: str, record: dict) -> None:
+    """The table ``text`` to ``out`` and ``record`` with the machine to its ``.json`` twin; printed."""
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"machine": one_line(describe()), **record}, indent=2) + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ meets the TrashNet target (90% answered at 98%) is reported, not required.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from wastesort.shipped import ShippedModel
 from wastesort.training.background import proxy_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ceiling import COVERAGE, per_class_thresholds, selective_per_class  # noqa: E402
+from ceiling import COVERAGE, per_class_thresholds, selective_per_class, write_results  # noqa: E402
 from measure import WRONG, site_tensor  # noqa: E402
 
 #: The rule's margins: one standard error of a 90% share of 321 photos; one photo of accuracy.
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": one_line(describe()), "files": record}, indent=2) + "\n")
-    print(text)
+    write_results(args.out, text, {"files": record})
     return 0
 
 
