@@ -20,7 +20,7 @@ from wastesort import evaluation as ev
 from wastesort.contract import PreprocessContract
 from wastesort.data import DatasetError
 from wastesort.shipped import DEFAULT_NET, ShippedModel, sha256
-from wastesort.training.adapt import ADAPT_REPORT, ADAPTED_ONNX
+from wastesort.training.adapt import ADAPT_REPORT, ADAPTED_ONNX, TRAINED_TRASHNET_KEY
 from wastesort.training.calibrate import CalibrationError, calibrate_shipped
 from wastesort.training.calibrate import summary as calibration_summary
 from wastesort.training.card import write_card
@@ -195,7 +195,7 @@ def release_adapted(out: Path, models_dir: Path, card: Path, repository: Path, l
     metrics = json.loads(model.metrics.read_text())
     for stale in ("tta", "logit_adjustment", "served"):  # the adapted network has neither, and is measured afresh
         metrics.pop(stale, None)
-    keep = ("site", "classes", "photos", "config", "before", "after", "seconds", "machine", "source_sha256")
+    keep = ("site", "classes", "photos", "config", "before", "after", "seconds", "machine", "source_sha256", TRAINED_TRASHNET_KEY)
     metrics["adapted"] = {"out": str(out), **{k: report[k] for k in keep}}
     metrics["confidence"] = report["confidence"]
     with tempfile.TemporaryDirectory() as tmp:  # nothing reaches models/ unless every step passes
