@@ -295,16 +295,16 @@ def _forgetting(report: dict) -> list[str]:
     trained = report.get(TRAINED_TRASHNET_KEY, before)
     if trained - after <= FORGETTING:
         return []
+    if trained == before:
+        figures, start = f"({before:.4f} → {after:.4f})", ""
+    else:  # an adapted file adapted again
+        figures = f"since the network as trained ({trained:.4f} → {after:.4f}; this adaptation alone: {before:.4f} → {after:.4f})"
+        start = ", from the network as trained (the `models/` of before the first adaptation) with all the site's photos"
     replay = report["config"]["replay"]
-    chained = trained != before  # an adapted file adapted again
-    since = f" since the network as trained ({trained:.4f} → {after:.4f}; this adaptation alone: {before:.4f} → {after:.4f})"
-    fix = f'replaying more TrashNet photos per site photo (`--replay`, now {replay:g}: `ADAPT_ARGS="--replay {replay * 1.5:g}"`)'
     return [
-        f"**TrashNet's test top-1 fell by {100 * (trained - after):.1f} points"
-        + (since if chained else f" ({before:.4f} → {after:.4f})")
-        + f", more than {100 * FORGETTING:g}:** the adapted file forgets part of what it knew, the classes the site does "
-        f"not show first. Adapt again {fix}"
-        + (", from the network as trained (the `models/` of before the first adaptation) with all the site's photos." if chained else "."),
+        f"**TrashNet's test top-1 fell by {100 * (trained - after):.1f} points {figures}, more than {100 * FORGETTING:g}:** "
+        "the adapted file forgets part of what it knew, the classes the site does not show first. Adapt again replaying "
+        f'more TrashNet photos per site photo (`--replay`, now {replay:g}: `ADAPT_ARGS="--replay {replay * 1.5:g}"`){start}.',
         "",
     ]
 
