@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from wastesort.evaluation import split_tensors
 from wastesort.inference import OnnxClassifier
 from wastesort.machine import describe, one_line
 from wastesort.paths import DEFAULT_TRASHNET
-from wastesort.shipped import IMAGES, LOGITS, ShippedModel
+from wastesort.shipped import LOGITS, ShippedModel
 from wastesort.training.calibrate import softmax_probabilities
 
 #: The TrashNet target's share answered.
@@ -102,16 +103,21 @@ def ungated_logits_name(proto: onnx.ModelProto) -> str:
     return gate[0].input[0]
 
 
-def ungated_probabilities(path: Path, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Calibrated probabilities of ``path`` without its typicality gate, ``(N, C)``."""
-    import onnxruntime as ort
+class Ungated:
+    """Calibrated probabilities of a gated file without its typicality gate: a copy of it in
+    ``scratch`` that also outputs the gate's input logits, run as any other file."""
 
-    proto = onnx.load(str(path))
-    name = ungated_logits_name(proto)
-    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    logits = np.concatenate([session.run([name], {IMAGES: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
-    return softmax_probabilities(logits)
+    def __init__(self, path: Path, scratch: Path) -> None:
+        proto = onnx.load(str(path))
+        self.name = ungated_logits_name(proto)
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(self.name, onnx.TensorProto.FLOAT, None))
+        copy = scratch / f"{path.stem}.ungated.onnx"
+        onnx.save(proto, str(copy))
+        self.classifier = OnnxClassifier(copy)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """``(N, C)`` for float32 ``(N, 3, H, W)`` preprocessed images."""
+        return softmax_probabilities(self.classifier.batched(self.name, x))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     contract = PreprocessContract.from_onnx(str(model.onnx))
     sets = {s: split_tensors(model.split(s, args.data), contract, s) for s in ("val", "test")}
     plain, tta = OnnxClassifier(model.onnx), OnnxClassifier(model.tta_onnx)
+    with tempfile.TemporaryDirectory() as scratch:
+        ungated = Ungated(model.onnx, Path(scratch))
+        no_gate = {s: ungated.probabilities(x) for s, (x, _) in sets.items()}
+        no_gate_mirrored = {s: ungated.probabilities(np.ascontiguousarray(x[..., ::-1])) for s, (x, _) in sets.items()}
     signals: dict[str, dict[str, np.ndarray]] = {
         f"served `{model.onnx.name}`": {s: plain.probabilities(x) for s, (x, _) in sets.items()},
         f"served `{model.tta_onnx.name}` (image + mirror)": {s: tta.probabilities(x) for s, (x, _) in sets.items()},
-        "no typicality gate": {s: ungated_probabilities(model.onnx, x) for s, (x, _) in sets.items()},
-        "no typicality gate, image + mirror": {
-            s: 0.5 * (ungated_probabilities(model.onnx, x) + ungated_probabilities(model.onnx, np.ascontiguousarray(x[..., ::-1])))
-            for s, (x, _) in sets.items()
-        },
+        "no typicality gate": no_gate,
+        "no typicality gate, image + mirror": {s: 0.5 * (no_gate[s] + no_gate_mirrored[s]) for s in sets},
     }
     y_val, y_test = sets["val"][1], sets["test"][1]
     rows, record = [], {}

@@ -44,11 +44,11 @@ def test_a_confident_mistake_caps_what_any_threshold_answers() -> None:
     assert ceiling.ceiling(p, y, target=0.85)["ceiling"]["coverage"] == pytest.approx(1.0)
 
 
-def test_ungated_probabilities_keep_the_served_answers(synthetic_root: Path) -> None:
+def test_ungated_probabilities_keep_the_served_answers(synthetic_root: Path, tmp_path: Path) -> None:
     model = ShippedModel()
     x, _ = split_tensors(scan_classes_of(synthetic_root, LABELS).samples[::20], PreprocessContract.from_onnx(str(model.onnx)))
     served = OnnxClassifier(model.onnx).probabilities(x)
-    ungated = ceiling.ungated_probabilities(model.onnx, x)
+    ungated = ceiling.Ungated(model.onnx, tmp_path).probabilities(x)
     assert ceiling.ungated_logits_name(onnx.load(str(model.onnx))) != LOGITS
     assert np.array_equal(served.argmax(1), ungated.argmax(1))
     assert np.all(ungated.max(1) >= served.max(1) - 1e-6)
